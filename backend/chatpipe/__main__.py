@@ -1,0 +1,7 @@
+"""Allow ``python -m chatpipe``."""
+
+import sys
+
+from chatpipe.cli import main
+
+sys.exit(main())

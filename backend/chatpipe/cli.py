@@ -1,0 +1,294 @@
+"""The ``chatpipe`` command line.
+
+``main()`` is the one place that catches errors: a :class:`ChatpipeError`
+becomes one clear message (and, with ``--output ndjson``, a last ``error``
+line on stdout) and an exit code; see ``chatpipe --help``.
+
+Exit codes: 0 the stream completed; 1 a request or stream error; 2 a usage or
+template error; 128 + N on signal N (130 for SIGINT, 143 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from chatpipe import __version__
+from chatpipe.errors import Aborted, ChatpipeError, StreamError, UsageError
+
+_EPILOG = """\
+examples:
+  chatpipe send local -m "Tell me a joke"
+  echo "Summarise: $(cat notes.txt)" | chatpipe send openai
+  chatpipe send openai --output ndjson --messages chat.json
+  chatpipe send ./request.json --save -m "And then?"
+  chatpipe templates list
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for ``chatpipe``."""
+    parser = argparse.ArgumentParser(
+        prog="chatpipe", description="Stream LLM chats from request.json templates.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"chatpipe {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    send = commands.add_parser(
+        "send", help="send a chat request and stream the answer",
+        description="Fill in TEMPLATE, send it, and stream the answer to stdout.")
+    send.add_argument("template", metavar="TEMPLATE",
+                      help="a template name (see `chatpipe templates list`) or a .json file path")
+    send.add_argument("-m", "--message", action="append", default=[], metavar="TEXT",
+                      help="append a user message (repeatable)")
+    send.add_argument("--messages", metavar="FILE|-",
+                      help='append a JSON array of {"role", "content"} messages from FILE '
+                           "or stdin")
+    send.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                      help="fill the ${NAME} placeholders (repeatable)")
+    send.add_argument("--model", help="override the template's model")
+    send.add_argument("--url", help="override the template's endpoint URL")
+    send.add_argument("--output", choices=("text", "ndjson"), default="text",
+                      help="text: the answer as plain text (default); ndjson: one JSON "
+                           "event per line (docs/protocol.md)")
+    send.add_argument("--save", action="store_true",
+                      help="append the new messages and the answer to the template file")
+    send.set_defaults(func=cmd_send)
+
+    templates = commands.add_parser("templates", help="list, show and check templates")
+    sub = templates.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = sub.add_parser("list", help="list the known templates")
+    ls.add_argument("--json", action="store_true", help="print a JSON array")
+    ls.set_defaults(func=cmd_templates_list)
+    show = sub.add_parser("show", help="print a template file")
+    show.add_argument("name", metavar="NAME")
+    show.set_defaults(func=cmd_templates_show)
+    path = sub.add_parser("path", help="print a template's file path")
+    path.add_argument("name", metavar="NAME")
+    path.set_defaults(func=cmd_templates_path)
+    check = sub.add_parser("check", help="validate template files (file:line:column: message)")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(func=cmd_templates_check)
+    return parser
+
+
+# ---- send ---------------------------------------------------------------
+
+def parse_vars(pairs: list[str]) -> dict[str, str]:
+    """Turn ``["a=1", "b=2"]`` into ``{"a": "1", "b": "2"}``.
+
+    Raises:
+        UsageError: an item without ``=``.
+    """
+    result = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--var {pair!r}: expected NAME=VALUE")
+        result[name] = value
+    return result
+
+
+def load_messages(source: str, stdin) -> list[dict[str, Any]]:
+    """Read a JSON array of chat messages from the file SOURCE, or STDIN for ``-``.
+
+    Each message is an object with a string ``role`` and a ``content`` that
+    is a string, a list of content parts, or null.
+
+    Raises:
+        UsageError: unreadable file, invalid JSON, or not a list of messages
+            (the message says which item and why).
+    """
+    where = "stdin" if source == "-" else source
+    try:
+        text = stdin.read() if source == "-" else open(source, encoding="utf-8").read()
+    except OSError as err:
+        raise UsageError(f"--messages {where}: {err.strerror}") from None
+    try:
+        messages = json.loads(text)
+    except ValueError as err:
+        raise UsageError(f"--messages {where}: invalid JSON: {err}") from None
+    if not isinstance(messages, list):
+        raise UsageError(f"--messages {where}: expected a JSON array of messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise UsageError(f'--messages {where}: item {i} is not an object with a "role" string')
+        if not isinstance(message.get("content"), (str, list, type(None))):
+            raise UsageError(f'--messages {where}: item {i}: "content" must be a string or a list')
+    return messages
+
+
+def _new_messages(args, stdin) -> list[dict[str, Any]]:
+    messages = load_messages(args.messages, stdin) if args.messages else []
+    texts = list(args.message)
+    if not texts and not args.messages and not stdin.isatty():
+        text = stdin.read()
+        if text.strip():
+            texts.append(text)
+    messages += [{"role": "user", "content": text} for text in texts]
+    return messages
+
+
+def cmd_send(args, ctx: "_Context") -> int:
+    """``chatpipe send``: stream one answer; returns the exit code."""
+    from chatpipe import dialects, stream, templates
+    from chatpipe.protocol import NDJSONWriter, Recorder, TextWriter
+
+    stdout = sys.stdout.buffer
+    ctx.sink = NDJSONWriter(stdout) if args.output == "ndjson" else TextWriter(stdout, sys.stderr.buffer)
+    if args.save and not templates.looks_like_path(args.template):
+        raise UsageError("--save needs a template file path (e.g. ./request.json), "
+                         f"not the name {args.template!r}")
+    template = templates.load(args.template)
+    if args.url:
+        template.block["url"] = args.url
+    request = templates.fill(template, parse_vars(args.var))
+    ctx.secrets = request.secrets
+    if args.model:
+        request.body["model"] = args.model
+    new = _new_messages(args, sys.stdin)
+    body_messages = request.body.get("messages")
+    if not new and not (isinstance(body_messages, list) and body_messages
+                        and isinstance(body_messages[-1], dict)
+                        and body_messages[-1].get("role") == "user"):
+        raise UsageError("no message to send: give -m TEXT, --messages FILE, or text on stdin")
+    dialect = dialects.get(request.api)
+    dialect.add_messages(request.body, new)
+    recorder = Recorder(ctx.sink)
+    try:
+        stream.run(request, recorder)
+    finally:
+        if args.save and (recorder.parts or recorder.completed):
+            templates.append_messages(template.path,
+                                      new + [dialect.assistant_message(recorder.text())])
+    return 0
+
+
+# ---- templates ------------------------------------------------------------
+
+def cmd_templates_list(args, ctx: "_Context") -> int:
+    """``chatpipe templates list``: names, sources and endpoints."""
+    from chatpipe import templates
+
+    entries = [templates.summary(*t) for t in templates.iter_templates()]
+    if args.json:
+        print(json.dumps(entries, ensure_ascii=False, indent=2))
+        return 0
+    width = max((len(e["name"]) for e in entries), default=4)
+    for e in entries:
+        where = e.get("url") or e.get("error", "")
+        print(f"{e['name']:<{width}}  {e['source']:<7}  {e.get('api', '-'):<12}  {where}")
+    return 0
+
+
+def cmd_templates_show(args, ctx: "_Context") -> int:
+    """``chatpipe templates show NAME``: print the template file as written."""
+    from chatpipe import templates
+
+    path, _ = templates.resolve(args.name)
+    sys.stdout.write(path.read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_templates_path(args, ctx: "_Context") -> int:
+    """``chatpipe templates path NAME``: print the file a name resolves to."""
+    from chatpipe import templates
+
+    path, _ = templates.resolve(args.name)
+    print(path)
+    return 0
+
+
+def cmd_templates_check(args, ctx: "_Context") -> int:
+    """``chatpipe templates check FILE...``: 0 if all are valid, else 1.
+
+    Each problem is printed as ``file:line:column: message`` (stdout), the
+    format Emacs' compilation mode and flymake understand.
+    """
+    from chatpipe import templates
+    from chatpipe.errors import TemplateError
+
+    status = 0
+    for spec in args.files:
+        try:
+            path, source = templates.resolve(spec)
+            templates.load_file(path, source)
+        except TemplateError as err:
+            if err.path and err.line is None:
+                err = TemplateError(err.message, err.path, 1, 1)
+            print(err if err.path else f"{spec}:1:1: {err}")
+            status = 1
+        else:
+            print(f"{path}: ok")
+    return status
+
+
+# ---- main -------------------------------------------------------------------
+
+class _Context:
+    """What the top-level handler needs to report an error."""
+
+    def __init__(self) -> None:
+        self.sink = None
+        self.secrets: list[str] = []
+
+    def redact(self, text: str) -> str:
+        """Replace every secret (API key) in TEXT with ``***``."""
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def _raise_aborted(signum, frame):
+    # Ignore repeats while the first one unwinds and closes the response.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Aborted(signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``chatpipe`` command line; return the process exit code."""
+    signal.signal(signal.SIGINT, _raise_aborted)
+    signal.signal(signal.SIGTERM, _raise_aborted)
+    args = build_parser().parse_args(argv)
+    ctx = _Context()
+    try:
+        return args.func(args, ctx)
+    except ChatpipeError as err:
+        extra = {"aborted": True} if isinstance(err, Aborted) else {}
+        if isinstance(err, StreamError):
+            event = {"message": ctx.redact(err.message), "status": err.status,
+                     "retryable": err.retryable}
+        else:
+            event = {"message": ctx.redact(str(err)), "status": None, "retryable": False}
+        _report(ctx, event, extra)
+        return err.exit_code
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): nothing left to tell it.
+        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _report(ctx: _Context, event: dict, extra: dict) -> None:
+    from chatpipe.protocol import NDJSONWriter, error_event
+
+    error = error_event(event["message"], event["status"], event["retryable"], **extra)
+    try:
+        if ctx.sink is not None:
+            ctx.sink.emit(error)
+            if isinstance(ctx.sink, NDJSONWriter):
+                return
+        else:
+            sys.stderr.write(f"chatpipe: error: {error['message']}\n")
+    except BrokenPipeError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The exceptions chatpipe raises: a small tree, one base class.
+
+Every error the user can cause or meet is a :class:`ChatpipeError`; the CLI
+catches that class once, prints its message and exits with its ``exit_code``.
+Anything else is a bug and is reported as one.
+"""
+
+from __future__ import annotations
+
+
+class ChatpipeError(Exception):
+    """Base class of chatpipe's errors; ``str(err)`` is the message for the user.
+
+    Attributes:
+        exit_code: process exit status the CLI returns for this error.
+    """
+
+    exit_code = 1
+
+
+class UsageError(ChatpipeError):
+    """A bad command line or bad input data (``--messages``, ``--var``); exit 2."""
+
+    exit_code = 2
+
+
+class TemplateError(ChatpipeError):
+    """A template that cannot be found, parsed or filled in; exit 2.
+
+    Args:
+        message: what is wrong, in one sentence.
+        path: the template file, when known.
+        line, column: 1-based position of the problem in ``path``, when known.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, path: str | None = None,
+                 line: int | None = None, column: int | None = None) -> None:
+        self.message = message
+        self.path = path
+        self.line = line
+        self.column = column
+        super().__init__(self.location() + message)
+
+    def location(self) -> str:
+        """Return the ``file:line:column: `` prefix (or ``file: ``), or ``""``."""
+        if not self.path:
+            return ""
+        if self.line is None:
+            return f"{self.path}: "
+        return f"{self.path}:{self.line}:{self.column or 1}: "
+
+
+class StreamError(ChatpipeError):
+    """A request or stream that failed: HTTP error, dropped connection, timeout.
+
+    Args:
+        message: the provider's own message where there is one.
+        status: the HTTP status code, only for HTTP errors.
+        retryable: whether sending the same request again may succeed.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retryable: bool = False) -> None:
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class Aborted(ChatpipeError):
+    """The process got SIGINT or SIGTERM; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"aborted by {signal.Signals(signum).name}")

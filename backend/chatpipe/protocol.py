@@ -1,0 +1,99 @@
+"""Writers for the stdout protocol (``--output ndjson``) and plain text.
+
+Protocol version 1, documented in docs/protocol.md.  Events are dicts with a
+``type``: ``start``, ``delta``, ``usage``, ``done``, ``error``.  Each is
+written and flushed as soon as it is emitted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import BinaryIO
+
+
+class NDJSONWriter:
+    """Writes each event as one compact JSON object and a newline, UTF-8.
+
+    Args:
+        out: a binary stream (``sys.stdout.buffer``); flushed after each line.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def emit(self, event: dict) -> None:
+        """Write EVENT as one line and flush."""
+        self._out.write((self._dumps(event) + "\n").encode("utf-8"))
+        self._out.flush()
+
+
+class TextWriter:
+    """Writes the answer's text to OUT as it streams, errors to ERR.
+
+    Args:
+        out: binary stream for the text (stdout).
+        err: binary stream for error messages (stderr).
+    """
+
+    def __init__(self, out: BinaryIO, err: BinaryIO) -> None:
+        self._out = out
+        self._err = err
+        self._last = "\n"
+
+    def emit(self, event: dict) -> None:
+        """Write a ``delta``'s text, end the text with a newline at ``done``,
+        and print an ``error`` on stderr as ``chatpipe: error: ...``."""
+        kind = event["type"]
+        if kind == "delta":
+            text = event["content"]
+            self._out.write(text.encode("utf-8"))
+            self._out.flush()
+            self._last = text[-1:]
+        elif kind in ("done", "error"):
+            if self._last != "\n":
+                self._out.write(b"\n")
+                self._out.flush()
+                self._last = "\n"
+            if kind == "error":
+                status = f"HTTP {event['status']}: " if event.get("status") else ""
+                self._err.write(f"chatpipe: error: {status}{event['message']}\n".encode("utf-8"))
+                self._err.flush()
+
+
+class Recorder:
+    """Passes events on to SINK and keeps the answer's text, for ``--save``.
+
+    Attributes:
+        parts: the ``delta`` contents so far; ``text()`` joins them.
+        completed: True once ``done`` has been emitted.
+    """
+
+    def __init__(self, sink) -> None:
+        self._sink = sink
+        self.parts: list[str] = []
+        self.completed = False
+
+    def emit(self, event: dict) -> None:
+        """Record EVENT, then pass it on."""
+        kind = event["type"]
+        if kind == "delta":
+            self.parts.append(event["content"])
+        elif kind == "done":
+            self.completed = True
+        self._sink.emit(event)
+
+    def text(self) -> str:
+        """Return the answer's text so far."""
+        return "".join(self.parts)
+
+
+def error_event(message: str, status: int | None = None, retryable: bool = False,
+                **extra) -> dict:
+    """Build a protocol ``error`` event; STATUS only for HTTP errors."""
+    event = {"type": "error", "message": message}
+    if status is not None:
+        event["status"] = status
+    event["retryable"] = retryable
+    event.update(extra)
+    return event

@@ -1,0 +1,423 @@
+"""Request templates: a request.json plus one reserved ``chatpipe`` block.
+
+A template is the JSON body of an API request exactly as the provider takes
+it (what ``curl -d @request.json`` would send), with one extra top-level key,
+``"chatpipe"``, that says where and how to send it::
+
+    {
+      "chatpipe": {
+        "api": "openai-chat",
+        "url": "https://api.openai.com/v1/chat/completions",
+        "headers": {"Authorization": "Bearer ${env:OPENAI_API_KEY}"}
+      },
+      "model": "gpt-4o-mini",
+      "stream": true,
+      "messages": [{"role": "system", "content": "Be brief."}]
+    }
+
+The ``chatpipe`` block is removed before sending.  Placeholders:
+
+- ``${env:NAME}``: the environment variable NAME; only in ``chatpipe.url`` and
+  ``chatpipe.headers``, so that secrets never enter a request body or a saved
+  chat.
+- ``${name}``: filled with ``--var name=value``; anywhere in the block and the
+  body, except in the conversation's own turns (messages whose role is not
+  ``system`` or ``developer``), whose text is kept verbatim.
+- ``$${`` stands for a literal ``${``.
+
+A placeholder left unfilled is an error that names it.  Bare names resolve to
+``NAME.json`` in the user's template folder first (:func:`user_dir`), then in
+the bundled ``request-templates/`` (:func:`bundled_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from chatpipe.errors import TemplateError
+
+#: The reserved top-level key.
+RESERVED_KEY = "chatpipe"
+
+#: Keys allowed in the reserved block, with their meaning.
+BLOCK_KEYS = {
+    "api": "API dialect of the endpoint, e.g. \"openai-chat\"",
+    "url": "endpoint URL",
+    "headers": "HTTP headers, an object of strings",
+    "description": "one line shown by `chatpipe templates list`",
+    "connect_timeout": "seconds to wait for the TCP/TLS connection",
+    "read_timeout": "seconds to wait for the next bytes of the stream",
+}
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 120.0
+
+#: Roles whose message text may hold ``${name}`` placeholders.
+_TEMPLATED_ROLES = frozenset({"system", "developer"})
+
+
+class _Placeholders(string.Template):
+    """``${name}`` and ``${env:NAME}`` placeholders; ``$${`` escapes.
+
+    A lone ``$`` or ``$name`` is left alone, so prices and shell snippets in a
+    prompt survive untouched.
+    """
+
+    pattern = r"""
+    \$(?:
+      (?P<escaped>\$(?=\{))                                 |
+      \{(?P<braced>(?:env:)?[A-Za-z_][A-Za-z0-9_]*)\}        |
+      (?P<named>(?!))                                       |
+      (?P<invalid>(?!))
+    )"""
+    flags = 0
+
+
+@dataclass
+class Template:
+    """A template file, parsed and checked, not yet filled in.
+
+    Attributes:
+        name: the template's name (file name without ``.json``).
+        path: the file it was read from.
+        source: ``"user"``, ``"bundled"`` or ``"file"`` (given as a path).
+        block: the reserved ``chatpipe`` block.
+        body: the request body (the document without the reserved block).
+    """
+
+    name: str
+    path: Path
+    source: str
+    block: dict[str, Any]
+    body: dict[str, Any]
+
+    @property
+    def api(self) -> str:
+        """The API dialect name, default ``"openai-chat"``."""
+        return self.block.get("api", "openai-chat")
+
+    @property
+    def url(self) -> str | None:
+        """The endpoint URL as written (placeholders not filled), or None."""
+        return self.block.get("url")
+
+    @property
+    def description(self) -> str:
+        """The template's one-line description, or ``""``."""
+        return self.block.get("description", "")
+
+
+@dataclass
+class Request:
+    """A filled-in template, ready to send.
+
+    Attributes:
+        url: endpoint URL.
+        headers: HTTP headers (values may hold API keys: never print them).
+        body: JSON request body.
+        api: API dialect name.
+        connect_timeout, read_timeout: seconds.
+        secrets: the values filled from the environment, to redact from any
+            message shown to the user.
+    """
+
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    api: str
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    secrets: list[str] = field(default_factory=list)
+
+
+def user_dir() -> Path:
+    """Return the user's template folder: ``<user config dir>/chatpipe/templates``.
+
+    The config dir comes from platformdirs (``$XDG_CONFIG_HOME`` or
+    ``~/.config`` on Linux).  The folder may not exist.
+    """
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("chatpipe")) / "templates"
+
+
+def bundled_dir() -> Path:
+    """Return the folder of the templates shipped with chatpipe.
+
+    In an installed wheel they sit inside the package; in a source checkout
+    (editable install) they are the repository's ``request-templates/``.
+    """
+    here = Path(__file__).resolve().parent
+    packaged = here / "request-templates"
+    if packaged.is_dir():
+        return packaged
+    return here.parent.parent / "request-templates"
+
+
+def looks_like_path(spec: str) -> bool:
+    """Return True if SPEC names a file (has a slash or ends in ``.json``)."""
+    return spec.endswith(".json") or os.sep in spec or "/" in spec
+
+
+def resolve(spec: str) -> tuple[Path, str]:
+    """Find the template file for SPEC, a path or a bare name.
+
+    Returns:
+        ``(path, source)`` where source is ``"file"``, ``"user"`` or ``"bundled"``.
+    Raises:
+        TemplateError: no such file, or no template of that name (the message
+            lists the folders searched).
+    """
+    if looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise TemplateError(f"no template file {spec}")
+        return path, "file"
+    for source, folder in (("user", user_dir()), ("bundled", bundled_dir())):
+        path = folder / f"{spec}.json"
+        if path.is_file():
+            return path, source
+    raise TemplateError(
+        f"no template named {spec!r} in {user_dir()} or {bundled_dir()}; "
+        "`chatpipe templates list` shows the known ones")
+
+
+def position(text: str, offset: int) -> tuple[int, int]:
+    """Return the 1-based ``(line, column)`` of character OFFSET in TEXT."""
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _key_position(text: str, key: str, after: str | None = None) -> tuple[int | None, int | None]:
+    """Best-effort position of the JSON key KEY (after key AFTER), for messages."""
+    start = text.find(json.dumps(after)) if after else 0
+    offset = text.find(json.dumps(key), max(start, 0))
+    if offset < 0:
+        return None, None
+    return position(text, offset)
+
+
+def parse_document(path: Path) -> tuple[dict[str, Any], str]:
+    """Read and parse the JSON file PATH.
+
+    Returns:
+        ``(document, text)``: the parsed top-level object and the file's text.
+    Raises:
+        TemplateError: unreadable file, not UTF-8, invalid JSON (with its line
+            and column) or a top level that is not an object.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise TemplateError(f"cannot read template: {err.strerror}", str(path)) from None
+    except UnicodeDecodeError as err:
+        line, column = position(path.read_bytes().decode("utf-8", "replace"), err.start)
+        raise TemplateError("file is not valid UTF-8", str(path), line, column) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise TemplateError(f"invalid JSON: {err.msg}", str(path), err.lineno, err.colno) from None
+    if not isinstance(doc, dict):
+        raise TemplateError("a template must be a JSON object", str(path), 1, 1)
+    return doc, text
+
+
+def load(spec: str) -> Template:
+    """Resolve SPEC (see :func:`resolve`), parse and check the template.
+
+    Raises:
+        TemplateError: see :func:`resolve`, :func:`parse_document`, and a bad
+            reserved block (unknown key, wrong type, unknown API dialect).
+    """
+    path, source = resolve(spec)
+    return load_file(path, source)
+
+
+def load_file(path: Path, source: str = "file") -> Template:
+    """Parse and check the template file PATH; see :func:`load`."""
+    doc, text = parse_document(path)
+    block = doc.pop(RESERVED_KEY, None)
+    where = str(path)
+    if block is None:
+        raise TemplateError(
+            f'no "{RESERVED_KEY}" block: add {{"{RESERVED_KEY}": {{"url": ..., "api": ...}}}}',
+            where, 1, 1)
+    if not isinstance(block, dict):
+        raise TemplateError(f'"{RESERVED_KEY}" must be an object',
+                            where, *_key_position(text, RESERVED_KEY))
+    _check_block(block, text, where)
+    return Template(name=path.stem, path=path, source=source, block=block, body=doc)
+
+
+def _check_block(block: dict[str, Any], text: str, where: str) -> None:
+    from chatpipe.dialects import DIALECTS
+
+    def fail(message: str, key: str) -> TemplateError:
+        return TemplateError(message, where, *_key_position(text, key, RESERVED_KEY))
+
+    for key, value in block.items():
+        if key not in BLOCK_KEYS:
+            raise fail(f'unknown key "{key}" in "{RESERVED_KEY}"; known keys: '
+                       + ", ".join(BLOCK_KEYS), key)
+        if key in ("api", "url", "description") and not isinstance(value, str):
+            raise fail(f'"{RESERVED_KEY}.{key}" must be a string', key)
+        if key in ("connect_timeout", "read_timeout") and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise fail(f'"{RESERVED_KEY}.{key}" must be a positive number of seconds', key)
+        if key == "headers" and not (isinstance(value, dict)
+                                     and all(isinstance(v, str) for v in value.values())):
+            raise fail(f'"{RESERVED_KEY}.headers" must be an object of strings', key)
+    if block.get("api", "openai-chat") not in DIALECTS:
+        raise fail(f'unknown API dialect "{block["api"]}"; known: ' + ", ".join(DIALECTS), "api")
+
+
+def _fill(value: str, vars: Mapping[str, str], where: str, template: Template,
+          env: Mapping[str, str] | None, secrets: list[str]) -> str:
+    """Fill the placeholders of one string; see the module docstring."""
+    tpl = _Placeholders(value)
+    mapping = {}
+    for ident in tpl.get_identifiers():
+        if ident.startswith("env:"):
+            name = ident[4:]
+            if env is None:
+                raise TemplateError(
+                    f"${{{ident}}} in {where}: environment variables are only filled in "
+                    f'"{RESERVED_KEY}.url" and "{RESERVED_KEY}.headers"', str(template.path))
+            if not env.get(name):
+                raise TemplateError(
+                    f"environment variable {name} is not set; template {template.name!r} "
+                    f"needs it for {where}: set it (export {name}=...)", str(template.path))
+            mapping[ident] = env[name]
+            secrets.append(env[name])
+        elif ident in vars:
+            mapping[ident] = vars[ident]
+        else:
+            raise TemplateError(
+                f"placeholder ${{{ident}}} in {where} is not filled: "
+                f"pass --var {ident}=VALUE", str(template.path))
+    return tpl.substitute(mapping)
+
+
+def _walk(node: Any, fill, where: str) -> Any:
+    if isinstance(node, str):
+        return fill(node, where)
+    if isinstance(node, list):
+        return [_walk(item, fill, f"{where}[{i}]") for i, item in enumerate(node)]
+    if isinstance(node, dict):
+        return {k: _walk(v, fill, f"{where}.{k}" if where else k) for k, v in node.items()}
+    return node
+
+
+def fill(template: Template, vars: Mapping[str, str] | None = None,
+         env: Mapping[str, str] | None = None) -> Request:
+    """Fill in TEMPLATE's placeholders and return the :class:`Request` to send.
+
+    Args:
+        template: from :func:`load`.
+        vars: values for ``${name}`` placeholders (``--var name=value``).
+        env: the environment for ``${env:NAME}`` (default ``os.environ``).
+    Raises:
+        TemplateError: a placeholder with no value (names the ``--var`` or the
+            environment variable to set), or no endpoint URL.
+    """
+    vars = dict(vars or {})
+    env = os.environ if env is None else env
+    secrets: list[str] = []
+
+    def fill_block(value: str, where: str) -> str:
+        return _fill(value, vars, where, template, env, secrets)
+
+    def fill_body(value: str, where: str) -> str:
+        return _fill(value, vars, where, template, None, secrets)
+
+    block = _walk(template.block, fill_block, RESERVED_KEY)
+    body = {}
+    for key, value in template.body.items():
+        if key == "messages" and isinstance(value, list):
+            body[key] = [
+                _walk(m, fill_body, f"messages[{i}]")
+                if isinstance(m, dict) and m.get("role") in _TEMPLATED_ROLES else m
+                for i, m in enumerate(value)]
+        else:
+            body[key] = _walk(value, fill_body, key)
+    if not block.get("url"):
+        raise TemplateError(f'no endpoint: set "{RESERVED_KEY}.url" or pass --url',
+                            str(template.path))
+    return Request(
+        url=block["url"], headers=dict(block.get("headers", {})), body=body,
+        api=template.api,
+        connect_timeout=float(block.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
+        read_timeout=float(block.get("read_timeout", DEFAULT_READ_TIMEOUT)),
+        secrets=secrets)
+
+
+def iter_templates() -> Iterator[tuple[str, str, Path]]:
+    """Yield ``(name, source, path)`` of every known template, by name.
+
+    A user template hides a bundled one of the same name; only the one that
+    :func:`resolve` would pick is yielded.
+    """
+    seen = {}
+    for source, folder in (("user", user_dir()), ("bundled", bundled_dir())):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.json")):
+                seen.setdefault(path.stem, (source, path))
+    for name in sorted(seen):
+        yield name, *seen[name]
+
+
+def summary(name: str, source: str, path: Path) -> dict[str, Any]:
+    """Describe one template for ``templates list``.
+
+    Returns:
+        ``{"name", "source", "path", "api", "url", "description"}``, or with
+        ``"error"`` (the message) instead of api/url for a broken file.
+    """
+    entry: dict[str, Any] = {"name": name, "source": source, "path": str(path)}
+    try:
+        tpl = load_file(path, source)
+    except TemplateError as err:
+        entry["error"] = str(err)
+        return entry
+    entry.update(api=tpl.api, url=tpl.url, model=tpl.body.get("model"),
+                 description=tpl.description)
+    return entry
+
+
+def append_messages(path: Path, messages: list[dict[str, Any]]) -> None:
+    """Append MESSAGES to the ``messages`` of the template file PATH, atomically.
+
+    The file is read again (so edits made while the answer streamed are
+    kept), the messages appended, and the result written to a temporary file
+    in the same folder that then replaces PATH; the file's mode is kept.
+    Placeholders are written back unfilled: only the file's own text and the
+    new messages are saved, never filled-in values such as API keys.
+
+    Raises:
+        TemplateError: the file no longer parses or its ``messages`` is not a list.
+        OSError: the folder is not writable.
+    """
+    import tempfile
+
+    doc, _ = parse_document(path)
+    conversation = doc.setdefault("messages", [])
+    if not isinstance(conversation, list):
+        raise TemplateError('"messages" is not a list; not saving', str(path))
+    conversation.extend(messages)
+    text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

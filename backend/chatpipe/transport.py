@@ -1,0 +1,167 @@
+"""HTTP transport: the streaming POST and the live bytes of its body.
+
+Uses a ``requests.Session`` (proxies from the environment, connection reuse)
+with ``stream=True``.  The body is read with ``response.raw.read1()``, which
+returns whatever bytes have arrived, in every framing: chunked, no length with
+``Connection: close``, or gzip.  (``iter_content(n)`` and ``SSEClient(response)``
+wait for n bytes or the end of the body when it is not chunked, so events
+would arrive only at the end.)  ``Accept-Encoding: identity`` asks the server
+not to compress; a server that compresses anyway is decoded by urllib3.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import requests
+import urllib3.exceptions
+
+from chatpipe import __version__
+from chatpipe.errors import StreamError
+from chatpipe.templates import Request
+
+#: HTTP statuses worth a retry (rate limits, overload, gateway trouble).
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+#: Bytes read from the socket at most per read; read1 returns sooner.
+READ_SIZE = 65536
+
+#: Bytes of an HTTP error body read at most.
+ERROR_BODY_LIMIT = 1 << 20
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc or url
+
+
+def post(session: requests.Session, request: Request) -> requests.Response:
+    """Send REQUEST and return the response once its headers have arrived.
+
+    The body is not read: iterate :func:`iter_body` for it, and close the
+    response when done.
+
+    Raises:
+        StreamError: no connection (retryable), a timeout (retryable), or an
+            HTTP status >= 400 (message from the error body, see
+            :func:`http_error`).
+    """
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream, application/x-ndjson, application/json",
+        "Accept-Encoding": "identity",
+        "User-Agent": f"chatpipe/{__version__}",
+        **request.headers,
+    }
+    data = json.dumps(request.body, ensure_ascii=False).encode("utf-8")
+    try:
+        response = session.post(request.url, data=data, headers=headers, stream=True,
+                                timeout=(request.connect_timeout, request.read_timeout))
+    except requests.exceptions.ConnectTimeout:
+        raise StreamError(f"cannot connect to {_host(request.url)}: no answer within "
+                          f"{request.connect_timeout:g} s (connect_timeout)",
+                          retryable=True) from None
+    except requests.exceptions.ReadTimeout:
+        raise StreamError(f"{_host(request.url)} sent no response headers within "
+                          f"{request.read_timeout:g} s (read_timeout)", retryable=True) from None
+    except requests.exceptions.InvalidURL as err:
+        raise StreamError(f"invalid endpoint URL: {err}") from None
+    except requests.exceptions.MissingSchema:
+        raise StreamError("invalid endpoint URL: it must start with http:// or https://") from None
+    except requests.exceptions.ConnectionError as err:
+        raise StreamError(f"cannot connect to {_host(request.url)}: {_reason(err)}",
+                          retryable=True) from None
+    except requests.exceptions.RequestException as err:
+        raise StreamError(f"request to {_host(request.url)} failed: {_reason(err)}") from None
+    if response.status_code >= 400:
+        try:
+            raise http_error(response)
+        finally:
+            response.close()
+    return response
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost useful reason of a requests/urllib3 error, without the URL.
+
+    For example "Connection refused" or "Name or service not known".
+    """
+    inner = err.args[0] if err.args and isinstance(err.args[0], BaseException) else err
+    inner = getattr(inner, "reason", None) or inner
+    cause: BaseException | None = inner
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    return re.sub(r"^\w+\(host=.*?\): ", "", str(inner))
+
+
+def http_error(response: requests.Response) -> StreamError:
+    """Make a :class:`StreamError` for an HTTP error RESPONSE.
+
+    The message is the provider's own: ``error.message`` of a JSON body
+    (OpenAI, Anthropic, Gemini), ``error`` when it is a string (Ollama,
+    llama.cpp), ``message`` or ``detail``; otherwise it says what the body
+    was (empty, HTML, text) along with the status.
+    """
+    status = response.status_code
+    reason = response.reason or ""
+    try:
+        raw = response.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
+    except Exception:  # the body is only for the message
+        raw = b""
+    text = raw.decode("utf-8", "replace").strip()
+    message = None
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = None
+    if isinstance(payload, list) and payload and isinstance(payload[0], dict):
+        payload = payload[0]  # Gemini without alt=sse wraps errors in an array
+    if isinstance(payload, dict):
+        err = payload.get("error")
+        if isinstance(err, dict):
+            message = err.get("message") or err.get("type")
+        elif isinstance(err, str):
+            message = err
+        message = message or payload.get("message") or payload.get("detail")
+        if message is not None and not isinstance(message, str):
+            message = json.dumps(message, ensure_ascii=False)
+    if not message:
+        if not text:
+            message = f"HTTP {status} {reason} with an empty body".replace("  ", " ")
+        elif text.lstrip().startswith("<"):
+            message = f"HTTP {status} {reason}: the server answered with an HTML page"
+        else:
+            message = f"HTTP {status} {reason}: {text[:500]}"
+    return StreamError(message, status=status, retryable=status in RETRYABLE_STATUSES)
+
+
+def iter_body(response: requests.Response, read_timeout: float) -> Iterator[bytes]:
+    """Yield RESPONSE's body bytes as they arrive (decoded if gzip/deflate).
+
+    READ_TIMEOUT (seconds) is only for the message: the timeout itself was
+    set by :func:`post`.
+
+    Raises:
+        StreamError: the connection broke or went idle for longer than the
+            read timeout (both retryable).
+    """
+    read1 = response.raw.read1
+    try:
+        while True:
+            chunk = read1(READ_SIZE)
+            if not chunk:
+                return
+            yield chunk
+    except urllib3.exceptions.ReadTimeoutError:
+        raise StreamError("the stream ended early: no data from the server for "
+                          f"{read_timeout:g} s (read_timeout)",
+                          retryable=True) from None
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError,
+            urllib3.exceptions.SSLError, OSError) as err:
+        raise StreamError(f"the stream ended early: connection lost ({_reason(err)})",
+                          retryable=True) from None
