@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     path = sub.add_parser("path", help="print a template's file path")
     path.add_argument("name", metavar="NAME")
     path.set_defaults(func=cmd_templates_path)
+    folder = sub.add_parser("dir", help="print the user's template folder (may not exist yet)")
+    folder.set_defaults(func=cmd_templates_dir)
     check = sub.add_parser("check", help="validate template files (file:line:column: message)")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(func=cmd_templates_check)
@@ -200,6 +202,14 @@ def cmd_templates_path(args, ctx: "_Context") -> int:
 
     path, _ = templates.resolve(args.name)
     print(path)
+    return 0
+
+
+def cmd_templates_dir(args, ctx: "_Context") -> int:
+    """``chatpipe templates dir``: print the user's template folder."""
+    from chatpipe import templates
+
+    print(templates.user_dir())
     return 0
 
 

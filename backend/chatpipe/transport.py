@@ -153,7 +153,7 @@ def iter_body(response: requests.Response, read_timeout: float) -> Iterator[byte
     read1 = response.raw.read1
     try:
         while True:
-            chunk = read1(READ_SIZE)
+            chunk = read1(READ_SIZE, decode_content=True)
             if not chunk:
                 return
             yield chunk
