@@ -1,0 +1,55 @@
+# chatpipe: set-up, demo and tests.  `make demo` then `make test` on a fresh machine.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PORT   ?= 8080
+PROMPT ?= Tell me a joke
+
+export LLAMA_VENV ?= $(CURDIR)/.venv-llama
+
+.PHONY: all setup local-server demo test test-python test-emacs emacs-deps clean
+
+all: setup
+
+## setup: the project's venv with chatpipe (editable) and the test tools
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+## local-server: llama-cpp-python's server and the gemma3 270M model (cached build)
+local-server:
+	scripts/install-local-server
+
+## demo: stream a real answer from the local model into the terminal
+demo: setup local-server
+	scripts/local-server run --port $(PORT) -- $(VENV)/bin/chatpipe send local -m "$(PROMPT)"
+
+## emacs-deps: emacs-nox and package-lint, installed with apt when root
+emacs-deps:
+	@if command -v emacs >/dev/null && [ -d /usr/share/emacs/site-lisp/elpa-src ] \
+	    && ls -d /usr/share/emacs/site-lisp/elpa-src/package-lint-* >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	    echo "installing emacs-nox and elpa-package-lint with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq emacs-nox elpa-package-lint >/dev/null; \
+	else \
+	    echo "The Emacs tests need emacs-nox and elpa-package-lint: sudo apt-get install -y emacs-nox elpa-package-lint" >&2; \
+	    exit 1; \
+	fi
+
+## test: every test, Python and Emacs, including the real local model
+test: setup local-server emacs-deps
+	$(MAKE) --no-print-directory test-python test-emacs
+
+test-python:
+	$(VENV)/bin/pytest
+
+test-emacs:
+	tests/run-emacs-tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
+	find . -name '*.elc' -delete -o -name __pycache__ -prune -exec rm -rf {} +

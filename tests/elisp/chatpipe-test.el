@@ -1,0 +1,828 @@
+;;; chatpipe-test.el --- ERT tests for chatpipe -*- lexical-binding: t; -*-
+
+;;; Commentary:
+
+;; Run by tests/run-emacs-tests.  The tests drive the real `chatpipe'
+;; backend (env CHATPIPE_COMMAND) against a real local HTTP server,
+;; tests/replay_server.py (run with env CHATPIPE_PYTHON), that replays
+;; the recordings in tests/streams/, and check the chat buffer's text
+;; exactly.  The backend's user template folder is a temporary
+;; XDG_CONFIG_HOME.  `chatpipe-test-local-llama' streams from the real
+;; llama.cpp server of scripts/local-server; it is skipped only when
+;; CHATPIPE_SKIP_LLAMA=1.
+
+;;; Code:
+
+(require 'ert)
+(require 'cl-lib)
+(require 'subr-x)
+(require 'json)
+(require 'chatpipe)
+
+;;;; Setup
+
+(defconst chatpipe-test-root
+  (expand-file-name "../.." (file-name-directory
+                             (or load-file-name buffer-file-name)))
+  "The top of the repository.")
+
+(defconst chatpipe-test-command
+  (or (getenv "CHATPIPE_COMMAND")
+      (expand-file-name ".venv/bin/chatpipe" chatpipe-test-root))
+  "The backend under test.")
+
+(defconst chatpipe-test-python
+  (or (getenv "CHATPIPE_PYTHON")
+      (expand-file-name ".venv/bin/python" chatpipe-test-root))
+  "The Python that runs the replay server.")
+
+(defconst chatpipe-test-tmp (make-temp-file "chatpipe-test" t)
+  "Temporary folder of this run; its config/ is XDG_CONFIG_HOME.")
+
+(defconst chatpipe-test-template-dir
+  (expand-file-name "config/chatpipe/templates" chatpipe-test-tmp)
+  "The backend's user template folder during the tests.")
+
+(setenv "XDG_CONFIG_HOME" (expand-file-name "config" chatpipe-test-tmp))
+(setenv "CHATPIPE_TEST_KEY")
+(make-directory chatpipe-test-template-dir t)
+(setq chatpipe-command chatpipe-test-command)
+(setq auth-sources nil)
+
+(defvar chatpipe-test--server nil "The replay server process.")
+(defvar chatpipe-test--url nil "The replay server's base URL.")
+(defvar chatpipe-test--counter 0 "Counter for unique template names.")
+
+(defun chatpipe-test--cleanup ()
+  "Stop the servers and delete the temporary folder."
+  (when (process-live-p chatpipe-test--server)
+    (delete-process chatpipe-test--server))
+  (delete-directory chatpipe-test-tmp t))
+(add-hook 'kill-emacs-hook #'chatpipe-test--cleanup)
+
+(defun chatpipe-test--wait (predicate &optional timeout)
+  "Accept process output until PREDICATE is true or TIMEOUT seconds pass.
+Return the value of PREDICATE."
+  (let ((deadline (+ (float-time) (or timeout 20)))
+        value)
+    (while (and (not (setq value (funcall predicate)))
+                (< (float-time) deadline))
+      (accept-process-output nil 0.02))
+    value))
+
+(defun chatpipe-test--server-url ()
+  "Return the URL of the replay server, starting it if needed."
+  (unless (process-live-p chatpipe-test--server)
+    (let ((buffer (generate-new-buffer " *replay-server*")))
+      (setq chatpipe-test--server
+            (make-process :name "replay-server" :buffer buffer
+                          :command (list chatpipe-test-python
+                                         (expand-file-name
+                                          "tests/replay_server.py"
+                                          chatpipe-test-root))
+                          :connection-type 'pipe :noquery t
+                          :stderr (get-buffer-create " *replay-stderr*")))
+      (should (chatpipe-test--wait
+               (lambda () (with-current-buffer buffer
+                            (string-search "\n" (buffer-string))))
+               15))
+      (setq chatpipe-test--url
+            (string-trim (with-current-buffer buffer (buffer-string))))))
+  chatpipe-test--url)
+
+(defun chatpipe-test--http (method path)
+  "Send an HTTP METHOD request for PATH to the replay server.
+Return the response body parsed as JSON, or nil if it is empty."
+  (with-temp-buffer
+    (let ((coding-system-for-read 'utf-8))
+      (should (eq 0 (call-process
+                     chatpipe-test-python nil t nil "-c"
+                     "import sys, urllib.request as u
+r = u.urlopen(u.Request(sys.argv[1], method=sys.argv[2]), timeout=10)
+sys.stdout.write(r.read().decode())"
+                     (concat (chatpipe-test--server-url) path) method))))
+    (unless (= (buffer-size) 0)
+      (json-parse-string (buffer-string) :object-type 'alist
+                         :array-type 'list :null-object nil
+                         :false-object :false))))
+
+(defun chatpipe-test--requests ()
+  "Return the requests the replay server got, oldest first."
+  (chatpipe-test--http "GET" "/requests"))
+
+(defun chatpipe-test--request-messages (request)
+  "Return the messages of REQUEST's body as (ROLE . CONTENT) pairs."
+  (mapcar (lambda (m) (cons (alist-get 'role m) (alist-get 'content m)))
+          (alist-get 'messages (alist-get 'body request))))
+
+(defun chatpipe-test--template (path &optional headers url)
+  "Write a test template for the replay server's PATH; return its name.
+HEADERS is an alist of HTTP headers; URL replaces the server's URL."
+  (let ((name (format "test%d" (cl-incf chatpipe-test--counter))))
+    (with-temp-file (expand-file-name (concat name ".json")
+                                      chatpipe-test-template-dir)
+      (insert (json-serialize
+               `((chatpipe . ((api . "openai-chat")
+                              (url . ,(or url (concat (chatpipe-test--server-url)
+                                                      path)))
+                              ,@(and headers `((headers . ,headers)))))
+                 (model . "test-model")
+                 (stream . t)
+                 (stream_options . ((include_usage . t)))
+                 (messages . [])))))
+    name))
+
+(defun chatpipe-test--expected (recording)
+  "Return the expected answer text of RECORDING, from expected.json."
+  (let ((all (json-parse-string
+              (with-temp-buffer
+                (insert-file-contents (expand-file-name
+                                       "tests/streams/expected.json"
+                                       chatpipe-test-root))
+                (buffer-string))
+              :object-type 'hash-table)))
+    (gethash "text" (gethash recording all))))
+
+(defun chatpipe-test--idle-p (buffer)
+  "Return non-nil if no answer is streaming into BUFFER."
+  (null (buffer-local-value 'chatpipe--job buffer)))
+
+(defun chatpipe-test--wait-idle (buffer &optional timeout)
+  "Wait until the answer in BUFFER has ended; fail after TIMEOUT seconds."
+  (should (chatpipe-test--wait (lambda () (chatpipe-test--idle-p buffer))
+                               (or timeout 20))))
+
+(defmacro chatpipe-test--with-chat (spec &rest body)
+  "Run BODY with a new chat buffer; SPEC is (VAR TEMPLATE).
+The buffer is killed afterwards."
+  (declare (indent 1) (debug ((symbolp form) body)))
+  `(let ((,(car spec) (chatpipe ,(cadr spec))))
+     (unwind-protect
+         (with-current-buffer ,(car spec) ,@body)
+       (when (buffer-live-p ,(car spec))
+         (with-current-buffer ,(car spec) (set-buffer-modified-p nil))
+         (kill-buffer ,(car spec))))))
+
+(defun chatpipe-test--ask (question)
+  "Type QUESTION at the end of the current chat buffer and send it.
+Return the job."
+  (goto-char (point-max))
+  (insert question)
+  (undo-boundary)
+  (chatpipe-send))
+
+(defun chatpipe-test--chat-text (&rest turns)
+  "Return the text of a chat with TURNS, (ROLE . TEXT) pairs.
+An empty user turn ends it."
+  (concat (mapconcat (lambda (turn)
+                       (format "%s\n\n%s\n\n"
+                               (alist-get (car turn) chatpipe-headings)
+                               (cdr turn)))
+                     turns "")
+          "### User\n\n"))
+
+(defun chatpipe-test--write-script (name text)
+  "Write TEXT to an executable script NAME in the temporary folder.
+Return its file name."
+  (let ((file (expand-file-name name chatpipe-test-tmp)))
+    (with-temp-file file (insert text))
+    (set-file-modes file #o755)
+    file))
+
+;;;; Streaming
+
+(defconst chatpipe-test--question "What's the weather in San Francisco?")
+
+(ert-deftest chatpipe-test-stream-answer ()
+  "A streamed answer: exact text, status, request, point, one-step undo."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let ((template (chatpipe-test--template
+                   "/replay/openai-chat/text-with-usage.sse?split=64"))
+        (answer (chatpipe-test--expected "openai-chat/text-with-usage.sse")))
+    (chatpipe-test--with-chat (buffer template)
+      (should chatpipe-mode)
+      (should (equal (buffer-string) "### User\n\n"))
+      (let* ((job (chatpipe-test--ask chatpipe-test--question))
+             (proc (chatpipe--job-process job)))
+        (should (equal chatpipe--status "waiting..."))
+        (should (string-match-p "waiting" (chatpipe-header-line)))
+        ;; The messages go to stdin, not the command line.
+        (should-not (cl-some (lambda (arg) (string-search "weather" arg))
+                             (process-command proc)))
+        (should (member "--messages" (process-command proc)))
+        (chatpipe-test--wait-idle buffer)
+        (should (equal (buffer-string)
+                       (chatpipe-test--chat-text
+                        (cons 'user chatpipe-test--question)
+                        (cons 'assistant answer))))
+        ;; Point was at the end: it followed the answer.
+        (should (= (point) (point-max)))
+        (should (string-match-p "\\`done: 14 in, 30 out, [0-9.]+ s\\'"
+                                chatpipe--status))
+        (should (string-match-p (concat "\\`chatpipe " template
+                                        " \\[gpt-4o-2024-08-06\\] | done")
+                                (substring-no-properties
+                                 (chatpipe-header-line))))
+        (should (chatpipe-test--wait (lambda () (not (process-live-p proc)))))
+        (should (= 0 (process-exit-status proc))))
+      (let ((requests (chatpipe-test--requests)))
+        (should (= 1 (length requests)))
+        (should (equal (chatpipe-test--request-messages (car requests))
+                       `(("user" . ,chatpipe-test--question)))))
+      ;; The whole answer undoes in one step.
+      (undo-boundary)
+      (let ((last-command nil)) (undo))
+      (should (equal (buffer-string)
+                     (concat "### User\n\n" chatpipe-test--question))))))
+
+(ert-deftest chatpipe-test-point-stays ()
+  "Point and window away from the end do not move while streaming."
+  (let ((template (chatpipe-test--template
+                   "/replay/openai-chat/text-with-usage.sse?split=512")))
+    (chatpipe-test--with-chat (buffer template)
+      (insert "Hi")
+      (set-window-buffer (selected-window) buffer)
+      (goto-char (point-min))
+      (set-window-start (selected-window) (point-min))
+      (chatpipe-send)
+      (chatpipe-test--wait-idle buffer)
+      (should (= (point) (point-min)))
+      (should (= (window-point (selected-window)) (point-min)))
+      (should (string-suffix-p "weather app.\n\n### User\n\n" (buffer-string))))))
+
+(ert-deftest chatpipe-test-multibyte-split ()
+  "Multi-byte characters cut across reads arrive whole."
+  (dolist (case '(("openai-chat/utf8-multiline-json.sse" . 1)
+                  ("deepseek/reasoner-reasoning-content.sse" . 7)))
+    (let ((template (chatpipe-test--template
+                     (format "/replay/%s?split=%d" (car case) (cdr case))))
+          (answer (chatpipe-test--expected (car case))))
+      (should (string-match-p "[°😊]" answer))
+      (chatpipe-test--with-chat (buffer template)
+        (chatpipe-test--ask "Wetter in °C? 😊")
+        (chatpipe-test--wait-idle buffer 60)
+        (should (equal (buffer-string)
+                       (chatpipe-test--chat-text
+                        '(user . "Wetter in °C? 😊")
+                        (cons 'assistant answer))))))))
+
+(ert-deftest chatpipe-test-multibyte-split-in-pipe ()
+  "Bytes of one character that reach Emacs in different reads decode whole."
+  (let* ((lines (concat "{\"type\":\"start\",\"protocol\":1}\n"
+                        "{\"type\":\"delta\",\"content\":\"18°C 😊 ü\"}\n"
+                        "{\"type\":\"delta\",\"content\":\"\\n€\"}\n"
+                        "{\"type\":\"done\",\"finish_reason\":null}\n"))
+         (script (chatpipe-test--write-script
+                  "bytewise"
+                  (concat "#!" chatpipe-test-python "\n"
+                          "import sys, time\n"
+                          "sys.stdin.read()\n"
+                          "data = " (prin1-to-string lines) ".encode()\n"
+                          "for i in range(len(data)):\n"
+                          "    sys.stdout.buffer.write(data[i:i+1])\n"
+                          "    sys.stdout.buffer.flush()\n"
+                          "    time.sleep(0.002)\n")))
+         (chatpipe-command script))
+    (chatpipe-test--with-chat (buffer "bytewise")
+      (chatpipe-test--ask "Hi")
+      (chatpipe-test--wait-idle buffer)
+      (should (equal (buffer-string)
+                     (chatpipe-test--chat-text '(user . "Hi")
+                                               '(assistant . "18°C 😊 ü\n€")))))))
+
+(ert-deftest chatpipe-test-filter-partial-lines ()
+  "The process filter joins partial lines and logs lines that are not JSON."
+  (let* ((events nil)
+         (proc (make-pipe-process :name "chatpipe-test-filter" :noquery t))
+         (chatpipe-log-buffer-name " *chatpipe-test-log*"))
+    (unwind-protect
+        (progn
+          (process-put proc 'chatpipe-handler (lambda (e) (push e events)))
+          (dolist (piece '("{\"type\":\"del" "ta\",\"content\":\"a°\"}\n{\"ty"
+                           "pe\":\"delta\",\"content\":\"b\"}\nnot json\n"
+                           "{\"type\":\"future\",\"x\":1}\n{\"type\":\"done\""
+                           "}" "\n{\"type\":\"delta\",\"content\":\"late\"}\n"))
+            (chatpipe--filter proc piece))
+          (should (equal (nreverse events)
+                         '((:type "delta" :content "a°")
+                           (:type "delta" :content "b")
+                           (:type "future" :x 1)
+                           (:type "done"))))
+          (should (string-search "not a protocol event: not json"
+                                 (with-current-buffer chatpipe-log-buffer-name
+                                   (buffer-string)))))
+      (delete-process proc)
+      (when (get-buffer " *chatpipe-test-log*")
+        (kill-buffer " *chatpipe-test-log*")))))
+
+;;;; Abort, errors
+
+(defun chatpipe-test--hold-offset (recording events)
+  "Return the byte offset just after the first EVENTS events of RECORDING."
+  (with-temp-buffer
+    (set-buffer-multibyte nil)
+    (insert-file-contents-literally
+     (expand-file-name (concat "tests/streams/" recording) chatpipe-test-root))
+    (goto-char (point-min))
+    (dotimes (_ events) (search-forward "\n\n"))
+    (1- (point))))
+
+(ert-deftest chatpipe-test-abort ()
+  "Abort keeps the partial answer, marks it, and stops the process."
+  (let* ((hold (chatpipe-test--hold-offset "openai-chat/text-with-usage.sse" 5))
+         (template (chatpipe-test--template
+                    (format "/replay/openai-chat/text-with-usage.sse?hold=%d"
+                            hold))))
+    (chatpipe-test--with-chat (buffer template)
+      (let* ((job (chatpipe-test--ask chatpipe-test--question))
+             (proc (chatpipe--job-process job))
+             (partial "I'm unable to provide"))
+        (unwind-protect
+            (progn
+              (should (chatpipe-test--wait
+                       (lambda () (string-search partial (buffer-string)))))
+              (should (string-match-p "streaming... 21 chars" chatpipe--status))
+              (should (chatpipe-abort))
+              ;; At once: the text is final and the buffer is idle.
+              (should (chatpipe-test--idle-p buffer))
+              (should (equal (buffer-string)
+                             (chatpipe-test--chat-text
+                              (cons 'user chatpipe-test--question)
+                              (cons 'assistant (concat partial
+                                                       "\n\n[aborted]")))))
+              (should (equal chatpipe--status "aborted after 21 chars"))
+              (should (chatpipe-test--wait
+                       (lambda () (not (process-live-p proc))) 5))
+              (should (= 143 (process-exit-status proc))))
+          (chatpipe-test--http "POST" "/release"))
+        ;; Nothing more arrives, and the aborted note is not sent back.
+        (accept-process-output nil 0.2)
+        (should (string-suffix-p "[aborted]\n\n### User\n\n" (buffer-string)))
+        (should (equal (chatpipe-messages)
+                       `(("user" . ,chatpipe-test--question)
+                         ("assistant" . ,partial))))))))
+
+(ert-deftest chatpipe-test-kill-buffer-ends-process ()
+  "Killing a chat buffer ends its process without waiting for it."
+  (let* ((template (chatpipe-test--template
+                    "/replay/openai-chat/text-with-usage.sse?hold=600"))
+         (buffer (chatpipe template))
+         proc)
+    (unwind-protect
+        (progn
+          (with-current-buffer buffer
+            (setq proc (chatpipe--job-process (chatpipe-test--ask "Hi")))
+            (should (chatpipe-test--wait
+                     (lambda () (string-search "I'm" (buffer-string)))))
+            (set-buffer-modified-p nil))
+          (let ((start (float-time)))
+            (kill-buffer buffer)
+            (should (< (- (float-time) start) 0.5)))
+          (should (chatpipe-test--wait (lambda () (not (process-live-p proc)))
+                                       5)))
+      (chatpipe-test--http "POST" "/release"))))
+
+(ert-deftest chatpipe-test-http-error ()
+  "An HTTP error is shown in the buffer, the header and the echo area."
+  (let ((template (chatpipe-test--template "/error/429"))
+        (message "HTTP 429: Rate limit reached for gpt-4o in organization \
+org-x on tokens per min."))
+    (chatpipe-test--with-chat (buffer template)
+      (chatpipe-test--ask "Hi")
+      (chatpipe-test--wait-idle buffer)
+      (should (equal (buffer-string)
+                     (chatpipe-test--chat-text
+                      '(user . "Hi")
+                      (cons 'assistant (format "[error: %s]" message)))))
+      (should (equal chatpipe--status (concat "error: " message)))
+      (should (string-search (concat "chatpipe: " message)
+                             (with-current-buffer "*Messages*"
+                               (buffer-string))))
+      ;; The error is not sent back as an answer.
+      (should (equal (chatpipe-messages) '(("user" . "Hi")))))))
+
+(ert-deftest chatpipe-test-missing-backend ()
+  "A missing backend is reported and the buffer is left as it was."
+  (let ((chatpipe-command "/nonexistent/bin/chatpipe"))
+    (chatpipe-test--with-chat (buffer "local")
+      (insert "Hi")
+      (let ((err (should-error (chatpipe-send)
+                               :type 'chatpipe-backend-missing)))
+        (should (string-search "/nonexistent/bin/chatpipe" (cadr err))))
+      (should (equal (buffer-string) "### User\n\nHi"))
+      (should (string-match-p "\\`error: .*not found" chatpipe--status))
+      (should (chatpipe-test--idle-p buffer)))))
+
+(ert-deftest chatpipe-test-backend-crash ()
+  "A crash is shown with its stderr; stray output goes to the log."
+  (let ((chatpipe-command
+         (chatpipe-test--write-script
+          "crash"
+          "#!/bin/sh
+cat >/dev/null
+echo 'not json at all'
+echo '{\"type\":\"start\",\"protocol\":1}'
+echo '{\"type\":\"delta\",\"content\":\"Half an ans\"}'
+echo 'Traceback (most recent call last):' >&2
+echo 'RuntimeError: boom' >&2
+exit 3
+")))
+    (chatpipe-test--with-chat (buffer "crash")
+      (chatpipe-test--ask "Hi")
+      (chatpipe-test--wait-idle buffer)
+      (should (equal (buffer-string)
+                     (chatpipe-test--chat-text
+                      '(user . "Hi")
+                      '(assistant . "Half an ans\n\n[error: chatpipe exited \
+with status 3: RuntimeError: boom]"))))
+      (should (string-search "not json at all"
+                             (with-current-buffer chatpipe-log-buffer-name
+                               (buffer-string))))
+      (should (string-search "Traceback"
+                             (with-current-buffer
+                                 (format " *chatpipe %s stderr*" (buffer-name))
+                               (buffer-string)))))))
+
+(ert-deftest chatpipe-test-nothing-to-send ()
+  "Sending an empty user turn is refused and changes nothing."
+  (chatpipe-test--with-chat (buffer "local")
+    (should-error (chatpipe-send) :type 'user-error)
+    (should (equal (buffer-string) "### User\n\n"))
+    (should (chatpipe-test--idle-p buffer))))
+
+;;;; Several chats, saved chats
+
+(ert-deftest chatpipe-test-two-buffers ()
+  "Two chats stream at once, each with its own process."
+  (let ((t1 (chatpipe-test--template
+             "/replay/openai-chat/text-with-usage.sse?split=600&delay=0.05"))
+        (t2 (chatpipe-test--template
+             "/replay/openai-chat/utf8-multiline-json.sse?split=3000&delay=0.05")))
+    (chatpipe-test--with-chat (b1 t1)
+      (chatpipe-test--with-chat (b2 t2)
+        (let ((p1 (with-current-buffer b1
+                    (chatpipe--job-process (chatpipe-test--ask "One?"))))
+              (p2 (with-current-buffer b2
+                    (chatpipe--job-process (chatpipe-test--ask "Two?")))))
+          (should-not (eq p1 p2))
+          ;; Both have streamed some text while both are still going.
+          (should (chatpipe-test--wait
+                   (lambda ()
+                     (and (> (length (with-current-buffer b1 (buffer-string)))
+                             40)
+                          (> (length (with-current-buffer b2 (buffer-string)))
+                             40)))))
+          (should-not (chatpipe-test--idle-p b1))
+          (should-not (chatpipe-test--idle-p b2))
+          (chatpipe-test--wait-idle b1)
+          (chatpipe-test--wait-idle b2)
+          (should (equal (with-current-buffer b1 (buffer-string))
+                         (chatpipe-test--chat-text
+                          '(user . "One?")
+                          (cons 'assistant (chatpipe-test--expected
+                                            "openai-chat/text-with-usage.sse")))))
+          (should (equal (with-current-buffer b2 (buffer-string))
+                         (chatpipe-test--chat-text
+                          '(user . "Two?")
+                          (cons 'assistant
+                                (chatpipe-test--expected
+                                 "openai-chat/utf8-multiline-json.sse"))))))))))
+
+(ert-deftest chatpipe-test-saved-chat-continued ()
+  "A chat saved to a file, reopened and continued sends the first turns."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let* ((template (chatpipe-test--template
+                    "/replay/openai-chat/text-with-usage.sse"))
+         (answer (chatpipe-test--expected "openai-chat/text-with-usage.sse"))
+         (file (expand-file-name "chat.md" chatpipe-test-tmp))
+         (chatpipe-default-template template))
+    (chatpipe-test--with-chat (buffer template)
+      (chatpipe-test--ask chatpipe-test--question)
+      (chatpipe-test--wait-idle buffer)
+      (write-file file))
+    (should-not (get-file-buffer file))
+    (let ((buffer (find-file-noselect file)))
+      (unwind-protect
+          (with-current-buffer buffer
+            (chatpipe-mode 1)
+            (goto-char (point-max))
+            (insert "And tomorrow?")
+            (chatpipe-send)
+            (chatpipe-test--wait-idle buffer)
+            (should (equal (buffer-string)
+                           (chatpipe-test--chat-text
+                            (cons 'user chatpipe-test--question)
+                            (cons 'assistant answer)
+                            '(user . "And tomorrow?")
+                            (cons 'assistant answer))))
+            (save-buffer)
+            (should (equal (with-temp-buffer
+                             (insert-file-contents file)
+                             (buffer-string))
+                           (buffer-string))))
+        (kill-buffer buffer)))
+    (let ((requests (chatpipe-test--requests)))
+      (should (= 2 (length requests)))
+      (should (equal (chatpipe-test--request-messages (nth 1 requests))
+                     `(("user" . ,chatpipe-test--question)
+                       ("assistant" . ,answer)
+                       ("user" . "And tomorrow?")))))))
+
+(ert-deftest chatpipe-test-retry ()
+  "Retry replaces the last answer and sends the chat without it."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let ((failing (chatpipe-test--template "/error/500"))
+        (working (chatpipe-test--template
+                  "/replay/openai-chat/text-with-usage.sse?split=100"))
+        (answer (chatpipe-test--expected "openai-chat/text-with-usage.sse")))
+    (chatpipe-test--with-chat (buffer failing)
+      (chatpipe-test--ask "Hi")
+      (chatpipe-test--wait-idle buffer)
+      (should (string-search "[error: HTTP 500: " (buffer-string)))
+      (chatpipe-select-template working)
+      (goto-char (point-min))
+      (chatpipe-retry)
+      (chatpipe-test--wait-idle buffer)
+      (should (= (point) (point-min)))
+      (should (equal (buffer-string)
+                     (chatpipe-test--chat-text
+                      '(user . "Hi") (cons 'assistant answer))))
+      ;; Again, with a question already typed in the next turn.
+      (goto-char (point-max))
+      (insert "Next question")
+      (chatpipe-retry)
+      (chatpipe-test--wait-idle buffer)
+      (should (equal (buffer-string)
+                     (concat "### User\n\nHi\n\n### Assistant\n\n" answer
+                             "\n\n### User\n\nNext question")))
+      (should (= (point) (point-max))))
+    (let ((requests (chatpipe-test--requests)))
+      (should (= 3 (length requests)))
+      (dolist (request requests)
+        (should (equal (chatpipe-test--request-messages request)
+                       '(("user" . "Hi"))))))))
+
+;;;; Buffers of other kinds
+
+(ert-deftest chatpipe-test-org-buffer-with-system-prompt ()
+  "An Org notes buffer: Org headings, a system turn, a preamble left out."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let ((template (chatpipe-test--template
+                   "/replay/openai-chat/text-with-usage.sse"))
+        (answer (chatpipe-test--expected "openai-chat/text-with-usage.sse")))
+    (with-temp-buffer
+      (org-mode)
+      (insert "#+title: Notes\n\nSome notes.\n\n* System\n\nBe brief.\n\n"
+              "* User\n\nHi\n")
+      (setq chatpipe-template template)
+      (chatpipe-send)
+      (chatpipe-test--wait-idle (current-buffer))
+      (should (equal (buffer-string)
+                     (concat "#+title: Notes\n\nSome notes.\n\n* System\n\n"
+                             "Be brief.\n\n* User\n\nHi\n\n* Assistant\n\n"
+                             answer "\n\n* User\n\n"))))
+    (should (equal (chatpipe-test--request-messages
+                    (car (last (chatpipe-test--requests))))
+                   '(("system" . "Be brief.") ("user" . "Hi"))))))
+
+(ert-deftest chatpipe-test-text-without-headings ()
+  "Text without headings is the question; a user heading is added."
+  (let ((template (chatpipe-test--template
+                   "/replay/openai-chat/text-with-usage.sse"))
+        (answer (chatpipe-test--expected "openai-chat/text-with-usage.sse")))
+    (with-temp-buffer
+      (text-mode)
+      (insert "\nHow warm is it?\n\n")
+      (setq chatpipe-template template)
+      (chatpipe-send)
+      (should chatpipe-mode)
+      (chatpipe-test--wait-idle (current-buffer))
+      (should (equal (buffer-string)
+                     (concat "\n" (chatpipe-test--chat-text
+                                   '(user . "How warm is it?")
+                                   (cons 'assistant answer))))))))
+
+(ert-deftest chatpipe-test-send-region ()
+  "A region sent with an instruction from a code buffer."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let* ((template (chatpipe-test--template
+                    "/replay/openai-chat/text-with-usage.sse"))
+         (answer (chatpipe-test--expected "openai-chat/text-with-usage.sse"))
+         (question "Explain this.\n\n```emacs-lisp\n(+ 1 2)\n```")
+         chat)
+    (unwind-protect
+        (with-temp-buffer
+          (emacs-lisp-mode)
+          (insert ";; code\n(+ 1 2)\n;; more\n")
+          (setq chat (chatpipe-send-region 9 17 "Explain this." template))
+          (chatpipe-test--wait-idle chat)
+          (should (equal (with-current-buffer chat (buffer-string))
+                         (chatpipe-test--chat-text
+                          (cons 'user question) (cons 'assistant answer))))
+          ;; A second region goes to the same chat, in a new turn.
+          (should (eq chat (chatpipe-send-region 1 8 "" template)))
+          (chatpipe-test--wait-idle chat)
+          (should (equal (chatpipe-test--request-messages
+                          (car (last (chatpipe-test--requests))))
+                         `(("user" . ,question) ("assistant" . ,answer)
+                           ("user" . "```emacs-lisp\n;; code\n```")))))
+      (when (buffer-live-p chat) (kill-buffer chat)))))
+
+;;;; Templates and keys
+
+(ert-deftest chatpipe-test-templates ()
+  "Templates are listed by the backend and selected per buffer."
+  (let* ((template (chatpipe-test--template "/error/500"))
+         (names (mapcar (lambda (e) (plist-get e :name)) (chatpipe-templates))))
+    (should (member "local" names))
+    (should (member "openai" names))
+    (should (member template names))
+    (chatpipe-test--with-chat (buffer "local")
+      (should (equal (chatpipe-select-template template) template))
+      (should (equal chatpipe-template template))
+      (should (string-match-p (concat "\\`chatpipe " template)
+                              (chatpipe-header-line)))
+      (chatpipe-set-model "other-model")
+      (should (string-search "[other-model]" (chatpipe-header-line)))
+      (let ((job (chatpipe-test--ask "Hi")))
+        (should (equal (member "--model" (process-command
+                                          (chatpipe--job-process job)))
+                       '("--model" "other-model"))))
+      (chatpipe-test--wait-idle buffer))))
+
+(ert-deftest chatpipe-test-edit-template-broken-json ()
+  "Editing a bundled template copies it; broken JSON is shown at its line."
+  (let* ((copy (expand-file-name "local.json" chatpipe-test-template-dir))
+         (bundled (expand-file-name "request-templates/local.json"
+                                    chatpipe-test-root))
+         (buffer (chatpipe-edit-template "local")))
+    (unwind-protect
+        (with-current-buffer buffer
+          (should (equal buffer-file-name copy))
+          (should chatpipe-template-mode)
+          (should (equal (buffer-string)
+                         (with-temp-buffer (insert-file-contents bundled)
+                                           (buffer-string))))
+          (goto-char (point-min))
+          (search-forward "\"stream\": true,")
+          (let ((line (line-number-at-pos)))
+            (insert ",")
+            (save-buffer)
+            (should (equal chatpipe-template-errors
+                           `((,line 18 "invalid JSON: Expecting property name \
+enclosed in double quotes"))))
+            (let ((overlays (cl-remove-if-not
+                             (lambda (ov) (overlay-get ov 'chatpipe-template-error))
+                             (overlays-in (point-min) (point-max)))))
+              (should (= 1 (length overlays)))
+              (should (= line (line-number-at-pos
+                               (overlay-start (car overlays))))))
+            (should (string-search (format "local.json:%d:18: invalid JSON" line)
+                                   (current-message))))
+          (delete-char -1)
+          (save-buffer)
+          (should (null chatpipe-template-errors))
+          (should-not (cl-some (lambda (ov) (overlay-get ov 'chatpipe-template-error))
+                               (overlays-in (point-min) (point-max)))))
+      (kill-buffer buffer)
+      (delete-file copy))))
+
+(ert-deftest chatpipe-test-api-key-from-auth-source ()
+  "A missing key is read from auth-source and passed in the environment only."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let* ((secret "sk-test-0123456789secret")
+         (authinfo (expand-file-name "authinfo" chatpipe-test-tmp))
+         (template (chatpipe-test--template
+                    "/replay/openai-chat/text-with-usage.sse"
+                    '((Authorization . "Bearer ${env:CHATPIPE_TEST_KEY}"))))
+         (auth-source-do-cache nil))
+    (should-not (getenv "CHATPIPE_TEST_KEY"))
+    ;; Without a key anywhere: the backend's error, nothing lost.
+    (let ((auth-sources nil))
+      (chatpipe-test--with-chat (buffer template)
+        (chatpipe-test--ask "Hi")
+        (chatpipe-test--wait-idle buffer)
+        (should (string-match-p "\\[error: .*environment variable \
+CHATPIPE_TEST_KEY is not set" (buffer-string)))
+        (should (string-prefix-p "### User\n\nHi\n\n" (buffer-string)))))
+    (with-temp-file authinfo
+      (insert "machine 127.0.0.1 login apikey password " secret "\n"))
+    (let ((auth-sources (list authinfo)))
+      (chatpipe-test--with-chat (buffer template)
+        (let ((proc (chatpipe--job-process (chatpipe-test--ask "Hi"))))
+          (should-not (cl-some (lambda (arg) (string-search secret arg))
+                               (process-command proc)))
+          (chatpipe-test--wait-idle buffer)
+          (should (string-suffix-p "weather app.\n\n### User\n\n"
+                                   (buffer-string)))
+          (should-not (string-search secret (buffer-string))))))
+    (should-not (getenv "CHATPIPE_TEST_KEY"))
+    (should (equal (alist-get 'Authorization
+                              (alist-get 'headers
+                                         (car (last (chatpipe-test--requests)))))
+                   (concat "Bearer " secret)))))
+
+;;;; Package checks
+
+(defconst chatpipe-test-files '("chatpipe-process.el" "chatpipe-chat.el"
+                                "chatpipe.el")
+  "The package's files, in dependency order.")
+
+(defun chatpipe-test--source (file)
+  "Return the source file name of FILE in elisp/."
+  (expand-file-name (concat "elisp/" file) chatpipe-test-root))
+
+(ert-deftest chatpipe-test-byte-compile ()
+  "Each file byte-compiles with no warnings."
+  (let* ((dir (make-temp-file "chatpipe-compile" t))
+         (load-path (cons dir load-path))
+         (byte-compile-error-on-warn t))
+    (unwind-protect
+        (dolist (file chatpipe-test-files)
+          (copy-file (chatpipe-test--source file) (expand-file-name file dir))
+          (should (byte-compile-file (expand-file-name file dir))))
+      (delete-directory dir t))))
+
+(ert-deftest chatpipe-test-checkdoc ()
+  "Each file is checkdoc clean."
+  (require 'checkdoc)
+  (dolist (file chatpipe-test-files)
+    (let* ((problems nil)
+           (checkdoc-create-error-function
+            (lambda (text start _end &optional _unfixable)
+              (push (format "%s:%d: %s" file
+                            (if start (line-number-at-pos start) 0) text)
+                    problems)
+              nil))
+           (checkdoc-autofix-flag 'never))
+      (with-temp-buffer
+        (insert-file-contents (chatpipe-test--source file) t)
+        (emacs-lisp-mode)
+        (checkdoc-current-buffer t))
+      (should (equal (nreverse problems) nil)))))
+
+(ert-deftest chatpipe-test-package-lint ()
+  "The main file is package-lint clean."
+  (let ((dir (or (getenv "PACKAGE_LINT_DIR")
+                 (car (last (file-expand-wildcards
+                             "/usr/share/emacs/site-lisp/elpa-src/package-lint-*"))))))
+    (should dir)
+    (add-to-list 'load-path dir)
+    (require 'package-lint)
+    (with-temp-buffer
+      (insert-file-contents (chatpipe-test--source "chatpipe.el") t)
+      (emacs-lisp-mode)
+      (let ((package-lint-main-file (chatpipe-test--source "chatpipe.el")))
+        (should (equal (package-lint-buffer) nil))))))
+
+;;;; The real local model
+
+(ert-deftest chatpipe-test-local-llama ()
+  "A streamed answer from the real local llama.cpp server."
+  :tags '(:llama)
+  (skip-unless (not (equal (getenv "CHATPIPE_SKIP_LLAMA") "1")))
+  (let* ((script (expand-file-name "scripts/local-server" chatpipe-test-root))
+         (output (generate-new-buffer " *local-server*"))
+         (server (make-process :name "local-server" :buffer output
+                               :command (list script "serve" "--port" "0")
+                               :connection-type 'pipe :noquery t
+                               :stderr (get-buffer-create
+                                        " *local-server stderr*")))
+         url)
+    (unwind-protect
+        (progn
+          (should (chatpipe-test--wait
+                   (lambda ()
+                     (or (not (process-live-p server))
+                         (with-current-buffer output
+                           (string-match "^ready \\(http://[^\n]+\\)\n"
+                                         (buffer-string)))))
+                   300))
+          (setq url (with-current-buffer output
+                      (and (string-match "^ready \\(http://[^\n]+\\)\n"
+                                         (buffer-string))
+                           (match-string 1 (buffer-string)))))
+          (unless url
+            (ert-fail (list "local-server did not start"
+                            (with-current-buffer " *local-server stderr*"
+                              (buffer-string)))))
+          (let ((template (chatpipe-test--template
+                           nil nil (concat url "/v1/chat/completions"))))
+            (chatpipe-test--with-chat (buffer template)
+              (chatpipe-test--ask "Say hello in one short sentence.")
+              (chatpipe-test--wait-idle buffer 300)
+              (should (string-match
+                       "\\`### User\n\nSay hello in one short sentence.\n\n\
+### Assistant\n\n\\(\\(?:.\\|\n\\)+\\)\n\n### User\n\n\\'"
+                       (buffer-string)))
+              (should (string-match-p "[[:alpha:]]"
+                                      (match-string 1 (buffer-string))))
+              (should (string-match-p
+                       "\\`done: [1-9][0-9]* in, [1-9][0-9]* out, " chatpipe--status)))))
+      (when (process-live-p server)
+        (signal-process server 'SIGTERM)
+        (chatpipe-test--wait (lambda () (not (process-live-p server))) 20))
+      (when (process-live-p server) (delete-process server)))))
+
+(provide 'chatpipe-test)
+;;; chatpipe-test.el ends here
