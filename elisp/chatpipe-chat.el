@@ -128,18 +128,18 @@ move along with it; point elsewhere never moves."
 
 ;;;; Turns
 
-(defun chatpipe-headings ()
+(defun chatpipe--role-headings ()
   "Return the role headings of the current buffer, an alist.
 Each element is (ROLE . HEADING)."
   (if (derived-mode-p 'org-mode) chatpipe-org-headings chatpipe-headings))
 
 (defun chatpipe--heading (role)
   "Return the heading line for ROLE in the current buffer."
-  (alist-get role (chatpipe-headings)))
+  (alist-get role (chatpipe--role-headings)))
 
 (defun chatpipe--heading-regexp ()
   "Return a regexp matching a whole heading line; group 1 is the heading."
-  (concat "^" (regexp-opt (mapcar #'cdr (chatpipe-headings)) t) "[ \t]*$"))
+  (concat "^" (regexp-opt (mapcar #'cdr (chatpipe--role-headings)) t) "[ \t]*$"))
 
 (defun chatpipe--note-regexp ()
   "Return a regexp matching the note lines that end some answers."
@@ -147,14 +147,14 @@ Each element is (ROLE . HEADING)."
           "\\|\\[error: .*\\]\\)[ \t]*\\'"))
 
 (defun chatpipe-turns (&optional beg end)
-  "Return the turns of the chat between BEG and END (default: all).
+  "Return the list of turn positions between BEG and END (default: all).
 Each turn is a list (ROLE HEADING-START CONTENT-START CONTENT-END),
 ROLE a symbol and the rest buffer positions; a turn's content runs
 to the next heading or END.  Text before the first heading is not
 part of any turn."
   (let ((beg (or beg (point-min)))
         (end (or end (point-max)))
-        (headings (chatpipe-headings))
+        (headings (chatpipe--role-headings))
         (regexp (chatpipe--heading-regexp))
         (case-fold-search nil)
         turns)
@@ -254,14 +254,19 @@ Point and windows at the end of the answer follow it when
 
 (defun chatpipe--finish (job kind &optional message)
   "End JOB as KIND: `done', `aborted' or `error' with MESSAGE.
-Add the note for an aborted or failed answer and, at the end of
-the buffer, a user heading for the next question; close the
-change group of the answer and update the status."
+Add the note for an aborted or failed answer, leave one blank line
+after the answer and, at the end of the buffer, add a user heading
+for the next question; close the change group of the answer and
+update the status."
   (let ((buffer (chatpipe--job-buffer job)))
     (when (buffer-live-p buffer)
       (with-current-buffer buffer
         (let* ((marker (chatpipe--job-marker job))
                (follow (and chatpipe-auto-scroll (= (point) marker)))
+               (windows (and chatpipe-auto-scroll
+                             (cl-remove-if-not
+                              (lambda (w) (= (window-point w) marker))
+                              (get-buffer-window-list nil nil t))))
                (seconds (- (float-time) (chatpipe--job-start-time job)))
                (inhibit-read-only t)
                end)
@@ -274,14 +279,17 @@ change group of the answer and update the status."
                       (insert "[error: " (replace-regexp-in-string
                                           "\n" " " message)
                               "]")))
-            (skip-chars-forward " \t\n")
+            ;; One blank line between the answer and what follows, if
+            ;; anything; else a user heading for the next question.
+            (delete-region (point) (progn (skip-chars-forward " \t\n")
+                                          (point)))
+            (chatpipe--ensure-blank-line)
             (when (eobp)
-              (goto-char marker)
-              (delete-region marker (point-max))
-              (chatpipe--ensure-blank-line)
               (insert (chatpipe--heading 'user) "\n\n"))
             (setq end (point)))
           (when follow (goto-char end))
+          (dolist (window windows)
+            (set-window-point window end))
           (let ((group (chatpipe--job-group job)))
             (undo-amalgamate-change-group group)
             (accept-change-group group))
@@ -398,28 +406,36 @@ Return the new job."
       (let ((text (string-trim (buffer-substring-no-properties beg end))))
         (setq messages (unless (string-empty-p text)
                          (list (cons "user" text))))))
-    (chatpipe--start
-     messages
-     (lambda ()
-       (let* ((text-end (save-excursion
-                          (goto-char end)
-                          (skip-chars-backward " \t\n" beg)
-                          (point)))
-              (follow (<= text-end (point) end))
-              (orig (point-marker)))
-         (when headless
-           (save-excursion
-             (goto-char beg)
-             (skip-chars-forward " \t\n" end)
-             (insert (chatpipe--heading 'user) "\n\n")))
-         (goto-char end)
-         (skip-chars-backward " \t\n" beg)
-         (delete-region (point) end)
-         (chatpipe--ensure-blank-line)
-         (insert (chatpipe--heading 'assistant) "\n\n")
-         (prog1 (point)
-           (unless follow (goto-char orig))
-           (set-marker orig nil)))))))
+    (unwind-protect
+        (chatpipe--start messages (chatpipe--send-preparer beg end headless))
+      (set-marker beg nil)
+      (set-marker end nil))))
+
+(defun chatpipe--send-preparer (beg end headless)
+  "Return a function to make room for an answer after END.
+BEG and END are markers around the chat sent.  If HEADLESS, the
+text has no heading: insert a user heading at BEG.  The function
+returns the position of the answer; see `chatpipe--start'."
+  (lambda ()
+    (let* ((text-end (save-excursion
+                       (goto-char end)
+                       (skip-chars-backward " \t\n" beg)
+                       (point)))
+           (follow (<= text-end (point) end))
+           (orig (point-marker)))
+      (when headless
+        (save-excursion
+          (goto-char beg)
+          (skip-chars-forward " \t\n" end)
+          (insert (chatpipe--heading 'user) "\n\n")))
+      (goto-char end)
+      (skip-chars-backward " \t\n" beg)
+      (delete-region (point) end)
+      (chatpipe--ensure-blank-line)
+      (insert (chatpipe--heading 'assistant) "\n\n")
+      (prog1 (point)
+        (unless follow (goto-char orig))
+        (set-marker orig nil)))))
 
 (defun chatpipe-retry-last ()
   "Send the chat again without its last answer, and stream a new one.

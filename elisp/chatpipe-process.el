@@ -44,7 +44,6 @@
 ;;; Code:
 
 (require 'cl-lib)
-(require 'json)
 (require 'subr-x)
 (require 'url-parse)
 
@@ -59,11 +58,11 @@
 
 (defcustom chatpipe-command nil
   "The `chatpipe' backend command, or nil to find it.
-A string is the program's file name (or a name on `exec-path'); a
-list of strings is a program and its first arguments, for example
-\(\"python3\" \"-m\" \"chatpipe\").  When nil, use the `chatpipe' of
-`chatpipe-python-venv' if that is set, else the `chatpipe' found
-on `exec-path'."
+A string is the program: a file name, or a name to look up in the
+variable `exec-path'.  A list of strings is a program and its first
+arguments, for example (\"python3\" \"-m\" \"chatpipe\").  When nil,
+use the `chatpipe' of `chatpipe-python-venv' if that is set, else
+the `chatpipe' found in the variable `exec-path'."
   :type '(choice (const :tag "Find it" nil)
                  (string :tag "Program")
                  (repeat :tag "Program and arguments" string))
@@ -118,7 +117,11 @@ FORMAT-STRING and ARGS are as for `format'.  Return nil."
 (defun chatpipe--command ()
   "Return the backend command as a list: the program, then arguments.
 The program is an absolute file name.  Signal
-`chatpipe-backend-missing' if it cannot be found."
+`chatpipe-backend-missing' if it cannot be found, and
+`chatpipe-error' if this Emacs cannot parse JSON."
+  (unless (json-available-p)
+    (signal 'chatpipe-error
+            (list "This Emacs was built without JSON support (libjansson)")))
   (let* ((spec (cond (chatpipe-command chatpipe-command)
                      (chatpipe-python-venv
                       (expand-file-name "bin/chatpipe" chatpipe-python-venv))
@@ -194,6 +197,7 @@ placeholders."
         (while (re-search-forward
                 "\\${env:\\([A-Za-z_][A-Za-z0-9_]*\\)}" nil t)
           (cl-pushnew (match-string-no-properties 1) names :test #'equal))
+        (goto-char (point-min))
         (let* ((doc (condition-case nil
                         (json-parse-buffer :object-type 'alist
                                            :null-object nil
@@ -395,13 +399,15 @@ is no backend."
 (defun chatpipe-process-abort (proc)
   "Stop the send process PROC at once; deliver no more of its events.
 Send it SIGTERM, so that it closes the HTTP response, and kill it
-if it is still there a few seconds later.  Do not wait for it."
+if it is still there a few seconds later.  Do not wait for it.
+Return nil."
   (process-put proc 'chatpipe-finished t)
   (when (process-live-p proc)
     (ignore-errors (signal-process proc 'SIGTERM))
     (run-at-time 3 nil (lambda ()
                          (when (process-live-p proc)
-                           (delete-process proc))))))
+                           (delete-process proc)))))
+  nil)
 
 (provide 'chatpipe-process)
 ;;; chatpipe-process.el ends here

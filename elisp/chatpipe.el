@@ -151,6 +151,8 @@ broken file."
 Complete over the known templates; DEFAULT is the default.  A .json
 file name is accepted too."
   (let* ((entries (chatpipe-templates))
+         (width (cl-loop for e in entries
+                         maximize (length (plist-get e :name))))
          (completion-extra-properties
           (list :annotation-function
                 (lambda (name)
@@ -158,7 +160,9 @@ file name is accepted too."
                                         :key (lambda (e) (plist-get e :name))
                                         :test #'equal)))
                     (when entry
-                      (format "  %-8s %s" (plist-get entry :source)
+                      (format "%s  %-8s %s"
+                              (make-string (max 0 (- width (length name))) ?\s)
+                              (plist-get entry :source)
                               (if (plist-get entry :error)
                                   (concat "error: " (plist-get entry :error))
                                 (or (plist-get entry :description)
@@ -314,6 +318,7 @@ underlines the problems found; see `chatpipe-template-check'."
     (or buffer
         (with-current-buffer (generate-new-buffer name)
           (chatpipe--new-buffer-mode)
+          (visual-line-mode 1)
           (setq chatpipe-template template)
           (chatpipe-mode 1)
           (insert (chatpipe--heading 'user) "\n\n")
@@ -331,9 +336,6 @@ exists, switch to it; else make one with an empty user turn."
   (let ((buffer (chatpipe--chat-buffer
                  (or template chatpipe-default-template))))
     (pop-to-buffer buffer)
-    (with-current-buffer buffer
-      (when (= (point) (point-min))
-        (goto-char (point-max))))
     buffer))
 
 ;;;###autoload

@@ -127,6 +127,15 @@ def test_messages_from_stdin_and_file(server, chatpipe, tmp_path):
         conversation[0], {"role": "user", "content": "after"}]
 
 
+def test_system_message_in_messages_replaces_the_templates(server, chatpipe):
+    mine = [{"role": "system", "content": "Answer in haiku."},
+            {"role": "user", "content": "Rain?"}]
+    proc = chatpipe("send", "openai", "--url", replay_url(server), "--messages", "-",
+                    input=json.dumps(mine))
+    assert proc.returncode == 0, proc.stderr
+    assert server.requests[-1]["body"]["messages"] == mine
+
+
 @pytest.mark.parametrize("payload,fragment", [
     ("not json", "invalid JSON"),
     ('{"role": "user"}', "expected a JSON array"),

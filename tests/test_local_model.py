@@ -25,16 +25,19 @@ if os.environ.get("CHATPIPE_SKIP_LLAMA") == "1":
 
 
 @pytest.fixture(scope="module")
-def llama_url():
+def llama_url(tmp_path_factory):
     """URL of a running local llama.cpp server, stopped after the module."""
+    log = tmp_path_factory.mktemp("llama") / "server.log"
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "local-server"), "serve",
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--port", "0", "--log", str(log)],
+                            stdout=subprocess.PIPE, stderr=open(log.with_suffix(".err"), "w"),
                             text=True)
     line = proc.stdout.readline()
     if not line.startswith("ready "):
         proc.kill()
-        pytest.fail(f"local server did not start (run `make local-server`): "
-                    f"{line}{proc.stderr.read()[-2000:]}")
+        tail = "".join(p.read_text(errors="replace")[-2000:]
+                       for p in (log.with_suffix(".err"), log) if p.exists())
+        pytest.fail(f"local server did not start (run `make local-server`): {line}{tail}")
     yield line.split()[1]
     proc.terminate()
     proc.wait(timeout=20)

@@ -283,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as err:  # a bug: one clear line, the traceback on request
+        if os.environ.get("CHATPIPE_DEBUG"):
+            raise
+        message = ctx.redact(f"internal error: {type(err).__name__}: {err} "
+                             "(set CHATPIPE_DEBUG=1 for the traceback)")
+        _report(ctx, {"message": message, "status": None, "retryable": False}, {})
+        return 1
 
 
 def _report(ctx: _Context, event: dict, extra: dict) -> None:

@@ -107,9 +107,20 @@ def usage_event(usage: dict) -> dict:
     return event
 
 
+SYSTEM_ROLES = ("system", "developer")
+
+
 def add_messages(body: dict, messages: list[dict]) -> None:
-    """Append MESSAGES (``{"role", "content"}`` objects) to ``body["messages"]``."""
-    body.setdefault("messages", []).extend(messages)
+    """Append MESSAGES (``{"role", "content"}`` objects) to ``body["messages"]``.
+
+    If MESSAGES hold a system (or developer) message, it replaces the
+    template's own: the template's system and developer messages are dropped.
+    """
+    conversation = body.setdefault("messages", [])
+    if any(m.get("role") in SYSTEM_ROLES for m in messages):
+        conversation[:] = [m for m in conversation
+                           if not (isinstance(m, dict) and m.get("role") in SYSTEM_ROLES)]
+    conversation.extend(messages)
 
 
 def assistant_message(text: str) -> dict:
