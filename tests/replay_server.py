@@ -23,7 +23,8 @@ requests as a JSON array of ``{"path", "headers", "body"}``, ``DELETE
 
 ``POST /error/<status>``
     Answers STATUS with an OpenAI-style JSON error body;
-    ``?body=html|empty|text`` for other bodies.
+    ``?body=html|empty|text`` for other bodies; ``?retry_after=S`` adds a
+    ``Retry-After`` header.
 
 In-process tests can also register any response with :meth:`ReplayServer.add`.
 """
@@ -241,7 +242,10 @@ class ReplayServer:
             return self.routes[path]
         arg = {k: v[-1] for k, v in query.items()}
         if path.startswith("/error/"):
-            return error_reply(int(path.rsplit("/", 1)[1]), arg.get("body", "json"))
+            reply = error_reply(int(path.rsplit("/", 1)[1]), arg.get("body", "json"))
+            if "retry_after" in arg:
+                reply.headers["Retry-After"] = arg["retry_after"]
+            return reply
         if path.startswith("/replay/"):
             file = STREAMS / unquote(path[len("/replay/"):])
             if not file.is_file() or STREAMS not in file.resolve().parents:

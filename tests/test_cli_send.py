@@ -39,9 +39,10 @@ def test_ndjson_against_a_replay(server, chatpipe, name):
     assert events[0]["type"] == "start"
     assert "".join(e["content"] for e in events if e["type"] == "delta") == expected["text"]
     usage = expected["usage"]
-    assert events[-2] == {"type": "usage", "input_tokens": usage["prompt_tokens"],
-                          "output_tokens": usage["completion_tokens"],
-                          "total_tokens": usage["total_tokens"]}
+    assert events[-2]["type"] == "usage"
+    assert (events[-2]["input_tokens"], events[-2]["output_tokens"],
+            events[-2]["total_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"],
+                                            usage["total_tokens"])
     assert events[-1] == {"type": "done", "finish_reason": expected["finish_reason"]}
     assert proc.stderr == ""
     sent = server.requests[-1]["body"]
@@ -58,11 +59,15 @@ def test_text_output(server, chatpipe):
 
 
 def test_text_output_error_goes_to_stderr(server, chatpipe):
-    proc = chatpipe("send", "openai", "--url", f"{server.url}/error/429", "-m", "hi")
+    proc = chatpipe("send", "openai", "--url", f"{server.url}/error/429?retry_after=0",
+                    "-m", "hi")
     assert proc.returncode == 1
     assert proc.stdout == ""
-    assert proc.stderr == ("chatpipe: error: HTTP 429: Rate limit reached for gpt-4o in "
-                           "organization org-x on tokens per min.\n")
+    message = "Rate limit reached for gpt-4o in organization org-x on tokens per min."
+    assert proc.stderr == "".join(
+        f"chatpipe: retry {n} in 0.0 s: HTTP 429: {message}\n" for n in (1, 2, 3)
+    ) + f"chatpipe: error: HTTP 429: {message}\n"
+    assert len(server.requests) == 4
 
 
 def test_http_error_ndjson(server, chatpipe):
@@ -195,7 +200,7 @@ def test_save_appends_the_turn_and_continues(server, chatpipe, tmp_path):
 
 def test_save_writes_nothing_when_failing_before_text(server, chatpipe, tmp_path):
     path = tmp_path / "request.json"
-    original = json.dumps({"chatpipe": {"url": f"{server.url}/error/500"},
+    original = json.dumps({"chatpipe": {"url": f"{server.url}/error/500", "max_retries": 0},
                            "messages": []}, indent=1)
     path.write_text(original)
     proc = chatpipe("send", str(path), "--save", "-m", "hello")

@@ -135,6 +135,17 @@ def _new_messages(args, stdin) -> list[dict[str, Any]]:
     return messages
 
 
+def _ends_with_user_turn(body: dict) -> bool:
+    """Whether the template's own conversation ends with a user turn."""
+    for key in ("messages", "contents", "input"):
+        turns = body.get(key)
+        if isinstance(turns, str) and turns.strip():
+            return True
+        if isinstance(turns, list) and turns:
+            return isinstance(turns[-1], dict) and turns[-1].get("role") == "user"
+    return False
+
+
 def cmd_send(args, ctx: "_Context") -> int:
     """``chatpipe send``: stream one answer; returns the exit code."""
     from chatpipe import dialects, stream, templates
@@ -150,15 +161,15 @@ def cmd_send(args, ctx: "_Context") -> int:
         template.block["url"] = args.url
     request = templates.fill(template, parse_vars(args.var))
     ctx.secrets = request.secrets
-    if args.model:
-        request.body["model"] = args.model
-    new = _new_messages(args, sys.stdin)
-    body_messages = request.body.get("messages")
-    if not new and not (isinstance(body_messages, list) and body_messages
-                        and isinstance(body_messages[-1], dict)
-                        and body_messages[-1].get("role") == "user"):
-        raise UsageError("no message to send: give -m TEXT, --messages FILE, or text on stdin")
     dialect = dialects.get(request.api)
+    if args.model:
+        if hasattr(dialect, "set_model"):
+            dialect.set_model(request, args.model)
+        else:
+            request.body["model"] = args.model
+    new = _new_messages(args, sys.stdin)
+    if not new and not _ends_with_user_turn(request.body):
+        raise UsageError("no message to send: give -m TEXT, --messages FILE, or text on stdin")
     dialect.add_messages(request.body, new)
     recorder = Recorder(ctx.sink)
     try:

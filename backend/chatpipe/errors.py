@@ -59,13 +59,16 @@ class StreamError(ChatpipeError):
         message: the provider's own message where there is one.
         status: the HTTP status code, only for HTTP errors.
         retryable: whether sending the same request again may succeed.
+        retry_after: seconds the provider asked to wait before a retry
+            (``Retry-After``, ``retry-after-ms``, Gemini's ``retryDelay``).
     """
 
     def __init__(self, message: str, *, status: int | None = None,
-                 retryable: bool = False) -> None:
+                 retryable: bool = False, retry_after: float | None = None) -> None:
         self.message = message
         self.status = status
         self.retryable = retryable
+        self.retry_after = retry_after
         super().__init__(message)
 
 

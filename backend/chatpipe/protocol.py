@@ -43,13 +43,19 @@ class TextWriter:
 
     def emit(self, event: dict) -> None:
         """Write a ``delta``'s text, end the text with a newline at ``done``,
-        and print an ``error`` on stderr as ``chatpipe: error: ...``."""
+        and print ``retry`` and ``error`` events on stderr
+        (``chatpipe: error: ...``)."""
         kind = event["type"]
         if kind == "delta":
             text = event["content"]
             self._out.write(text.encode("utf-8"))
             self._out.flush()
             self._last = text[-1:]
+        elif kind == "retry":
+            status = f"HTTP {event['status']}: " if event.get("status") else ""
+            self._err.write(f"chatpipe: retry {event['attempt']} in {event['delay']:.1f} s: "
+                            f"{status}{event['reason']}\n".encode("utf-8"))
+            self._err.flush()
         elif kind in ("done", "error"):
             if self._last != "\n":
                 self._out.write(b"\n")

@@ -1,21 +1,53 @@
-"""Run one request: POST, read the server-sent events, emit protocol events."""
+"""Run one request: POST, read the events, emit protocol events; retry.
+
+Layers: :mod:`chatpipe.transport` (HTTP, live body bytes),
+:mod:`chatpipe.events` (bytes to server-sent events or NDJSON lines), a
+dialect from :mod:`chatpipe.dialects` (events to protocol events).
+"""
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Protocol
 
 import requests
-from sseclient import SSEClient
 
-from chatpipe import dialects, transport, PROTOCOL_VERSION
+from chatpipe import PROTOCOL_VERSION, dialects, events, transport
 from chatpipe.errors import StreamError
 from chatpipe.templates import Request
+
+#: Protocol events that carry the answer: after one of them, no retry.
+CONTENT_EVENTS = frozenset({"delta", "reasoning", "refusal", "tool_call"})
+
+#: First backoff delay in seconds (doubled at each retry, with jitter).
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 30.0
 
 
 class Sink(Protocol):
     """Where protocol events go (see :mod:`chatpipe.protocol`)."""
 
     def emit(self, event: dict) -> None: ...
+
+
+class _Gate:
+    """Passes events to a sink; remembers whether content went out."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.started = False
+        self.content = False
+
+    def emit(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "start":
+            if self.started:
+                return  # one start per answer, whatever the retries
+            self.started = True
+        elif kind in CONTENT_EVENTS:
+            self.content = True
+        self.sink.emit(event)
 
 
 def _start_event(request: Request, response: requests.Response) -> dict:
@@ -29,31 +61,75 @@ def _start_event(request: Request, response: requests.Response) -> dict:
     return event
 
 
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry ATTEMPT (1, 2, ...): exponential, with
+    "equal jitter" (half fixed, half random), at most BACKOFF_MAX."""
+    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
 def run(request: Request, sink: Sink, session: requests.Session | None = None) -> None:
     """Send REQUEST and emit its protocol events to SINK as they arrive.
 
-    Emits ``start`` when the response headers arrive, then the dialect's
-    events, ending with ``done``.  The HTTP response is closed on return,
-    on error and on interruption (KeyboardInterrupt, signals).
+    Emits ``start`` once the response headers arrive, the dialect's events,
+    and ``done`` last.  A retryable failure (connection error, HTTP 429 and
+    5xx, a provider's overload error) before any content was emitted is
+    retried up to ``request.max_retries`` times, with exponential backoff
+    and jitter or the delay the provider asked for, while the waits fit in
+    ``request.retry_budget`` seconds and the answer in ``request.deadline``;
+    each retry is announced with a ``retry`` event.  The HTTP response is
+    closed on return, on error and on interruption.
 
     Raises:
-        StreamError: HTTP error, connection trouble, a provider's error event,
-            or a stream that ended before its terminator (after the events
-            that did arrive have been emitted).
+        StreamError: the last failure (after the events that did arrive).
     """
-    dialect = dialects.get(request.api)
-    decoder = dialect.Decoder()
     own_session = session is None
     session = session or requests.Session()
-    response = None
+    gate = _Gate(sink)
+    started = time.monotonic()
+    deadline = started + request.deadline
+    waited = 0.0
+    attempt = 0
     try:
-        response = transport.post(session, request)
+        while True:
+            try:
+                return _run_once(request, gate, session, deadline)
+            except StreamError as err:
+                attempt += 1
+                if not err.retryable or gate.content or attempt > request.max_retries:
+                    raise
+                delay = err.retry_after if err.retry_after is not None else backoff(attempt)
+                if (waited + delay > request.retry_budget
+                        or time.monotonic() + delay >= deadline):
+                    raise
+                gate.emit({"type": "retry", "attempt": attempt, "delay": round(delay, 3),
+                           "reason": err.message, **({"status": err.status}
+                                                     if err.status else {})})
+                time.sleep(delay)
+                waited += delay
+    finally:
+        if own_session:
+            session.close()
+
+
+def _run_once(request: Request, sink: Sink, session: requests.Session,
+              deadline: float) -> None:
+    """One attempt of :func:`run`: POST, stream, close."""
+    decoder = dialects.get(request.api).Decoder()
+    response = transport.post(session, request)
+    try:
+        _check_content_type(response, decoder)
         sink.emit(_start_event(request, response))
+        body = transport.iter_body(response, request.read_timeout, deadline)
+        if decoder.framing == "ndjson":
+            stream = events.ndjson_lines(body)
+        else:
+            stream = events.sse_events(body)
         malformed = None
-        events = SSEClient(transport.iter_body(response, request.read_timeout)).events()
-        for event in events:
+        for event in stream:
             if malformed is not None:
-                raise StreamError(f"the server sent an event that is not valid: {malformed[:200]}")
+                raise StreamError("the server sent an event that is not valid: "
+                                  f"{malformed[:200]}")
             try:
                 for out in decoder.decode(event):
                     sink.emit(out)
@@ -65,10 +141,16 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None) -
         if malformed is not None:
             raise StreamError("the stream ended early: its last event was cut off",
                               retryable=True)
-        raise StreamError(f"the stream ended early: the connection closed before "
-                          f"{decoder.terminator}", retryable=True)
+        for out in decoder.end():
+            sink.emit(out)
     finally:
-        if response is not None:
-            response.close()
-        if own_session:
-            session.close()
+        response.close()
+
+
+def _check_content_type(response: requests.Response, decoder: dialects.Decoder) -> None:
+    """Raise a clear StreamError when an SSE endpoint answers plain JSON
+    (a request without ``stream: true``, Gemini without ``alt=sse``)."""
+    ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if decoder.framing == "sse" and ctype == "application/json":
+        raise StreamError("the endpoint answered with one JSON document, not a stream "
+                          f"of server-sent events: {decoder.not_streaming_hint}")

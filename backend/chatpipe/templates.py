@@ -52,10 +52,16 @@ BLOCK_KEYS = {
     "description": "one line shown by `chatpipe templates list`",
     "connect_timeout": "seconds to wait for the TCP/TLS connection",
     "read_timeout": "seconds to wait for the next bytes of the stream",
+    "deadline": "seconds a whole answer may take, retries included",
+    "max_retries": "how many times to retry a failed request (0: never)",
+    "retry_budget": "seconds that waiting between retries may add up to",
 }
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 120.0
+DEFAULT_DEADLINE = 1800.0
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_BUDGET = 60.0
 
 #: Roles whose message text may hold ``${name}`` placeholders.
 _TEMPLATED_ROLES = frozenset({"system", "developer"})
@@ -122,6 +128,9 @@ class Request:
         body: JSON request body.
         api: API dialect name.
         connect_timeout, read_timeout: seconds.
+        deadline: seconds the whole answer may take, retries included.
+        max_retries: retries of a failed request, before any text arrived.
+        retry_budget: seconds that the waits between retries may add up to.
         secrets: the values filled from the environment, to redact from any
             message shown to the user.
     """
@@ -132,6 +141,9 @@ class Request:
     api: str
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    deadline: float = DEFAULT_DEADLINE
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_budget: float = DEFAULT_RETRY_BUDGET
     secrets: list[str] = field(default_factory=list)
 
 
@@ -266,9 +278,15 @@ def _check_block(block: dict[str, Any], text: str, where: str) -> None:
                        + ", ".join(BLOCK_KEYS), key)
         if key in ("api", "url", "description") and not isinstance(value, str):
             raise fail(f'"{RESERVED_KEY}.{key}" must be a string', key)
-        if key in ("connect_timeout", "read_timeout") and (
+        if key in ("connect_timeout", "read_timeout", "deadline") and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise fail(f'"{RESERVED_KEY}.{key}" must be a positive number of seconds', key)
+        if key == "retry_budget" and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise fail(f'"{RESERVED_KEY}.{key}" must be a number of seconds, 0 or more', key)
+        if key == "max_retries" and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise fail(f'"{RESERVED_KEY}.{key}" must be a whole number, 0 or more', key)
         if key == "headers" and not (isinstance(value, dict)
                                      and all(isinstance(v, str) for v in value.values())):
             raise fail(f'"{RESERVED_KEY}.headers" must be an object of strings', key)
@@ -353,6 +371,9 @@ def fill(template: Template, vars: Mapping[str, str] | None = None,
         api=template.api,
         connect_timeout=float(block.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
         read_timeout=float(block.get("read_timeout", DEFAULT_READ_TIMEOUT)),
+        deadline=float(block.get("deadline", DEFAULT_DEADLINE)),
+        max_retries=int(block.get("max_retries", DEFAULT_MAX_RETRIES)),
+        retry_budget=float(block.get("retry_budget", DEFAULT_RETRY_BUDGET)),
         secrets=secrets)
 
 

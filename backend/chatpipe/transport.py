@@ -11,9 +11,12 @@ not to compress; a server that compresses anyway is decoded by urllib3.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
 import re
-from typing import Iterator
+import time
+from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import requests
@@ -109,6 +112,7 @@ def http_error(response: requests.Response) -> StreamError:
     """
     status = response.status_code
     reason = response.reason or ""
+    retryable = status in RETRYABLE_STATUSES
     try:
         raw = response.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
     except Exception:  # the body is only for the message
@@ -125,6 +129,7 @@ def http_error(response: requests.Response) -> StreamError:
         err = payload.get("error")
         if isinstance(err, dict):
             message = err.get("message") or err.get("type")
+            retryable = retryable or err.get("type") == "overloaded_error"  # Anthropic
         elif isinstance(err, str):
             message = err
         message = message or payload.get("message") or payload.get("detail")
@@ -137,31 +142,94 @@ def http_error(response: requests.Response) -> StreamError:
             message = f"HTTP {status} {reason}: the server answered with an HTML page"
         else:
             message = f"HTTP {status} {reason}: {text[:500]}"
-    return StreamError(message, status=status, retryable=status in RETRYABLE_STATUSES)
+    return StreamError(message, status=status, retryable=retryable,
+                       retry_after=retry_after(response.headers, payload))
 
 
-def iter_body(response: requests.Response, read_timeout: float) -> Iterator[bytes]:
+def retry_after(headers: Mapping[str, str], payload: Any = None) -> float | None:
+    """Return the seconds to wait that an error response asks for, or None.
+
+    Looks at ``retry-after-ms`` (milliseconds; OpenAI, Anthropic),
+    ``Retry-After`` (seconds or an HTTP date, RFC 9110 section 10.2.3) and,
+    in a Gemini error body, ``error.details[].retryDelay`` (e.g. ``"2.5s"``).
+    """
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                now = datetime.datetime.now(when.tzinfo or datetime.timezone.utc)
+                return max(0.0, (when - now).total_seconds())
+    err = payload.get("error") if isinstance(payload, dict) else None
+    for detail in (err.get("details") or ()) if isinstance(err, dict) else ():
+        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return max(0.0, float(delay[:-1]))
+            except ValueError:
+                pass
+    return None
+
+
+def iter_body(response: requests.Response, read_timeout: float,
+              deadline: float | None = None) -> Iterator[bytes]:
     """Yield RESPONSE's body bytes as they arrive (decoded if gzip/deflate).
 
-    READ_TIMEOUT (seconds) is only for the message: the timeout itself was
-    set by :func:`post`.
-
+    Args:
+        response: from :func:`post`.
+        read_timeout: the idle timeout (seconds) set by :func:`post`; here
+            only for the message.
+        deadline: a ``time.monotonic()`` value after which the stream is cut
+            off, however busy it is (keep-alive comments do not extend it).
     Raises:
-        StreamError: the connection broke or went idle for longer than the
-            read timeout (both retryable).
+        StreamError: the connection broke (retryable), went idle for longer
+            than the read timeout (retryable), or the deadline passed.
     """
-    read1 = response.raw.read1
+    raw = response.raw
+    read1 = raw.read1
+    sock = None
     try:
         while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _deadline_error()
+                if left < read_timeout:
+                    sock = sock or _socket(raw)
+                    if sock is not None:
+                        sock.settimeout(left)
             chunk = read1(READ_SIZE, decode_content=True)
             if not chunk:
                 return
             yield chunk
     except urllib3.exceptions.ReadTimeoutError:
+        if deadline is not None and time.monotonic() >= deadline - 0.05:
+            raise _deadline_error() from None
         raise StreamError("the stream ended early: no data from the server for "
-                          f"{read_timeout:g} s (read_timeout)",
-                          retryable=True) from None
+                          f"{read_timeout:g} s (read_timeout)", retryable=True) from None
     except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError,
             urllib3.exceptions.SSLError, OSError) as err:
         raise StreamError(f"the stream ended early: connection lost ({_reason(err)})",
                           retryable=True) from None
+
+
+def _deadline_error() -> StreamError:
+    return StreamError("the stream ended early: it ran past its deadline "
+                       "(chatpipe.deadline seconds)")
+
+
+def _socket(raw) -> Any:
+    """The socket under a urllib3 response, to shorten its timeout, or None."""
+    connection = getattr(raw, "connection", None)
+    return getattr(connection, "sock", None)

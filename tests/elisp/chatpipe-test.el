@@ -122,9 +122,10 @@ sys.stdout.write(r.read().decode())"
   (mapcar (lambda (m) (cons (alist-get 'role m) (alist-get 'content m)))
           (alist-get 'messages (alist-get 'body request))))
 
-(defun chatpipe-test--template (path &optional headers url)
+(defun chatpipe-test--template (path &optional headers url retries)
   "Write a test template for the replay server's PATH; return its name.
-HEADERS is an alist of HTTP headers; URL replaces the server's URL."
+HEADERS is an alist of HTTP headers; URL replaces the server's URL.
+RETRIES is the backend's `max_retries' (default 0: fail at once)."
   (let ((name (format "test%d" (cl-incf chatpipe-test--counter))))
     (with-temp-file (expand-file-name (concat name ".json")
                                       chatpipe-test-template-dir)
@@ -132,6 +133,7 @@ HEADERS is an alist of HTTP headers; URL replaces the server's URL."
                `((chatpipe . ((api . "openai-chat")
                               (url . ,(or url (concat (chatpipe-test--server-url)
                                                       path)))
+                              (max_retries . ,(or retries 0))
                               ,@(and headers `((headers . ,headers)))))
                  (model . "test-model")
                  (stream . t)

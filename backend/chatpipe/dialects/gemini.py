@@ -1,0 +1,156 @@
+"""The Gemini ``streamGenerateContent`` stream (with ``?alt=sse``).
+
+Format: https://ai.google.dev/api/generate-content#method:-models.streamgeneratecontent
+Each server-sent event's data is a ``GenerateContentResponse``::
+
+    data: {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hi"}]},
+           "index": 0}], "usageMetadata": {"promptTokenCount": 5, ...}}
+    data: {"candidates": [{"content": {"parts": [{"text": "!"}]},
+           "finishReason": "STOP"}], "usageMetadata": {...}}
+
+Parts with ``"thought": true`` are reasoning; ``functionCall`` parts are
+whole tool calls (``args`` is an object).  ``usageMetadata`` is cumulative:
+the last one is emitted.  ``promptFeedback.blockReason`` means the prompt was
+blocked.  There is no terminator: a stream is complete when a candidate has
+a ``finishReason`` and the body ends.  Without ``alt=sse`` the endpoint
+answers one JSON array instead of events; the transport reports that as an
+error.  The model is part of the URL (``models/NAME:streamGenerateContent``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterable
+
+from chatpipe.dialects import Decoder as _Decoder, MalformedEvent, done_event, tool_call_event
+from chatpipe.dialects.openai_chat import error_from, parse_json
+from chatpipe.errors import StreamError
+
+#: Gemini ``finishReason`` -> OpenAI ``finish_reason`` (others: ``stop``).
+FINISH = {"MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
+          "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter",
+          "SPII": "content_filter", "IMAGE_SAFETY": "content_filter"}
+
+class Decoder(_Decoder):
+    """Decoder for ``GenerateContentResponse`` events; see the module docstring."""
+
+    terminator = "a chunk with a finishReason"
+    not_streaming_hint = "add ?alt=sse to the streamGenerateContent URL"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finish_reason: str | None = None
+        self.usage: dict | None = None
+        self.calls = 0
+
+    def decode(self, event: Any) -> Iterable[dict]:
+        """Return the protocol events for one server-sent event.
+
+        Raises:
+            StreamError: an ``error`` payload, or a blocked prompt.
+            MalformedEvent: data that is not JSON.
+        """
+        try:
+            payloads = [parse_json(event.data)]
+        except MalformedEvent:
+            # Some servers separate events by a single LF: one data line each.
+            if "\n" not in event.data:
+                raise
+            payloads = [parse_json(line) for line in event.data.split("\n") if line.strip()]
+        out: list[dict] = []
+        for payload in payloads:
+            out.extend(self._decode(payload))
+        return out
+
+    def _decode(self, chunk: dict) -> list[dict]:
+        if "error" in chunk:
+            raise error_from(chunk)
+        blocked = (chunk.get("promptFeedback") or {}).get("blockReason")
+        if blocked:
+            raise StreamError(f"the prompt was blocked ({blocked})")
+        out: list[dict] = []
+        for candidate in chunk.get("candidates") or ():
+            if candidate.get("index", 0) != 0:
+                continue
+            for part in (candidate.get("content") or {}).get("parts") or ():
+                if "functionCall" in part:
+                    call = part["functionCall"]
+                    index, _ = self.tool_index(self.calls)
+                    self.calls += 1
+                    out.append(tool_call_event(
+                        index, json.dumps(call.get("args") or {}, ensure_ascii=False),
+                        call.get("id"), call.get("name")))
+                elif part.get("text"):
+                    kind = "reasoning" if part.get("thought") else "delta"
+                    out.append({"type": kind, "content": part["text"]})
+            if candidate.get("finishReason"):
+                self.finish_reason = candidate["finishReason"]
+        if chunk.get("usageMetadata"):
+            self.usage = usage_event(chunk["usageMetadata"])
+        return out
+
+    def end(self) -> Iterable[dict]:
+        """At the end of the body: ``usage`` and ``done`` if a candidate
+        finished, else the stream ended early.
+
+        Raises:
+            StreamError: no ``finishReason`` was seen.
+        """
+        if self.finish_reason is None:
+            return super().end()
+        self.done = True
+        raw = self.finish_reason
+        normalised = FINISH.get(raw, "tool_calls" if self.has_tool_calls else "stop")
+        return ([self.usage] if self.usage else []) + [done_event(raw, normalised)]
+
+
+def usage_event(meta: dict) -> dict:
+    """Turn ``usageMetadata`` into a protocol ``usage`` event (tokens).
+
+    Output tokens count the thinking tokens too (also given as
+    ``reasoning_tokens``), so that input + output = total.
+    """
+    thoughts = meta.get("thoughtsTokenCount")
+    output = meta.get("candidatesTokenCount")
+    if thoughts is not None:
+        output = (output or 0) + thoughts
+    event = {"type": "usage", "input_tokens": meta.get("promptTokenCount"),
+             "output_tokens": output, "total_tokens": meta.get("totalTokenCount")}
+    if thoughts is not None:
+        event["reasoning_tokens"] = thoughts
+    if meta.get("cachedContentTokenCount") is not None:
+        event["cached_tokens"] = meta["cachedContentTokenCount"]
+    return event
+
+
+def _parts(content: Any) -> list[dict]:
+    if isinstance(content, list):
+        return [{"text": p.get("text", "")} if isinstance(p, dict) else {"text": str(p)}
+                for p in content]
+    return [{"text": content or ""}]
+
+
+def add_messages(body: dict, messages: list[dict]) -> None:
+    """Append MESSAGES to ``body["contents"]`` as Gemini contents (role
+    ``assistant`` becomes ``model``); a system message becomes
+    ``systemInstruction``, replacing the template's."""
+    contents = body.setdefault("contents", [])
+    for m in messages:
+        if m.get("role") in ("system", "developer"):
+            body["systemInstruction"] = {"parts": _parts(m.get("content"))}
+        else:
+            role = "model" if m.get("role") == "assistant" else "user"
+            contents.append({"role": role, "parts": _parts(m.get("content"))})
+
+
+def assistant_message(text: str) -> dict:
+    """Return the content that records an answer TEXT."""
+    return {"role": "model", "parts": [{"text": text}]}
+
+
+def set_model(request, model: str) -> None:
+    """Put MODEL in REQUEST's URL (``.../models/MODEL:streamGenerateContent``)."""
+    request.url = re.sub(r"/models/[^/:?]+:", f"/models/{model}:", request.url, count=1)
+
+

@@ -1,0 +1,79 @@
+"""Ollama's native chat stream: ``POST /api/chat``, NDJSON, not SSE.
+
+Format: https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-chat-completion
+One JSON object per line::
+
+    {"model": "llama3.2", "message": {"role": "assistant", "content": "Hi"}, "done": false}
+    {"model": "llama3.2", "message": {"role": "assistant", "thinking": "..."}, "done": false}
+    {"message": {"tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]}, "done": false}
+    {"done": true, "done_reason": "stop", "prompt_eval_count": 26, "eval_count": 290, ...}
+    {"error": "model 'x' not found"}
+
+``message.content`` is text, ``message.thinking`` reasoning; tool calls come
+whole, with ``arguments`` as an object.  The ``done: true`` line ends the
+stream and carries the token counts.  Errors can come as an ``error`` line
+on an HTTP 200 response.  Messages use the OpenAI ``{"role", "content"}`` shape.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_event
+from chatpipe.dialects.openai_chat import add_messages, assistant_message, error_from, parse_json
+
+__all__ = ["Decoder", "add_messages", "assistant_message"]
+
+#: Ollama ``done_reason`` -> OpenAI ``finish_reason``.
+FINISH = {"stop": "stop", "length": "length"}
+
+
+class Decoder(_Decoder):
+    """Decoder for ``/api/chat`` NDJSON lines; see the module docstring."""
+
+    framing = "ndjson"
+    terminator = 'a line with "done": true'
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def decode(self, event: Any) -> Iterable[dict]:
+        """Return the protocol events for one NDJSON line.
+
+        Raises:
+            StreamError: an ``error`` line.
+            MalformedEvent: a line that is not a JSON object.
+        """
+        line = parse_json(event.data)
+        if "error" in line:
+            raise error_from(line)
+        out = []
+        message = line.get("message") or {}
+        if message.get("thinking"):
+            out.append({"type": "reasoning", "content": message["thinking"]})
+        if message.get("content"):
+            out.append({"type": "delta", "content": message["content"]})
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            index, _ = self.tool_index(self.calls)
+            self.calls += 1
+            arguments = function.get("arguments")
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments if arguments is not None else {},
+                                       ensure_ascii=False)
+            out.append(tool_call_event(index, arguments, call.get("id"), function.get("name")))
+        if line.get("done"):
+            self.done = True
+            raw = line.get("done_reason")
+            normalised = FINISH.get(raw, "stop")
+            if normalised == "stop" and self.has_tool_calls:
+                normalised = "tool_calls"
+            if "prompt_eval_count" in line or "eval_count" in line:
+                inputs, outputs = line.get("prompt_eval_count"), line.get("eval_count")
+                out.append({"type": "usage", "input_tokens": inputs, "output_tokens": outputs,
+                            "total_tokens": None if None in (inputs, outputs)
+                            else inputs + outputs})
+            out.append(done_event(raw, normalised))
+        return out
