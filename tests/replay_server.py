@@ -215,7 +215,7 @@ class ReplayServer:
 
     def __init__(self, port: int = 0) -> None:
         self.requests: list[dict] = []
-        self.routes: dict[str, Reply] = {}
+        self.routes: dict[str, list[Reply]] = {}
         self.release = threading.Event()
         self._httpd = _Server(("127.0.0.1", port), _Handler)
         self._httpd.owner = self
@@ -231,15 +231,19 @@ class ReplayServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def add(self, path: str, reply: Reply) -> str:
-        """Serve REPLY at PATH from now on; return its full URL."""
-        self.routes[path] = reply
+    def add(self, path: str, reply: "Reply | list[Reply]") -> str:
+        """Serve REPLY at PATH from now on; return its full URL.
+
+        A list of replies is served in turn, the last one from then on.
+        """
+        self.routes[path] = reply if isinstance(reply, list) else [reply]
         return self.url + path
 
     def reply_for(self, path: str, query: dict[str, list[str]]) -> Reply | None:
         """The reply for a request to PATH with QUERY (see the module docstring)."""
         if path in self.routes:
-            return self.routes[path]
+            replies = self.routes[path]
+            return replies.pop(0) if len(replies) > 1 else replies[0]
         arg = {k: v[-1] for k, v in query.items()}
         if path.startswith("/error/"):
             reply = error_reply(int(path.rsplit("/", 1)[1]), arg.get("body", "json"))

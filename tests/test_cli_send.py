@@ -286,7 +286,8 @@ def test_signal_during_stream(server, env, signum, code):
     assert proc.returncode == code
     assert events[-1]["type"] == "error" and events[-1]["aborted"] is True
     assert err == b""
-    assert elapsed < 5
+    assert elapsed < 5  # the target is 100 ms; the figure is printed, not asserted
+    print(f"{signal.Signals(signum).name}: exited {elapsed * 1000:.0f} ms after the signal")
     server.release.set()
 
 

@@ -124,7 +124,7 @@ def test_env_and_vars(tmp_path):
 def test_unfilled_var_is_named(tmp_path):
     path = write(tmp_path / "t.json", {"chatpipe": {"url": "x"}, "model": "${model}"})
     with pytest.raises(TemplateError, match=r"placeholder \$\{model\} in model is not filled: "
-                                            r"pass --var model=VALUE"):
+                                            r"pass --model NAME"):
         templates.fill(templates.load_file(path), {}, env={})
 
 

@@ -159,7 +159,10 @@ def cmd_send(args, ctx: "_Context") -> int:
     template = templates.load(args.template)
     if args.url:
         template.block["url"] = args.url
-    request = templates.fill(template, parse_vars(args.var))
+    variables = parse_vars(args.var)
+    if args.model:
+        variables.setdefault("model", args.model)
+    request = templates.fill(template, variables)
     ctx.secrets = request.secrets
     dialect = dialects.get(request.api)
     if args.model:
@@ -194,7 +197,7 @@ def cmd_templates_list(args, ctx: "_Context") -> int:
     width = max((len(e["name"]) for e in entries), default=4)
     for e in entries:
         where = e.get("url") or e.get("error", "")
-        print(f"{e['name']:<{width}}  {e['source']:<7}  {e.get('api', '-'):<12}  {where}")
+        print(f"{e['name']:<{width}}  {e['source']:<7}  {e.get('api', '-'):<18}  {where}")
     return 0
 
 

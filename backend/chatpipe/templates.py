@@ -315,9 +315,9 @@ def _fill(value: str, vars: Mapping[str, str], where: str, template: Template,
         elif ident in vars:
             mapping[ident] = vars[ident]
         else:
-            raise TemplateError(
-                f"placeholder ${{{ident}}} in {where} is not filled: "
-                f"pass --var {ident}=VALUE", str(template.path))
+            how = "--model NAME" if ident == "model" else f"--var {ident}=VALUE"
+            raise TemplateError(f"placeholder ${{{ident}}} in {where} is not filled: "
+                                f"pass {how}", str(template.path))
     return tpl.substitute(mapping)
 
 
