@@ -58,6 +58,18 @@ def test_text_output(server, chatpipe):
     assert proc.stderr == ""
 
 
+def test_text_output_shows_tool_calls_and_refusals(server, chatpipe):
+    proc = chatpipe("send", "openai", "--url",
+                    replay_url(server, "openai-chat/tool-calls-parallel.sse"), "-m", "hi")
+    assert proc.returncode == 0
+    assert proc.stdout == (
+        '[tool call: GetWeatherArgs({"city": "Edinburgh", "country": "GB", "units": "c"})]\n'
+        '[tool call: get_stock_price({"ticker": "AAPL", "exchange": "NASDAQ"})]\n')
+    proc = chatpipe("send", "openai", "--url",
+                    replay_url(server, "openai-chat/refusal.sse"), "-m", "hi")
+    assert proc.stdout == EXPECTED["openai-chat/refusal.sse"]["refusal"] + "\n"
+
+
 def test_text_output_error_goes_to_stderr(server, chatpipe):
     proc = chatpipe("send", "openai", "--url", f"{server.url}/error/429?retry_after=0",
                     "-m", "hi")

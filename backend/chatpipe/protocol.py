@@ -1,8 +1,9 @@
 """Writers for the stdout protocol (``--output ndjson``) and plain text.
 
 Protocol version 1, documented in docs/protocol.md.  Events are dicts with a
-``type``: ``start``, ``delta``, ``usage``, ``done``, ``error``.  Each is
-written and flushed as soon as it is emitted.
+``type``: ``start``, ``delta``, ``reasoning``, ``refusal``, ``tool_call``,
+``usage``, ``retry``, ``done``, ``error``.  Each is written and flushed as
+soon as it is emitted.
 """
 
 from __future__ import annotations
@@ -40,17 +41,24 @@ class TextWriter:
         self._out = out
         self._err = err
         self._last = "\n"
+        self._calls: dict[int, list[str]] = {}
+
+    def _write(self, text: str) -> None:
+        self._out.write(text.encode("utf-8"))
+        self._out.flush()
+        self._last = text[-1:]
 
     def emit(self, event: dict) -> None:
-        """Write a ``delta``'s text, end the text with a newline at ``done``,
-        and print ``retry`` and ``error`` events on stderr
-        (``chatpipe: error: ...``)."""
+        """Write ``delta`` and ``refusal`` text as it comes; at the end a
+        newline and one ``[tool call: NAME(ARGUMENTS)]`` line per tool call;
+        ``retry`` and ``error`` on stderr (``chatpipe: error: ...``).
+        Reasoning is not shown."""
         kind = event["type"]
-        if kind == "delta":
-            text = event["content"]
-            self._out.write(text.encode("utf-8"))
-            self._out.flush()
-            self._last = text[-1:]
+        if kind in ("delta", "refusal"):
+            self._write(event["content"])
+        elif kind == "tool_call":
+            call = self._calls.setdefault(event["index"], [event.get("name") or "?", ""])
+            call[1] += event["arguments"]
         elif kind == "retry":
             status = f"HTTP {event['status']}: " if event.get("status") else ""
             self._err.write(f"chatpipe: retry {event['attempt']} in {event['delay']:.1f} s: "
@@ -58,9 +66,10 @@ class TextWriter:
             self._err.flush()
         elif kind in ("done", "error"):
             if self._last != "\n":
-                self._out.write(b"\n")
-                self._out.flush()
-                self._last = "\n"
+                self._write("\n")
+            for name, arguments in self._calls.values():
+                self._write(f"[tool call: {name}({arguments})]\n")
+            self._calls.clear()
             if kind == "error":
                 status = f"HTTP {event['status']}: " if event.get("status") else ""
                 self._err.write(f"chatpipe: error: {status}{event['message']}\n".encode("utf-8"))
