@@ -113,19 +113,22 @@ def done_event(raw: str | None, normalised: str | None) -> dict:
     return event
 
 
-def tool_call_event(index: int, arguments: str, id: str | None = None,
-                    name: str | None = None) -> dict:
-    """A ``tool_call`` event: a fragment of the arguments of call INDEX.
+def tool_call_events(index: int, arguments: str, id: str | None = None,
+                     name: str | None = None) -> list[dict]:
+    """``[tool_call event]`` for a fragment of the arguments of call INDEX,
+    or ``[]`` for an empty fragment that brings no id or name either.
 
     ID and NAME are given with a call's first fragment.
     """
+    if not (arguments or id or name):
+        return []
     event: dict[str, Any] = {"type": "tool_call", "index": index}
     if id:
         event["id"] = id
     if name:
         event["name"] = name
     event["arguments"] = arguments
-    return event
+    return [event]
 
 
 def get(name: str) -> ModuleType:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_event
+from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_events
 from chatpipe.dialects.openai_chat import error_from, parse_json
 
 #: Anthropic ``stop_reason`` -> OpenAI ``finish_reason``.
@@ -61,13 +61,13 @@ class Decoder(_Decoder):
                         if delta.get("thinking") else [])
             if dtype == "input_json_delta":
                 index, _ = self.tool_index(payload.get("index"))
-                return [tool_call_event(index, delta.get("partial_json") or "")]
+                return tool_call_events(index, delta.get("partial_json") or "")
             return []
         if kind == "content_block_start":
             block = payload.get("content_block") or {}
             if block.get("type") in ("tool_use", "server_tool_use"):
                 index, _ = self.tool_index(payload.get("index"))
-                return [tool_call_event(index, "", block.get("id"), block.get("name"))]
+                return tool_call_events(index, "", block.get("id"), block.get("name"))
             return []
         if kind == "message_start":
             self._add_usage((payload.get("message") or {}).get("usage"))

@@ -23,7 +23,7 @@ import json
 import re
 from typing import Any, Iterable
 
-from chatpipe.dialects import Decoder as _Decoder, MalformedEvent, done_event, tool_call_event
+from chatpipe.dialects import Decoder as _Decoder, MalformedEvent, done_event, tool_call_events
 from chatpipe.dialects.openai_chat import error_from, parse_json
 from chatpipe.errors import StreamError
 
@@ -78,7 +78,7 @@ class Decoder(_Decoder):
                     call = part["functionCall"]
                     index, _ = self.tool_index(self.calls)
                     self.calls += 1
-                    out.append(tool_call_event(
+                    out.extend(tool_call_events(
                         index, json.dumps(call.get("args") or {}, ensure_ascii=False),
                         call.get("id"), call.get("name")))
                 elif part.get("text"):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_event
+from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_events
 from chatpipe.dialects.openai_chat import add_messages, assistant_message, error_from, parse_json
 
 __all__ = ["Decoder", "add_messages", "assistant_message"]
@@ -63,7 +63,7 @@ class Decoder(_Decoder):
             if not isinstance(arguments, str):
                 arguments = json.dumps(arguments if arguments is not None else {},
                                        ensure_ascii=False)
-            out.append(tool_call_event(index, arguments, call.get("id"), function.get("name")))
+            out.extend(tool_call_events(index, arguments, call.get("id"), function.get("name")))
         if line.get("done"):
             self.done = True
             raw = line.get("done_reason")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from chatpipe.dialects import Decoder as _Decoder, MalformedEvent, done_event, tool_call_event
+from chatpipe.dialects import Decoder as _Decoder, MalformedEvent, done_event, tool_call_events
 from chatpipe.errors import StreamError
 
 #: ``error.type`` / ``error.code`` values that mean "try again later".
@@ -116,7 +116,7 @@ class Decoder(_Decoder):
             for call in delta.get("tool_calls") or ():
                 index, _ = self.tool_index(call.get("index", 0))
                 function = call.get("function") or {}
-                out.append(tool_call_event(index, function.get("arguments") or "",
+                out.extend(tool_call_events(index, function.get("arguments") or "",
                                            call.get("id"), function.get("name")))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]

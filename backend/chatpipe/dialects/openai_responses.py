@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_event
+from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_events
 from chatpipe.dialects.openai_chat import RETRYABLE_ERRORS, add_messages as _add, parse_json
 from chatpipe.errors import StreamError
 
@@ -60,13 +60,13 @@ class Decoder(_Decoder):
             return [{"type": "refusal", "content": payload["delta"]}] if payload.get("delta") else []
         if kind == "response.function_call_arguments.delta":
             index, _ = self.tool_index(payload.get("output_index"))
-            return [tool_call_event(index, payload.get("delta") or "")]
+            return tool_call_events(index, payload.get("delta") or "")
         if kind == "response.output_item.added":
             item = payload.get("item") or {}
             if item.get("type") == "function_call":
                 index, _ = self.tool_index(payload.get("output_index"))
-                return [tool_call_event(index, item.get("arguments") or "",
-                                        item.get("call_id"), item.get("name"))]
+                return tool_call_events(index, item.get("arguments") or "",
+                                        item.get("call_id"), item.get("name"))
             return []
         if kind in ("response.completed", "response.incomplete"):
             self.done = True
