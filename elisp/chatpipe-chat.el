@@ -37,6 +37,15 @@
 ;; An aborted answer keeps its text and ends with `chatpipe-aborted-text';
 ;; a failed one with "[error: MESSAGE]".  These notes are not sent back to
 ;; the model.
+;;
+;; The model's reasoning goes where `chatpipe-reasoning-display' says:
+;; by default into a folded block at the start of the answer, between
+;; the lines of `chatpipe-reasoning-delimiters' (Org buffers:
+;; `chatpipe-org-reasoning-delimiters'), at a marker of its own.  Such
+;; blocks are never sent back, and headings inside them start no turn.
+;; Each tool call is shown on a line of its own after the answer,
+;; "[tool call: NAME(ARGUMENTS)]", its arguments appended at a marker as
+;; they stream; like the notes, these lines are not sent back.
 
 ;;; Code:
 
@@ -86,9 +95,49 @@ move along with it; point elsewhere never moves."
   :type 'string
   :group 'chatpipe)
 
+(defcustom chatpipe-reasoning-display 'fold
+  "Where the model's reasoning (its \"thinking\") is shown.
+`fold': in the chat buffer, in a block before the answer, between
+  the lines of `chatpipe-reasoning-delimiters' (in Org buffers,
+  `chatpipe-org-reasoning-delimiters').  The block is folded;
+  \\[chatpipe-toggle-reasoning], or TAB on its first line, unfolds it.
+`buffer': in a buffer of its own, \"*chatpipe-reasoning: CHAT*\",
+  which \\[chatpipe-show-reasoning] displays; it holds the reasoning
+  of the last answer.
+nil: nowhere; the reasoning is dropped.
+Reasoning is never sent back to the model."
+  :type '(choice (const :tag "Folded block before the answer" fold)
+                 (const :tag "Buffer of its own" buffer)
+                 (const :tag "Drop it" nil))
+  :safe (lambda (value) (memq value '(fold buffer nil)))
+  :group 'chatpipe)
+
+(defcustom chatpipe-reasoning-delimiters
+  '("<details><summary>Reasoning</summary>" . "</details>")
+  "The lines around reasoning blocks in buffers other than Org buffers.
+A cons (BEGIN . END) of strings: a block runs from a line that is
+exactly BEGIN to the next line that is exactly END (but for
+trailing spaces).  The default is an HTML details element, which
+Markdown viewers show folded."
+  :type '(cons (string :tag "First line") (string :tag "Last line"))
+  :group 'chatpipe)
+
+(defcustom chatpipe-org-reasoning-delimiters
+  '("#+begin_reasoning" . "#+end_reasoning")
+  "The lines around reasoning blocks in Org buffers.
+See `chatpipe-reasoning-delimiters'.  Lines of the reasoning that
+Org would take for headlines or block lines get a comma in front."
+  :type '(cons (string :tag "First line") (string :tag "Last line"))
+  :group 'chatpipe)
+
 (defface chatpipe-heading
   '((t :inherit bold))
   "Face of role headings in chat buffers that do not fontify them."
+  :group 'chatpipe)
+
+(defface chatpipe-reasoning
+  '((t :inherit shadow))
+  "Face of the reasoning in an unfolded reasoning block."
   :group 'chatpipe)
 
 ;;;; Variables
@@ -114,11 +163,25 @@ move along with it; point elsewhere never moves."
 
 (cl-defstruct (chatpipe--job (:constructor chatpipe--job-create)
                              (:copier nil))
-  "One answer being streamed into a chat buffer."
-  buffer process marker group start-time (chars 0) usage)
+  "One answer being streamed into a chat buffer.
+MARKER is the end of the answer's text (insertion type t), START
+its start, where a reasoning block goes (insertion type nil).
+DISPLAY is the `chatpipe-reasoning-display' of the answer.
+REASONING is the marker where reasoning goes in a block, ESCAPE the
+start of the block's first line not yet checked for Org escapes (in
+Org buffers).  TOOLS is an alist (INDEX . MARKER) of where the
+arguments of each tool call go, TOOLS-END the end of the tool call
+lines, and TOOLS-SEP non-nil once a blank line separates them from
+the answer.  TIMER is the timer of a pending retry."
+  buffer process marker start group start-time (chars 0) usage display
+  reasoning escape (reasoning-chars 0) tools tools-end tools-sep
+  finish-reason timer)
 
 (defvar-local chatpipe--job nil
   "The `chatpipe--job' streaming into this buffer, or nil.")
+
+(defvar-local chatpipe--reasoning-buffer nil
+  "The buffer that shows this chat's reasoning, or nil.")
 
 (defvar-local chatpipe--status nil
   "The status shown in the header line, a string, or nil.")
@@ -142,44 +205,130 @@ Each element is (ROLE . HEADING)."
   (concat "^" (regexp-opt (mapcar #'cdr (chatpipe--role-headings)) t) "[ \t]*$"))
 
 (defun chatpipe--note-regexp ()
-  "Return a regexp matching the note lines that end some answers."
+  "Return a regexp matching the note lines that end some answers.
+They are the aborted and error notes and the tool call lines."
   (concat "^\\(?:" (regexp-quote chatpipe-aborted-text)
-          "\\|\\[error: .*\\]\\)[ \t]*\\'"))
+          "\\|\\[error: .*\\]\\|\\[tool call: .*\\]\\)[ \t]*\\'"))
+
+(defun chatpipe--reasoning-delimiters ()
+  "Return the reasoning block delimiters of the current buffer.
+The value is a cons (BEGIN . END) of strings."
+  (if (derived-mode-p 'org-mode)
+      chatpipe-org-reasoning-delimiters
+    chatpipe-reasoning-delimiters))
+
+(defun chatpipe--line-regexp (line)
+  "Return a regexp matching a whole line that is LINE but for trailing spaces."
+  (concat "^" (regexp-quote line) "[ \t]*$"))
+
+(defun chatpipe--reasoning-block-from (start body end)
+  "Return the reasoning block with the first line from START to BODY.
+Look for its last line between BODY and END.  Return the block as
+a list (START BODY BLOCK-END), BLOCK-END the end of its last line,
+and move point there; if there is no last line, return nil and
+move point to BODY."
+  (goto-char body)
+  (let ((case-fold-search nil))
+    (when (re-search-forward
+           (chatpipe--line-regexp (cdr (chatpipe--reasoning-delimiters)))
+           end t)
+      (list start body (match-end 0)))))
+
+(defun chatpipe--next-reasoning-block (end)
+  "Find the next reasoning block beginning between point and END.
+Return it as for `chatpipe--reasoning-block-from' and move point to
+its end, or return nil.  A first line without a last line before
+END starts no block."
+  (let ((regexp (chatpipe--line-regexp (car (chatpipe--reasoning-delimiters))))
+        (case-fold-search nil)
+        block)
+    (while (and (not block) (re-search-forward regexp end t))
+      (setq block (chatpipe--reasoning-block-from
+                   (match-beginning 0) (match-end 0) end)))
+    block))
+
+(defun chatpipe-reasoning-blocks (&optional beg end)
+  "Return the reasoning blocks between BEG and END (default: all).
+Each is a list (START BODY-START BLOCK-END) of buffer positions:
+the beginning and end of the block's first line and the end of its
+last line; see `chatpipe-reasoning-delimiters'."
+  (let ((end (or end (point-max)))
+        blocks block)
+    (save-excursion
+      (goto-char (or beg (point-min)))
+      (unless (bolp) (forward-line 1))
+      (while (and (< (point) end)
+                  (setq block (chatpipe--next-reasoning-block end)))
+        (push block blocks)))
+    (nreverse blocks)))
+
+(defun chatpipe-reasoning-block-at (pos)
+  "Return the reasoning block at POS, or nil.
+POS may be anywhere from the beginning of the block's first line to
+the end of its last line.  The value is as for
+`chatpipe-reasoning-blocks'."
+  (save-excursion
+    (goto-char pos)
+    (end-of-line)
+    (let ((case-fold-search nil))
+      (when (re-search-backward
+             (chatpipe--line-regexp (car (chatpipe--reasoning-delimiters)))
+             nil t)
+        (let ((block (chatpipe--reasoning-block-from
+                      (match-beginning 0) (match-end 0) (point-max))))
+          (and block (<= pos (nth 2 block)) block))))))
 
 (defun chatpipe-turns (&optional beg end)
   "Return the list of turn positions between BEG and END (default: all).
 Each turn is a list (ROLE HEADING-START CONTENT-START CONTENT-END),
 ROLE a symbol and the rest buffer positions; a turn's content runs
 to the next heading or END.  Text before the first heading is not
-part of any turn."
+part of any turn, and a heading inside a reasoning block starts no
+turn."
   (let ((beg (or beg (point-min)))
         (end (or end (point-max)))
         (headings (chatpipe--role-headings))
-        (regexp (chatpipe--heading-regexp))
+        (regexp (concat (chatpipe--heading-regexp) "\\|"
+                        (chatpipe--line-regexp
+                         (car (chatpipe--reasoning-delimiters)))))
         (case-fold-search nil)
         turns)
     (save-excursion
       (goto-char beg)
       (unless (bolp) (forward-line 1))
       (while (and (< (point) end) (re-search-forward regexp end t))
-        (let ((role (car (rassoc (match-string-no-properties 1) headings)))
-              (heading-start (match-beginning 0))
-              (content-start (min end (1+ (match-end 0)))))
-          (when turns
-            (setf (nth 3 (car turns)) heading-start))
-          (push (list role heading-start content-start end) turns)
-          (goto-char content-start))))
+        (if (not (match-beginning 1))
+            ;; The first line of a reasoning block: skip the block.
+            (chatpipe--reasoning-block-from (match-beginning 0) (match-end 0)
+                                            end)
+          (let ((role (car (rassoc (match-string-no-properties 1) headings)))
+                (heading-start (match-beginning 0))
+                (content-start (min end (1+ (match-end 0)))))
+            (when turns
+              (setf (nth 3 (car turns)) heading-start))
+            (push (list role heading-start content-start end) turns)
+            (goto-char content-start)))))
     (nreverse turns)))
 
 (defun chatpipe--turn-text (turn)
-  "Return the text of TURN as sent: trimmed, without answer notes."
-  (let ((text (string-trim (buffer-substring-no-properties
-                            (nth 2 turn) (nth 3 turn)))))
+  "Return the text of TURN as sent: trimmed.
+An assistant turn's text is without its reasoning blocks and
+without the notes and tool call lines at its end."
+  (let ((pos (nth 2 turn))
+        (end (nth 3 turn))
+        (pieces nil))
     (when (eq (car turn) 'assistant)
-      (let ((note (chatpipe--note-regexp)))
-        (while (string-match note text)
-          (setq text (string-trim-right (substring text 0 (match-beginning 0)))))))
-    text))
+      (dolist (block (chatpipe-reasoning-blocks pos end))
+        (push (buffer-substring-no-properties pos (car block)) pieces)
+        (setq pos (nth 2 block))))
+    (push (buffer-substring-no-properties pos end) pieces)
+    (let ((text (string-trim (apply #'concat (nreverse pieces)))))
+      (when (eq (car turn) 'assistant)
+        (let ((note (chatpipe--note-regexp)))
+          (while (string-match note text)
+            (setq text (string-trim-right
+                        (substring text 0 (match-beginning 0)))))))
+      text)))
 
 (defun chatpipe-messages (&optional beg end)
   "Return the messages of the chat between BEG and END (default: all).
@@ -212,11 +361,40 @@ empty turns are left out."
             (if chatpipe--status (concat " | " chatpipe--status) ""))))
 
 (defun chatpipe--usage-text (usage)
-  "Return a short text for USAGE, a `usage' event plist, or nil."
+  "Return a short text for USAGE, a `usage' event plist, or nil.
+Cached input tokens and reasoning tokens are mentioned when there
+are any."
   (when usage
     (let ((in (plist-get usage :input_tokens))
-          (out (plist-get usage :output_tokens)))
-      (format "%s in, %s out" (or in "?") (or out "?")))))
+          (out (plist-get usage :output_tokens))
+          (cached (plist-get usage :cached_tokens))
+          (reasoning (plist-get usage :reasoning_tokens)))
+      (concat (format "%s in" (or in "?"))
+              (if (and (numberp cached) (> cached 0))
+                  (format " (%s cached)" cached)
+                "")
+              (format ", %s out" (or out "?"))
+              (if (and (numberp reasoning) (> reasoning 0))
+                  (format " (%s reasoning)" reasoning)
+                "")))))
+
+(defun chatpipe--retry-text (event)
+  "Return the status text for the `retry' EVENT.
+For example \"retrying in 2.5 s (attempt 1): HTTP 429: Too many\"."
+  (let* ((delay (plist-get event :delay))
+         (status (plist-get event :status))
+         (reason (plist-get event :reason))
+         (why (string-join (delq nil (list (and status
+                                                (format "HTTP %s" status))
+                                           (and (stringp reason)
+                                                (not (string-empty-p reason))
+                                                (replace-regexp-in-string
+                                                 "\n" " " reason))))
+                           ": ")))
+    (format "retrying in %.1f s (attempt %s)%s"
+            (if (numberp delay) delay 0)
+            (or (plist-get event :attempt) "?")
+            (if (string-empty-p why) "" (concat ": " why)))))
 
 ;;;; Streaming into the buffer
 
@@ -231,26 +409,260 @@ Insert nothing at the beginning of the buffer."
                  (t 1))))
     (insert (make-string n ?\n))))
 
-(defun chatpipe--insert (job text)
-  "Insert TEXT at the marker of JOB, moving only point that is there.
-Point and windows at the end of the answer follow it when
-`chatpipe-auto-scroll' is non-nil; other windows and point stay."
-  (let ((marker (chatpipe--job-marker job)))
-    (when (buffer-live-p (marker-buffer marker))
-      (with-current-buffer (marker-buffer marker)
-        (let* ((pos (marker-position marker))
+(defun chatpipe--job-end (job)
+  "Return the marker at the end of what JOB has inserted so far.
+That is the end of its tool call lines if any, else of its answer."
+  (or (chatpipe--job-tools-end job) (chatpipe--job-marker job)))
+
+(defun chatpipe--edit (job function)
+  "Call FUNCTION with no arguments to insert text for JOB in its buffer.
+FUNCTION is called in JOB's buffer, inside `save-excursion', with
+`inhibit-read-only' bound to t.  Point and windows that were at the
+end of JOB's text (see `chatpipe--job-end') follow it when
+`chatpipe-auto-scroll' is non-nil; other windows and point stay.
+Do nothing if the buffer is dead.  Return nil."
+  (let ((buffer (chatpipe--job-buffer job)))
+    (when (buffer-live-p buffer)
+      (with-current-buffer buffer
+        (let* ((pos (marker-position (chatpipe--job-end job)))
                (follow (and chatpipe-auto-scroll (= (point) pos)))
                (windows (and chatpipe-auto-scroll
                              (cl-remove-if-not
                               (lambda (w) (= (window-point w) pos))
                               (get-buffer-window-list nil nil t))))
                (inhibit-read-only t))
-          (save-excursion
-            (goto-char marker)
-            (insert text))
-          (when follow (goto-char marker))
+          (save-excursion (funcall function))
+          (when follow (goto-char (chatpipe--job-end job)))
           (dolist (window windows)
-            (set-window-point window marker)))))))
+            (set-window-point window (chatpipe--job-end job)))))))
+  nil)
+
+(defun chatpipe--insert-answer (job text)
+  "Insert TEXT, a piece of JOB's answer, at the end of the answer.
+If tool call lines came before any text, a blank line is put
+between the answer and them."
+  (chatpipe--edit
+   job
+   (lambda ()
+     (let ((marker (chatpipe--job-marker job)))
+       (goto-char marker)
+       (insert text)
+       (when (and (chatpipe--job-tools-end job)
+                  (not (chatpipe--job-tools-sep job)))
+         (insert "\n\n")
+         (set-marker marker (- (point) 2))
+         (setf (chatpipe--job-tools-sep job) t)))))
+  (cl-incf (chatpipe--job-chars job) (length text)))
+
+(defun chatpipe--insert-tool-call (job event)
+  "Show the `tool_call' EVENT of JOB after its answer.
+The first fragment of a call adds a line \"[tool call: NAME(ARGS)]\"
+after the answer and the calls before it; later fragments of the
+same call are inserted at the end of its ARGS.  Line breaks in the
+arguments (JSON white space) are shown as spaces."
+  (let* ((index (plist-get event :index))
+         (arguments (plist-get event :arguments))
+         (text (if (stringp arguments)
+                   (replace-regexp-in-string "[\r\n]" " " arguments)
+                 ""))
+         (marker (cdr (assoc index (chatpipe--job-tools job)))))
+    (chatpipe--edit
+     job
+     (lambda ()
+       (if marker
+           (progn (goto-char marker)
+                  (insert text))
+         (let ((answer-end (chatpipe--job-marker job))
+               (tools-end (chatpipe--job-tools-end job))
+               (name (plist-get event :name))
+               pos)
+           (if tools-end
+               (progn (goto-char tools-end)
+                      (insert "\n"))
+             (goto-char answer-end)
+             (setq pos (point))
+             (when (> (chatpipe--job-chars job) 0)
+               (chatpipe--ensure-blank-line)
+               (setf (chatpipe--job-tools-sep job) t)))
+           (insert "[tool call: "
+                   (if (stringp name) (replace-regexp-in-string "\n" " " name)
+                     "?")
+                   "(" text ")]")
+           (push (cons index (copy-marker (- (point) 2) t))
+                 (chatpipe--job-tools job))
+           (unless tools-end
+             (setf (chatpipe--job-tools-end job) (copy-marker (point) t))
+             (set-marker answer-end pos))))))))
+
+(defun chatpipe--ensure-invisibility-spec ()
+  "Make text whose `invisible' property is `chatpipe-reasoning' hidden."
+  (unless (and (listp buffer-invisibility-spec)
+               (assq 'chatpipe-reasoning buffer-invisibility-spec))
+    (add-to-invisibility-spec '(chatpipe-reasoning . t))))
+
+(defun chatpipe--reasoning-overlay (block)
+  "Return the overlay that folds the reasoning BLOCK, making it if needed.
+BLOCK is as for `chatpipe-reasoning-blocks'.  The overlay covers the
+block but for its first line, and is new if there was none; a new
+overlay does not hide the block."
+  (let ((beg (nth 1 block))
+        (end (nth 2 block))
+        (ov (cl-find-if (lambda (ov) (overlay-get ov 'chatpipe-reasoning))
+                        (overlays-in (nth 1 block) (nth 2 block)))))
+    (if ov
+        (unless (and (= (overlay-start ov) beg) (= (overlay-end ov) end))
+          (move-overlay ov beg end))
+      (setq ov (make-overlay beg end))
+      (overlay-put ov 'chatpipe-reasoning t)
+      (overlay-put ov 'evaporate t)
+      (overlay-put ov 'face 'chatpipe-reasoning)
+      (overlay-put ov 'isearch-open-invisible #'chatpipe--show-overlay))
+    (chatpipe--ensure-invisibility-spec)
+    ov))
+
+(defun chatpipe--show-overlay (overlay)
+  "Unfold the reasoning block folded by OVERLAY."
+  (overlay-put overlay 'invisible nil))
+
+(defun chatpipe-reasoning-hidden-p (block)
+  "Return non-nil if the reasoning BLOCK is folded.
+BLOCK is as for `chatpipe-reasoning-blocks'."
+  (cl-some (lambda (ov) (and (overlay-get ov 'chatpipe-reasoning)
+                             (overlay-get ov 'invisible)))
+           (overlays-in (nth 1 block) (nth 2 block))))
+
+(defun chatpipe-hide-reasoning (block hide)
+  "Fold the reasoning BLOCK if HIDE is non-nil, else unfold it.
+BLOCK is as for `chatpipe-reasoning-blocks'.  Only its first line
+shows when it is folded.  Return HIDE."
+  (overlay-put (chatpipe--reasoning-overlay block) 'invisible
+               (and hide 'chatpipe-reasoning))
+  hide)
+
+(defun chatpipe--open-reasoning-block (job)
+  "Insert an empty, folded reasoning block at the start of JOB's answer.
+Set JOB's reasoning marker inside it."
+  (let* ((delimiters (chatpipe--reasoning-delimiters))
+         (org (derived-mode-p 'org-mode))
+         (padding (if org "\n" "\n\n"))
+         body inside)
+    (goto-char (chatpipe--job-start job))
+    (insert (car delimiters))
+    (setq body (point))
+    (insert padding)
+    (setq inside (point))
+    (insert padding (cdr delimiters))
+    (chatpipe-hide-reasoning (list nil body (point)) t)
+    (insert "\n\n")
+    (setf (chatpipe--job-reasoning job) (copy-marker inside t))
+    (when org
+      (setf (chatpipe--job-escape job) (copy-marker inside)))))
+
+(defun chatpipe--escape-org-reasoning (job &optional final)
+  "Put a comma before the reasoning lines of JOB that would upset Org.
+Those are the lines that look like headlines (stars, then a space
+or nothing) and those that start with \"#+\" after blanks, such as
+the block's own last line.  Only the lines from JOB's escape marker
+on are looked at.  Unless FINAL is non-nil, a last line that is too
+short to tell is left for the next call; the marker is moved to it
+\(or to the end)."
+  (let ((end (chatpipe--job-reasoning job))
+        (check (chatpipe--job-escape job))
+        (case-fold-search nil))
+    (goto-char check)
+    ;; After END comes the newline that ends the block's last line.
+    (while (and (or (bolp) (search-forward "\n" end 'move))
+                (< (point) end)
+                (not (and (not final)
+                          (looking-at "\\(?:\\*+\\|[ \t]*#?\\)\n")
+                          (= (match-end 0) (1+ end)))))
+      (when (looking-at "\\*+[ \t\n]\\|[ \t]*#\\+")
+        (insert ","))
+      (forward-char 1))
+    (set-marker check (point))))
+
+(define-derived-mode chatpipe-reasoning-mode special-mode "Chatpipe-Reasoning"
+  "Major mode of the buffers that show the reasoning of a chat's answer.
+The reasoning streams in here when `chatpipe-reasoning-display' is
+`buffer'; each new answer of the chat starts the buffer afresh."
+  (setq buffer-undo-list t)
+  (visual-line-mode 1))
+
+(defun chatpipe--reasoning-buffer-of (chat &optional create)
+  "Return the reasoning buffer of the chat buffer CHAT, or nil.
+With CREATE non-nil, make it if there is none."
+  (with-current-buffer chat
+    (if (buffer-live-p chatpipe--reasoning-buffer)
+        chatpipe--reasoning-buffer
+      (when create
+        (let ((buffer (get-buffer-create
+                       (format "*chatpipe-reasoning: %s*" (buffer-name)))))
+          (with-current-buffer buffer
+            (unless (derived-mode-p 'chatpipe-reasoning-mode)
+              (chatpipe-reasoning-mode)))
+          (setq chatpipe--reasoning-buffer buffer))))))
+
+(defun chatpipe--append-reasoning (job text)
+  "Append TEXT to the reasoning buffer of JOB's chat buffer.
+Point and windows at its end follow the text."
+  (let ((buffer (chatpipe--reasoning-buffer-of (chatpipe--job-buffer job) t)))
+    (with-current-buffer buffer
+      (let* ((end (point-max))
+             (follow (= (point) end))
+             (windows (cl-remove-if-not
+                       (lambda (w) (= (window-point w) end))
+                       (get-buffer-window-list nil nil t)))
+             (inhibit-read-only t))
+        (save-excursion
+          (goto-char end)
+          (insert text))
+        (when follow (goto-char (point-max)))
+        (dolist (window windows)
+          (set-window-point window (point-max)))))))
+
+(defun chatpipe--insert-reasoning (job text)
+  "Show TEXT, a piece of JOB's reasoning, where JOB's display wants it.
+See `chatpipe-reasoning-display'."
+  (pcase (chatpipe--job-display job)
+    ('fold
+     (chatpipe--edit
+      job
+      (lambda ()
+        (unless (chatpipe--job-reasoning job)
+          (chatpipe--open-reasoning-block job))
+        (goto-char (chatpipe--job-reasoning job))
+        (insert text)
+        (when (chatpipe--job-escape job)
+          (chatpipe--escape-org-reasoning job)))))
+    ('buffer (chatpipe--append-reasoning job text)))
+  (cl-incf (chatpipe--job-reasoning-chars job) (length text)))
+
+(defun chatpipe--cancel-timer (job)
+  "Cancel the retry timer of JOB, if any."
+  (when (chatpipe--job-timer job)
+    (cancel-timer (chatpipe--job-timer job))
+    (setf (chatpipe--job-timer job) nil)))
+
+(defun chatpipe--retry-wait (job attempt)
+  "Show in the status that JOB waits for the answer of retry ATTEMPT."
+  (setf (chatpipe--job-timer job) nil)
+  (let ((buffer (chatpipe--job-buffer job)))
+    (when (buffer-live-p buffer)
+      (with-current-buffer buffer
+        (when (eq chatpipe--job job)
+          (chatpipe--set-status "waiting... (retry %s)" attempt))))))
+
+(defun chatpipe--release (job)
+  "Let go of the markers and the timer of JOB, which has ended."
+  (chatpipe--cancel-timer job)
+  (dolist (marker (append (list (chatpipe--job-marker job)
+                                (chatpipe--job-start job)
+                                (chatpipe--job-reasoning job)
+                                (chatpipe--job-escape job)
+                                (chatpipe--job-tools-end job))
+                          (mapcar #'cdr (chatpipe--job-tools job))))
+    (when (markerp marker)
+      (set-marker marker nil))))
 
 (defun chatpipe--finish (job kind &optional message)
   "End JOB as KIND: `done', `aborted' or `error' with MESSAGE.
@@ -261,7 +673,7 @@ update the status."
   (let ((buffer (chatpipe--job-buffer job)))
     (when (buffer-live-p buffer)
       (with-current-buffer buffer
-        (let* ((marker (chatpipe--job-marker job))
+        (let* ((marker (chatpipe--job-end job))
                (follow (and chatpipe-auto-scroll (= (point) marker)))
                (windows (and chatpipe-auto-scroll
                              (cl-remove-if-not
@@ -270,6 +682,8 @@ update the status."
                (seconds (- (float-time) (chatpipe--job-start-time job)))
                (inhibit-read-only t)
                end)
+          (when (chatpipe--job-escape job)
+            (save-excursion (chatpipe--escape-org-reasoning job t)))
           (save-excursion
             (goto-char marker)
             (pcase kind
@@ -293,16 +707,20 @@ update the status."
           (let ((group (chatpipe--job-group job)))
             (undo-amalgamate-change-group group)
             (accept-change-group group))
-          (set-marker marker nil)
+          (chatpipe--release job)
           (when (eq chatpipe--job job)
             (setq chatpipe--job nil))
           (pcase kind
-            ('done (chatpipe--set-status
-                    "done: %s%.1f s"
-                    (let ((usage (chatpipe--usage-text
-                                  (chatpipe--job-usage job))))
-                      (if usage (concat usage ", ") ""))
-                    seconds))
+            ('done
+             (let ((reason (chatpipe--job-finish-reason job))
+                   (usage (chatpipe--usage-text (chatpipe--job-usage job))))
+               (chatpipe--set-status
+                "done%s: %s%.1f s"
+                (if (and (stringp reason) (not (equal reason "stop")))
+                    (format " (%s)" reason)
+                  "")
+                (if usage (concat usage ", ") "")
+                seconds)))
             ('aborted (chatpipe--set-status "aborted after %d chars"
                                             (chatpipe--job-chars job)))
             ('error (chatpipe--set-status "error: %s" message)
@@ -315,28 +733,53 @@ update the status."
     (if status (format "HTTP %s: %s" status message) message)))
 
 (defun chatpipe--handle-event (job event)
-  "Act on EVENT, a protocol event plist, for JOB."
+  "Act on EVENT, a protocol event plist, for JOB.
+Events of unknown types are ignored."
+  (chatpipe--cancel-timer job)
   (when (buffer-live-p (chatpipe--job-buffer job))
     (with-current-buffer (chatpipe--job-buffer job)
-      (pcase (plist-get event :type)
-        ("start"
-         (when (stringp (plist-get event :model))
-           (setq chatpipe--model-seen (plist-get event :model)))
-         (chatpipe--set-status "streaming..."))
-        ("delta"
-         (let ((text (plist-get event :content)))
-           (when (and (stringp text) (not (string-empty-p text)))
-             (chatpipe--insert job text)
-             (cl-incf (chatpipe--job-chars job) (length text))
+      (let ((content (plist-get event :content)))
+        (pcase (plist-get event :type)
+          ("start"
+           (when (stringp (plist-get event :model))
+             (setq chatpipe--model-seen (plist-get event :model)))
+           (chatpipe--set-status "streaming..."))
+          ((or "delta" "refusal")
+           (when (and (stringp content) (not (string-empty-p content)))
+             (chatpipe--insert-answer job content)
              (chatpipe--set-status "streaming... %d chars"
-                                   (chatpipe--job-chars job)))))
-        ("usage" (setf (chatpipe--job-usage job) event))
-        ("done" (chatpipe--finish job 'done))
-        ("error" (chatpipe--finish job (if (plist-get event :aborted)
-                                           'aborted
-                                         'error)
-                                   (chatpipe--error-text event)))
-        (_ nil)))))
+                                   (chatpipe--job-chars job))))
+          ("reasoning"
+           (when (and (stringp content) (not (string-empty-p content)))
+             (chatpipe--insert-reasoning job content)
+             (chatpipe--set-status "reasoning... %d chars"
+                                   (chatpipe--job-reasoning-chars job))))
+          ("tool_call"
+           (when (integerp (plist-get event :index))
+             (chatpipe--insert-tool-call job event)
+             (chatpipe--set-status "streaming... %d tool call%s"
+                                   (length (chatpipe--job-tools job))
+                                   (if (cdr (chatpipe--job-tools job))
+                                       "s" ""))))
+          ("retry"
+           (let ((text (chatpipe--retry-text event))
+                 (delay (plist-get event :delay)))
+             (chatpipe--set-status "%s" text)
+             (message "chatpipe: %s" text)
+             (setf (chatpipe--job-timer job)
+                   (run-at-time (if (numberp delay) (max 0 delay) 0) nil
+                                #'chatpipe--retry-wait job
+                                (plist-get event :attempt)))))
+          ("usage" (setf (chatpipe--job-usage job) event))
+          ("done"
+           (setf (chatpipe--job-finish-reason job)
+                 (plist-get event :finish_reason))
+           (chatpipe--finish job 'done))
+          ("error" (chatpipe--finish job (if (plist-get event :aborted)
+                                             'aborted
+                                           'error)
+                                     (chatpipe--error-text event)))
+          (_ nil))))))
 
 ;;;; Requests
 
@@ -374,8 +817,10 @@ the answer goes.  Return the new `chatpipe--job'."
           (let* ((pos (funcall prepare))
                  (marker (copy-marker pos t)))
             (setq job (chatpipe--job-create
-                       :buffer (current-buffer) :marker marker :group group
-                       :start-time (float-time)))
+                       :buffer (current-buffer) :marker marker
+                       :start (copy-marker pos) :group group
+                       :start-time (float-time)
+                       :display chatpipe-reasoning-display))
             (setf (chatpipe--job-process job)
                   (chatpipe-process-start
                    :template (or chatpipe-template chatpipe-default-template)
@@ -386,6 +831,7 @@ the answer goes.  Return the new `chatpipe--job'."
                    :handler (lambda (event)
                               (chatpipe--handle-event job event))))
             (setq chatpipe--job job)
+            (chatpipe--clear-reasoning-buffer)
             (chatpipe--set-status "waiting...")
             (setq started t)
             job))
@@ -477,10 +923,21 @@ Return non-nil if there was an answer to stop."
         (chatpipe--finish job 'aborted)
         t))))
 
+(defun chatpipe--clear-reasoning-buffer ()
+  "Empty the reasoning buffer of the current chat buffer, if it has one."
+  (let ((buffer (chatpipe--reasoning-buffer-of (current-buffer))))
+    (when buffer
+      (with-current-buffer buffer
+        (let ((inhibit-read-only t))
+          (erase-buffer))))))
+
 (defun chatpipe--kill-buffer ()
-  "Stop the process of the current buffer without waiting for it."
+  "Stop the process of the current buffer without waiting for it.
+Kill the buffer's reasoning buffer too."
   (when chatpipe--job
-    (chatpipe-process-abort (chatpipe--job-process chatpipe--job))))
+    (chatpipe-process-abort (chatpipe--job-process chatpipe--job)))
+  (when (buffer-live-p chatpipe--reasoning-buffer)
+    (kill-buffer chatpipe--reasoning-buffer)))
 
 (provide 'chatpipe-chat)
 ;;; chatpipe-chat.el ends here

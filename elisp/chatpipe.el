@@ -39,6 +39,12 @@
 ;; `chatpipe-mode' works in any text buffer, Markdown or Org (Org buffers
 ;; use "* User" headings), so a chat can live in a notes file.
 ;;
+;; The model's reasoning, if it sends any, comes before the answer in a
+;; folded block (TAB on its first line or M-x chatpipe-toggle-reasoning
+;; unfolds it), or in a buffer of its own (M-x chatpipe-show-reasoning),
+;; or nowhere: see `chatpipe-reasoning-display'.  It is never sent back.
+;; Tool calls are shown after the answer, one line each.
+;;
 ;; Other commands: `chatpipe-select-template', `chatpipe-set-model',
 ;; `chatpipe-edit-template', `chatpipe-send-region' (the region and an
 ;; instruction, from any buffer) and the menu `chatpipe-menu'.
@@ -97,12 +103,28 @@ A list of (LINE COLUMN MESSAGE).")
 
 ;;;; Mode
 
+(defun chatpipe--reasoning-tab-filter (command)
+  "Return COMMAND if point is on the first line of a reasoning block.
+Else return nil, so that TAB does what it does without
+`chatpipe-mode'."
+  (and (save-excursion
+         (beginning-of-line)
+         (let ((case-fold-search nil))
+           (looking-at (chatpipe--line-regexp
+                        (car (chatpipe--reasoning-delimiters))))))
+       command))
+
 (defvar chatpipe-mode-map
-  (let ((map (make-sparse-keymap)))
+  (let ((map (make-sparse-keymap))
+        (tab '(menu-item "" chatpipe-toggle-reasoning
+                         :filter chatpipe--reasoning-tab-filter)))
     (define-key map (kbd "C-c C-c") #'chatpipe-send)
     (define-key map (kbd "C-c C-k") #'chatpipe-abort)
+    (define-key map (kbd "TAB") tab)
+    (define-key map [tab] tab)
     map)
-  "Keymap of `chatpipe-mode'.")
+  "Keymap of `chatpipe-mode'.
+TAB on the first line of a reasoning block folds or unfolds it.")
 
 ;;;###autoload
 (define-minor-mode chatpipe-mode
@@ -110,6 +132,8 @@ A list of (LINE COLUMN MESSAGE).")
 The chat's turns are separated by role headings (see
 `chatpipe-headings' and `chatpipe-org-headings').  The header line
 shows the template, the model and the status of the last answer.
+Turning the mode on folds the reasoning blocks of the buffer (see
+`chatpipe-reasoning-display'); turning it off unfolds them.
 
 \\{chatpipe-mode-map}"
   :lighter " Chatpipe"
@@ -123,12 +147,20 @@ shows the template, the model and the status of the last answer.
         (setq chatpipe--font-lock-keywords
               `((,(chatpipe--heading-regexp) 0 'chatpipe-heading)))
         (font-lock-add-keywords nil chatpipe--font-lock-keywords 'append)
-        (font-lock-flush))
+        (font-lock-flush)
+        (save-restriction
+          (widen)
+          (dolist (block (chatpipe-reasoning-blocks))
+            (chatpipe-hide-reasoning block t))))
     (when (equal header-line-format chatpipe--header-line-format)
       (setq-local header-line-format chatpipe--saved-header-line))
     (remove-hook 'kill-buffer-hook #'chatpipe--kill-buffer t)
     (font-lock-remove-keywords nil chatpipe--font-lock-keywords)
-    (font-lock-flush)))
+    (font-lock-flush)
+    (save-restriction
+      (widen)
+      (remove-overlays (point-min) (point-max) 'chatpipe-reasoning t))
+    (remove-from-invisibility-spec '(chatpipe-reasoning . t))))
 
 ;;;; Templates
 
@@ -366,6 +398,40 @@ there was an answer to stop."
              nil)))
 
 ;;;###autoload
+(defun chatpipe-toggle-reasoning (&optional all)
+  "Fold or unfold the reasoning block at point.
+Point may be anywhere in the block, its first line included.  With
+a prefix argument ALL, or when point is in no block, unfold all the
+blocks of the buffer if one of them is folded, else fold them all.
+Return non-nil if the block (or the blocks) are now folded."
+  (interactive "P")
+  (let ((block (and (not all) (chatpipe-reasoning-block-at (point)))))
+    (if block
+        (chatpipe-hide-reasoning block (not (chatpipe-reasoning-hidden-p block)))
+      (let* ((blocks (or (save-restriction
+                           (widen)
+                           (chatpipe-reasoning-blocks))
+                         (user-error "No reasoning block in this buffer")))
+             (hide (not (cl-some #'chatpipe-reasoning-hidden-p blocks))))
+        (dolist (block blocks)
+          (chatpipe-hide-reasoning block hide))
+        hide))))
+
+;;;###autoload
+(defun chatpipe-show-reasoning ()
+  "Display the buffer with the reasoning of this chat's last answer.
+There is one when `chatpipe-reasoning-display' is `buffer'.  Return
+its window."
+  (interactive)
+  (let ((buffer (chatpipe--reasoning-buffer-of (current-buffer))))
+    (unless buffer
+      (user-error "No reasoning buffer for this chat%s"
+                  (if (eq chatpipe-reasoning-display 'buffer)
+                      ""
+                    " (see `chatpipe-reasoning-display')")))
+    (display-buffer buffer)))
+
+;;;###autoload
 (defun chatpipe-retry ()
   "Replace the last answer of this chat with a new one.
 Send the chat up to the last assistant heading again and stream
@@ -435,6 +501,9 @@ template.  Return the chat buffer."
     ("r" "Retry last answer" chatpipe-retry)
     ("R" "Send region with instruction" chatpipe-send-region)
     ("n" "Open chat buffer" chatpipe)]
+   ["Reasoning"
+    ("v" "Fold or unfold" chatpipe-toggle-reasoning)
+    ("V" "Show reasoning buffer" chatpipe-show-reasoning)]
    ["Template"
     ("t" "Select template" chatpipe-select-template)
     ("m" "Set model" chatpipe-set-model)

@@ -7,7 +7,7 @@ ERT tests (as a subprocess: ``python tests/replay_server.py`` prints
 it is killed).  Standard library only.
 
 Routes (any POST body is recorded; ``GET /requests`` returns the recorded
-requests as a JSON array of ``{"path", "headers", "body"}``, ``DELETE
+requests as a JSON array of ``{"path", "headers", "body", "client_port"}``, ``DELETE
 /requests`` forgets them):
 
 ``POST /replay/<file>``
@@ -134,7 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = raw.decode("utf-8", "replace")
         self.server.owner.requests.append(
-            {"path": self.path, "headers": dict(self.headers.items()), "body": body})
+            {"path": self.path, "headers": dict(self.headers.items()), "body": body,
+             "client_port": self.client_address[1]})
         reply = self.server.owner.reply_for(url.path, parse_qs(url.query))
         if reply is None:
             return self._send_simple(404, b'{"error": {"message": "no such route"}}',

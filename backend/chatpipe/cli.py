@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="append the new messages and the answer to the template file")
     send.set_defaults(func=cmd_send)
 
+    serve = commands.add_parser(
+        "serve", help="a long-lived backend: requests as JSON lines on stdin",
+        description="Read requests as JSON lines on stdin and stream their protocol events, "
+                    "tagged with the request id, on stdout; several at once. "
+                    'A request: {"id": "r1", "template": "openai", "messages": [...], '
+                    '"vars": {...}, "env": {...}, "model": "...", "url": "..."}; '
+                    'a cancel: {"id": "r1", "cancel": true}. See docs/protocol.md.')
+    serve.set_defaults(func=cmd_serve)
+
     templates = commands.add_parser("templates", help="list, show and check templates")
     sub = templates.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = sub.add_parser("list", help="list the known templates")
@@ -98,13 +107,12 @@ def parse_vars(pairs: list[str]) -> dict[str, str]:
 def load_messages(source: str, stdin) -> list[dict[str, Any]]:
     """Read a JSON array of chat messages from the file SOURCE, or STDIN for ``-``.
 
-    Each message is an object with a string ``role`` and a ``content`` that
-    is a string, a list of content parts, or null.
-
     Raises:
         UsageError: unreadable file, invalid JSON, or not a list of messages
-            (the message says which item and why).
+            (see :func:`chatpipe.prepare.check_messages`).
     """
+    from chatpipe.prepare import check_messages
+
     where = "stdin" if source == "-" else source
     try:
         text = stdin.read() if source == "-" else open(source, encoding="utf-8").read()
@@ -114,14 +122,7 @@ def load_messages(source: str, stdin) -> list[dict[str, Any]]:
         messages = json.loads(text)
     except ValueError as err:
         raise UsageError(f"--messages {where}: invalid JSON: {err}") from None
-    if not isinstance(messages, list):
-        raise UsageError(f"--messages {where}: expected a JSON array of messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise UsageError(f'--messages {where}: item {i} is not an object with a "role" string')
-        if not isinstance(message.get("content"), (str, list, type(None))):
-            raise UsageError(f'--messages {where}: item {i}: "content" must be a string or a list')
-    return messages
+    return check_messages(messages, f"--messages {where}")
 
 
 def _new_messages(args, stdin) -> list[dict[str, Any]]:
@@ -135,20 +136,10 @@ def _new_messages(args, stdin) -> list[dict[str, Any]]:
     return messages
 
 
-def _ends_with_user_turn(body: dict) -> bool:
-    """Whether the template's own conversation ends with a user turn."""
-    for key in ("messages", "contents", "input"):
-        turns = body.get(key)
-        if isinstance(turns, str) and turns.strip():
-            return True
-        if isinstance(turns, list) and turns:
-            return isinstance(turns[-1], dict) and turns[-1].get("role") == "user"
-    return False
-
-
 def cmd_send(args, ctx: "_Context") -> int:
     """``chatpipe send``: stream one answer; returns the exit code."""
-    from chatpipe import dialects, stream, templates
+    from chatpipe import stream, templates
+    from chatpipe.prepare import prepare
     from chatpipe.protocol import NDJSONWriter, Recorder, TextWriter
 
     stdout = sys.stdout.buffer
@@ -156,24 +147,10 @@ def cmd_send(args, ctx: "_Context") -> int:
     if args.save and not templates.looks_like_path(args.template):
         raise UsageError("--save needs a template file path (e.g. ./request.json), "
                          f"not the name {args.template!r}")
-    template = templates.load(args.template)
-    if args.url:
-        template.block["url"] = args.url
-    variables = parse_vars(args.var)
-    if args.model:
-        variables.setdefault("model", args.model)
-    request = templates.fill(template, variables)
-    ctx.secrets = request.secrets
-    dialect = dialects.get(request.api)
-    if args.model:
-        if hasattr(dialect, "set_model"):
-            dialect.set_model(request, args.model)
-        else:
-            request.body["model"] = args.model
     new = _new_messages(args, sys.stdin)
-    if not new and not _ends_with_user_turn(request.body):
-        raise UsageError("no message to send: give -m TEXT, --messages FILE, or text on stdin")
-    dialect.add_messages(request.body, new)
+    template, request, dialect = prepare(args.template, new, variables=parse_vars(args.var),
+                                         model=args.model, url=args.url)
+    ctx.secrets = request.secrets
     recorder = Recorder(ctx.sink)
     try:
         stream.run(request, recorder)
@@ -182,6 +159,13 @@ def cmd_send(args, ctx: "_Context") -> int:
             templates.append_messages(template.path,
                                       new + [dialect.assistant_message(recorder.text())])
     return 0
+
+
+def cmd_serve(args, ctx: "_Context") -> int:
+    """``chatpipe serve``: see :mod:`chatpipe.serve`."""
+    from chatpipe import serve
+
+    return serve.main()
 
 
 # ---- templates ------------------------------------------------------------
@@ -299,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as err:  # a bug: one clear line, the traceback on request
         if os.environ.get("CHATPIPE_DEBUG"):
-            raise
+            import traceback
+
+            sys.stderr.write(ctx.redact(traceback.format_exc()))
         message = ctx.redact(f"internal error: {type(err).__name__}: {err} "
                              "(set CHATPIPE_DEBUG=1 for the traceback)")
         _report(ctx, {"message": message, "status": None, "retryable": False}, {})

@@ -81,3 +81,10 @@ class Aborted(ChatpipeError):
         self.signum = signum
         self.exit_code = 128 + signum
         super().__init__(f"aborted by {signal.Signals(signum).name}")
+
+
+class Cancelled(ChatpipeError):
+    """A stream cancelled by its client (``chatpipe serve``'s cancel request)."""
+
+    def __init__(self) -> None:
+        super().__init__("cancelled")

@@ -8,13 +8,15 @@ dialect from :mod:`chatpipe.dialects` (events to protocol events).
 from __future__ import annotations
 
 import random
+import socket
+import threading
 import time
 from typing import Protocol
 
 import requests
 
 from chatpipe import PROTOCOL_VERSION, dialects, events, transport
-from chatpipe.errors import StreamError
+from chatpipe.errors import Cancelled, StreamError
 from chatpipe.templates import Request
 
 #: Protocol events that carry the answer: after one of them, no retry.
@@ -50,6 +52,43 @@ class _Gate:
         self.sink.emit(event)
 
 
+class Control:
+    """Lets another thread cancel a running :func:`run`.
+
+    :meth:`cancel` wakes a retry wait at once and shuts the socket of the
+    response being read, so the reading thread stops within milliseconds.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._response: requests.Response | None = None
+
+    def attach(self, response: requests.Response | None) -> None:
+        """Record RESPONSE as the one being read (None when done with it).
+
+        Raises:
+            Cancelled: :meth:`cancel` was already called.
+        """
+        with self._lock:
+            self._response = response
+            if self.cancelled.is_set() and response is not None:
+                raise Cancelled()
+
+    def cancel(self) -> None:
+        """Cancel the stream: wake its waits and shut its socket."""
+        with self._lock:
+            self.cancelled.set()
+            response = self._response
+        if response is not None:
+            sock = transport._socket(response.raw)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 def _start_event(request: Request, response: requests.Response) -> dict:
     event = {"type": "start", "protocol": PROTOCOL_VERSION}
     model = request.body.get("model")
@@ -68,7 +107,8 @@ def backoff(attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def run(request: Request, sink: Sink, session: requests.Session | None = None) -> None:
+def run(request: Request, sink: Sink, session: requests.Session | None = None,
+        control: Control | None = None) -> None:
     """Send REQUEST and emit its protocol events to SINK as they arrive.
 
     Emits ``start`` once the response headers arrive, the dialect's events,
@@ -78,10 +118,12 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None) -
     and jitter or the delay the provider asked for, while the waits fit in
     ``request.retry_budget`` seconds and the answer in ``request.deadline``;
     each retry is announced with a ``retry`` event.  The HTTP response is
-    closed on return, on error and on interruption.
+    closed on return, on error and on interruption.  SESSION (default: a new
+    one) lets requests share connections; CONTROL lets another thread cancel.
 
     Raises:
         StreamError: the last failure (after the events that did arrive).
+        Cancelled: CONTROL was cancelled.
     """
     own_session = session is None
     session = session or requests.Session()
@@ -93,8 +135,11 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None) -
     try:
         while True:
             try:
-                return _run_once(request, gate, session, deadline)
+                return _run_once(request, gate, session, deadline, control,
+                                 keep_alive=not own_session)
             except StreamError as err:
+                if control is not None and control.cancelled.is_set():
+                    raise Cancelled() from None
                 attempt += 1
                 if not err.retryable or gate.content or attempt > request.max_retries:
                     raise
@@ -105,7 +150,10 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None) -
                 gate.emit({"type": "retry", "attempt": attempt, "delay": round(delay, 3),
                            "reason": err.message, **({"status": err.status}
                                                      if err.status else {})})
-                time.sleep(delay)
+                if control is None:
+                    time.sleep(delay)
+                elif control.cancelled.wait(delay):
+                    raise Cancelled() from None
                 waited += delay
     finally:
         if own_session:
@@ -113,11 +161,15 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None) -
 
 
 def _run_once(request: Request, sink: Sink, session: requests.Session,
-              deadline: float) -> None:
-    """One attempt of :func:`run`: POST, stream, close."""
+              deadline: float, control: Control | None, keep_alive: bool) -> None:
+    """One attempt of :func:`run`: POST, stream, close.  With KEEP_ALIVE the
+    rest of the body is read after the terminator, so that the session can
+    reuse the connection."""
     decoder = dialects.get(request.api).Decoder()
     response = transport.post(session, request)
     try:
+        if control is not None:
+            control.attach(response)
         _check_content_type(response, decoder)
         sink.emit(_start_event(request, response))
         body = transport.iter_body(response, request.read_timeout, deadline)
@@ -137,6 +189,8 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
                 malformed = str(err)
                 continue
             if decoder.done:
+                if keep_alive:
+                    transport.drain(response)
                 return
         if malformed is not None:
             raise StreamError("the stream ended early: its last event was cut off",
@@ -144,6 +198,8 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
         for out in decoder.end():
             sink.emit(out)
     finally:
+        if control is not None:
+            control.attach(None)
         response.close()
 
 

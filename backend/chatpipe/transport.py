@@ -224,6 +224,23 @@ def iter_body(response: requests.Response, read_timeout: float,
                           retryable=True) from None
 
 
+def drain(response: requests.Response, timeout: float = 1.0) -> None:
+    """Read what is left of RESPONSE's body (usually just the end of the
+    chunked framing), so that its connection can serve the next request.
+
+    Gives up silently after TIMEOUT seconds of silence or on any error: the
+    connection is then closed instead of reused.
+    """
+    sock = _socket(response.raw)
+    try:
+        if sock is not None:
+            sock.settimeout(timeout)
+        while response.raw.read1(READ_SIZE, decode_content=True):
+            pass
+    except Exception:
+        pass
+
+
 def _deadline_error() -> StreamError:
     return StreamError("the stream ended early: it ran past its deadline "
                        "(chatpipe.deadline seconds)")

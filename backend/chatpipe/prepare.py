@@ -1,0 +1,83 @@
+"""From a template name and chat messages to a :class:`Request` ready to send.
+
+Shared by ``chatpipe send`` (one request per process) and ``chatpipe serve``
+(many requests, one process).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Mapping
+
+from chatpipe import dialects, templates
+from chatpipe.errors import UsageError
+
+
+def check_messages(messages: Any, where: str) -> list[dict[str, Any]]:
+    """Return MESSAGES if it is a list of chat messages, else raise.
+
+    Each message is an object with a string ``role`` and a ``content`` that
+    is a string, a list of content parts, or null.
+
+    Raises:
+        UsageError: not a list of messages; the message says which item and
+            why, prefixed with WHERE (e.g. ``--messages stdin``).
+    """
+    if not isinstance(messages, list):
+        raise UsageError(f"{where}: expected a JSON array of messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise UsageError(f'{where}: item {i} is not an object with a "role" string')
+        if not isinstance(message.get("content"), (str, list, type(None))):
+            raise UsageError(f'{where}: item {i}: "content" must be a string or a list')
+    return messages
+
+
+def ends_with_user_turn(body: dict) -> bool:
+    """Whether the template's own conversation ends with a user turn."""
+    for key in ("messages", "contents", "input"):
+        turns = body.get(key)
+        if isinstance(turns, str) and turns.strip():
+            return True
+        if isinstance(turns, list) and turns:
+            return isinstance(turns[-1], dict) and turns[-1].get("role") == "user"
+    return False
+
+
+def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str, str] = (),
+            model: str | None = None, url: str | None = None,
+            env: Mapping[str, str] | None = None
+            ) -> tuple[templates.Template, templates.Request, ModuleType]:
+    """Load template SPEC, fill it in and append MESSAGES.
+
+    Args:
+        spec: a template name or file path (see :func:`templates.resolve`).
+        messages: ``{"role", "content"}`` messages to append (checked).
+        variables: values of ``${name}`` placeholders; ``model`` defaults to MODEL.
+        model: overrides the template's model.
+        url: overrides the endpoint URL.
+        env: environment for ``${env:NAME}`` (default ``os.environ``).
+    Returns:
+        ``(template, request, dialect module)``.
+    Raises:
+        TemplateError: see :func:`templates.load` and :func:`templates.fill`.
+        UsageError: nothing to send (no new message and the template's
+            conversation does not end with a user turn).
+    """
+    template = templates.load(spec)
+    if url:
+        template.block["url"] = url
+    variables = dict(variables)
+    if model:
+        variables.setdefault("model", model)
+    request = templates.fill(template, variables, env)
+    dialect = dialects.get(request.api)
+    if model:
+        if hasattr(dialect, "set_model"):
+            dialect.set_model(request, model)
+        else:
+            request.body["model"] = model
+    if not messages and not ends_with_user_turn(request.body):
+        raise UsageError("no message to send: give -m TEXT, --messages FILE, or text on stdin")
+    dialect.add_messages(request.body, messages)
+    return template, request, dialect
