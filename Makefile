@@ -7,7 +7,7 @@ PROMPT ?= Tell me a joke
 
 export LLAMA_VENV ?= $(CURDIR)/.venv-llama
 
-.PHONY: all setup local-server demo test test-python test-emacs emacs-deps clean
+.PHONY: all setup local-server demo test test-python test-emacs emacs-deps bench clean
 
 all: setup
 
@@ -49,6 +49,12 @@ test-python:
 
 test-emacs:
 	tests/run-emacs-tests
+
+## bench: throughput, latency and memory figures (benchmarks/results.md); not a test
+bench: setup
+	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
+	@command -v curl >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq curl >/dev/null; } || echo "curl not found: its column is left out" >&2
+	$(VENV)/bin/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -118,7 +118,8 @@ Reasoning is never sent back to the model."
 A cons (BEGIN . END) of strings: a block runs from a line that is
 exactly BEGIN to the next line that is exactly END (but for
 trailing spaces).  The default is an HTML details element, which
-Markdown viewers show folded."
+Markdown viewers show folded.  Lines of the reasoning that look
+like BEGIN or END get a backslash in front."
   :type '(cons (string :tag "First line") (string :tag "Last line"))
   :group 'chatpipe)
 
@@ -168,8 +169,7 @@ MARKER is the end of the answer's text (insertion type t), START
 its start, where a reasoning block goes (insertion type nil).
 DISPLAY is the `chatpipe-reasoning-display' of the answer.
 REASONING is the marker where reasoning goes in a block, ESCAPE the
-start of the block's first line not yet checked for Org escapes (in
-Org buffers).  TOOLS is an alist (INDEX . MARKER) of where the
+start of the block's first line not yet checked for escapes.  TOOLS is an alist (INDEX . MARKER) of where the
 arguments of each tool call go, TOOLS-END the end of the tool call
 lines, and TOOLS-SEP non-nil once a blank line separates them from
 the answer.  TIMER is the timer of a pending retry."
@@ -555,31 +555,46 @@ Set JOB's reasoning marker inside it."
     (chatpipe-hide-reasoning (list nil body (point)) t)
     (insert "\n\n")
     (setf (chatpipe--job-reasoning job) (copy-marker inside t))
-    (when org
-      (setf (chatpipe--job-escape job) (copy-marker inside)))))
+    (setf (chatpipe--job-escape job) (copy-marker inside))))
 
-(defun chatpipe--escape-org-reasoning (job &optional final)
-  "Put a comma before the reasoning lines of JOB that would upset Org.
-Those are the lines that look like headlines (stars, then a space
-or nothing) and those that start with \"#+\" after blanks, such as
-the block's own last line.  Only the lines from JOB's escape marker
-on are looked at.  Unless FINAL is non-nil, a last line that is too
-short to tell is left for the next call; the marker is moved to it
-\(or to the end)."
+(defun chatpipe--reasoning-escape ()
+  "Return how reasoning lines are escaped in the current buffer.
+The value is a cons (REGEXP . PREFIX): a line of reasoning at whose
+start REGEXP matches gets PREFIX in front.  In Org buffers, those
+are lines that Org would take for headlines or block lines, such as
+the block's own last line, and the prefix is a comma, as in Org's
+source blocks.  In other buffers, they are the lines that look like
+the block's first or last line, and the prefix is a backslash,
+which keeps Markdown from taking them for HTML."
+  (if (derived-mode-p 'org-mode)
+      '("\\*+\\(?:[ \t]\\|$\\)\\|[ \t]*#\\+" . ",")
+    (let ((delimiters (chatpipe--reasoning-delimiters)))
+      (cons (concat "\\(?:" (regexp-quote (car delimiters)) "\\|"
+                    (regexp-quote (cdr delimiters)) "\\)[ \t]*$")
+            "\\"))))
+
+(defun chatpipe--escape-reasoning (job from &optional final)
+  "Escape the lines of JOB's reasoning that its newest text completed.
+FROM is where the newest text starts.  A line is looked at once,
+when the newline that ends it arrives, or when FINAL is non-nil (at
+the end of the answer); JOB's escape marker is at the start of the
+first line not looked at yet.  See `chatpipe--reasoning-escape'."
   (let ((end (chatpipe--job-reasoning job))
         (check (chatpipe--job-escape job))
+        (escape (chatpipe--reasoning-escape))
         (case-fold-search nil))
-    (goto-char check)
-    ;; After END comes the newline that ends the block's last line.
-    (while (and (or (bolp) (search-forward "\n" end 'move))
-                (< (point) end)
-                (not (and (not final)
-                          (looking-at "\\(?:\\*+\\|[ \t]*#?\\)\n")
-                          (= (match-end 0) (1+ end)))))
-      (when (looking-at "\\*+[ \t\n]\\|[ \t]*#\\+")
-        (insert ","))
-      (forward-char 1))
-    (set-marker check (point))))
+    (cl-flet ((escape-line ()
+                (save-excursion
+                  (goto-char check)
+                  (when (looking-at (car escape))
+                    (insert (cdr escape))))))
+      (goto-char from)
+      (while (search-forward "\n" end t)
+        (escape-line)
+        (set-marker check (point)))
+      (when (and final (< check end))
+        (escape-line)
+        (set-marker check end)))))
 
 (define-derived-mode chatpipe-reasoning-mode special-mode "Chatpipe-Reasoning"
   "Major mode of the buffers that show the reasoning of a chat's answer.
@@ -631,9 +646,9 @@ See `chatpipe-reasoning-display'."
         (unless (chatpipe--job-reasoning job)
           (chatpipe--open-reasoning-block job))
         (goto-char (chatpipe--job-reasoning job))
-        (insert text)
-        (when (chatpipe--job-escape job)
-          (chatpipe--escape-org-reasoning job)))))
+        (let ((from (point)))
+          (insert text)
+          (chatpipe--escape-reasoning job from)))))
     ('buffer (chatpipe--append-reasoning job text)))
   (cl-incf (chatpipe--job-reasoning-chars job) (length text)))
 
@@ -683,7 +698,8 @@ update the status."
                (inhibit-read-only t)
                end)
           (when (chatpipe--job-escape job)
-            (save-excursion (chatpipe--escape-org-reasoning job t)))
+            (save-excursion
+              (chatpipe--escape-reasoning job (chatpipe--job-reasoning job) t)))
           (save-excursion
             (goto-char marker)
             (pcase kind

@@ -12,7 +12,7 @@ on the bytes it is given, without a parser of our own:
 - line endings are normalised to LF, so a stream that mixes CRLF, LF and CR
   still has its blank lines seen (sseclient-py only recognises ``\\n\\n``,
   ``\\r\\r`` and ``\\r\\n\\r\\n`` at the end of an event);
-- invalid UTF-8 is decoded with U+FFFD replacement characters (sseclient-py
+- invalid UTF-8 is replaced by U+FFFD before sseclient-py sees it (it
   decodes each line strictly and would raise).
 
 Spec: https://html.spec.whatwg.org/multipage/server-sent-events.html
@@ -27,20 +27,25 @@ from sseclient import SSEClient
 
 BOM = codecs.BOM_UTF8
 
-#: Codec name for UTF-8 with replacement of invalid bytes (see _lookup).
-LENIENT_UTF8 = "chatpipe_utf8_replace"
+def valid_utf8(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Yield CHUNKS with invalid UTF-8 sequences replaced by U+FFFD.
 
-
-def _lookup(name: str) -> codecs.CodecInfo | None:
-    if name != LENIENT_UTF8:
-        return None
-    utf8 = codecs.lookup("utf-8")
-    return codecs.CodecInfo(
-        name=LENIENT_UTF8, encode=utf8.encode,
-        decode=lambda data, errors="strict": codecs.utf_8_decode(data, "replace", True))
-
-
-codecs.register(_lookup)
+    ASCII chunks pass untouched; others go through an incremental decoder,
+    which keeps a character split across chunks whole.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending = False
+    for chunk in chunks:
+        if not pending and chunk.isascii():
+            yield chunk
+            continue
+        text = decoder.decode(chunk)
+        pending = bool(decoder.getstate()[0])
+        if text:
+            yield text.encode("utf-8")
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail.encode("utf-8")
 
 
 class Line:
@@ -108,8 +113,8 @@ def sse_events(chunks: Iterable[bytes]) -> Iterator:
     lines joined by LF), ``.id`` and ``.retry``.  Comments are skipped.  An
     event not ended by a blank line is still yielded at the end of the body.
     """
-    source = normalise_newlines(strip_bom(chunks))
-    return SSEClient(source, char_enc=LENIENT_UTF8).events()
+    source = normalise_newlines(valid_utf8(strip_bom(chunks)))
+    return SSEClient(source, char_enc="utf-8").events()
 
 
 def ndjson_lines(chunks: Iterable[bytes]) -> Iterator[Line]:
@@ -119,7 +124,7 @@ def ndjson_lines(chunks: Iterable[bytes]) -> Iterator[Line]:
     Work is linear in the body's length, however the lines are split.
     """
     pending: list[bytes] = []
-    for chunk in strip_bom(chunks):
+    for chunk in valid_utf8(strip_bom(chunks)):
         start = 0
         while (end := chunk.find(b"\n", start)) >= 0:
             piece = chunk[start:end]
@@ -128,11 +133,11 @@ def ndjson_lines(chunks: Iterable[bytes]) -> Iterator[Line]:
                 piece = b"".join(pending)
                 pending.clear()
             if piece.strip():
-                yield Line(piece.decode(LENIENT_UTF8).rstrip("\r"))
+                yield Line(piece.decode("utf-8").rstrip("\r"))
             start = end + 1
         if start < len(chunk):
             pending.append(chunk[start:])
     if pending:
         last = b"".join(pending)
         if last.strip():
-            yield Line(last.decode(LENIENT_UTF8).rstrip("\r"))
+            yield Line(last.decode("utf-8").rstrip("\r"))

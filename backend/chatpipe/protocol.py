@@ -15,18 +15,34 @@ from typing import BinaryIO
 class NDJSONWriter:
     """Writes each event as one compact JSON object and a newline, UTF-8.
 
+    Lines are written out by :meth:`flush`, which the stream loop calls
+    whenever it is about to wait for more bytes from the server, so every
+    line is out before chatpipe waits, and the lines decoded from one read
+    go out in one write.  ``done`` and ``error`` are written at once.
+
     Args:
-        out: a binary stream (``sys.stdout.buffer``); flushed after each line.
+        out: a binary stream (``sys.stdout.buffer``).
     """
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
+        self._lines: list[str] = []
         self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
     def emit(self, event: dict) -> None:
-        """Write EVENT as one line and flush."""
-        self._out.write((self._dumps(event) + "\n").encode("utf-8"))
-        self._out.flush()
+        """Queue EVENT as one line; write at once if it ends the stream."""
+        self._lines.append(self._dumps(event))
+        if event["type"] in ("done", "error"):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued lines and flush the stream."""
+        if self._lines:
+            self._lines.append("")
+            data = "\n".join(self._lines).encode("utf-8")
+            self._lines.clear()
+            self._out.write(data)
+            self._out.flush()
 
 
 class TextWriter:
@@ -97,6 +113,12 @@ class Recorder:
         elif kind == "done":
             self.completed = True
         self._sink.emit(event)
+
+    def flush(self) -> None:
+        """Flush the sink passed on to."""
+        flush = getattr(self._sink, "flush", None)
+        if flush is not None:
+            flush()
 
     def text(self) -> str:
         """Return the answer's text so far."""

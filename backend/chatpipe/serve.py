@@ -52,15 +52,28 @@ class _Job:
         self.finished = False
         self.secrets: list[str] = []
         self.thread: threading.Thread | None = None
+        self._lines: list[dict] = []
 
     def emit(self, event: dict) -> None:
-        """Write EVENT tagged with the job's id, unless the job has finished."""
+        """Queue EVENT tagged with the job's id, unless the job has finished;
+        ``done`` and ``error`` are written at once, the rest by :meth:`flush`."""
         with self.lock:
             if self.finished:
                 return
+            self._lines.append({"id": self.id, **event})
             if event["type"] in ("done", "error"):
                 self.finished = True
-            self.server.write({"id": self.id, **event})
+                self._flush()
+
+    def flush(self) -> None:
+        """Write the queued lines (called before each wait for the server)."""
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._lines:
+            self.server.write_many(self._lines)
+            self._lines.clear()
 
     def fail(self, message: str, **fields) -> None:
         """End the job with an ``error`` event (secrets redacted)."""
@@ -95,9 +108,13 @@ class Server:
 
     def write(self, event: dict) -> None:
         """Write one protocol line and flush."""
-        line = (self._dumps(event) + "\n").encode("utf-8")
+        self.write_many([event])
+
+    def write_many(self, events: list[dict]) -> None:
+        """Write protocol lines in one write, and flush."""
+        data = "".join([self._dumps(e) + "\n" for e in events]).encode("utf-8")
         with self._write_lock:
-            self._out.write(line)
+            self._out.write(data)
             self._out.flush()
 
     def session_for(self, url: str) -> requests.Session:

@@ -28,7 +28,11 @@ BACKOFF_MAX = 30.0
 
 
 class Sink(Protocol):
-    """Where protocol events go (see :mod:`chatpipe.protocol`)."""
+    """Where protocol events go (see :mod:`chatpipe.protocol`).
+
+    A sink may also have ``flush()``: it is called before each wait for the
+    server's bytes, and at the end.
+    """
 
     def emit(self, event: dict) -> None: ...
 
@@ -40,6 +44,7 @@ class _Gate:
         self.sink = sink
         self.started = False
         self.content = False
+        self.flush = getattr(sink, "flush", None) or (lambda: None)
 
     def emit(self, event: dict) -> None:
         kind = event["type"]
@@ -150,12 +155,14 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None,
                 gate.emit({"type": "retry", "attempt": attempt, "delay": round(delay, 3),
                            "reason": err.message, **({"status": err.status}
                                                      if err.status else {})})
+                gate.flush()
                 if control is None:
                     time.sleep(delay)
                 elif control.cancelled.wait(delay):
                     raise Cancelled() from None
                 waited += delay
     finally:
+        gate.flush()
         if own_session:
             session.close()
 
@@ -172,7 +179,8 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
             control.attach(response)
         _check_content_type(response, decoder)
         sink.emit(_start_event(request, response))
-        body = transport.iter_body(response, request.read_timeout, deadline)
+        body = transport.iter_body(response, request.read_timeout, deadline,
+                                   getattr(sink, "flush", None))
         if decoder.framing == "ndjson":
             stream = events.ndjson_lines(body)
         else:

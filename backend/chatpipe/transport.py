@@ -16,7 +16,7 @@ import email.utils
 import json
 import re
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import requests
@@ -183,7 +183,8 @@ def retry_after(headers: Mapping[str, str], payload: Any = None) -> float | None
 
 
 def iter_body(response: requests.Response, read_timeout: float,
-              deadline: float | None = None) -> Iterator[bytes]:
+              deadline: float | None = None,
+              before_read: Callable[[], None] | None = None) -> Iterator[bytes]:
     """Yield RESPONSE's body bytes as they arrive (decoded if gzip/deflate).
 
     Args:
@@ -192,6 +193,8 @@ def iter_body(response: requests.Response, read_timeout: float,
             only for the message.
         deadline: a ``time.monotonic()`` value after which the stream is cut
             off, however busy it is (keep-alive comments do not extend it).
+        before_read: called before each read from the socket, e.g. to flush
+            the output decoded so far before waiting.
     Raises:
         StreamError: the connection broke (retryable), went idle for longer
             than the read timeout (retryable), or the deadline passed.
@@ -209,6 +212,8 @@ def iter_body(response: requests.Response, read_timeout: float,
                     sock = sock or _socket(raw)
                     if sock is not None:
                         sock.settimeout(left)
+            if before_read is not None:
+                before_read()
             chunk = read1(READ_SIZE, decode_content=True)
             if not chunk:
                 return

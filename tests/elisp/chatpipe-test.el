@@ -778,7 +778,7 @@ headings and block lines, cut across events."
            "\nEOF\n")))
 
 (ert-deftest chatpipe-test-reasoning-block-org-and-text ()
-  "Headings in reasoning start no turn; Org buffers escape them."
+  "Headings in reasoning start no turn; lines like block lines are escaped."
   (let ((chatpipe-command (chatpipe-test--reasoning-script))
         (chatpipe-reasoning-display 'fold))
     (with-temp-buffer
@@ -810,8 +810,8 @@ Plan:
       (setq chatpipe-template "reasoning")
       (chatpipe-send)
       (chatpipe-test--wait-idle (current-buffer))
-      ;; The "</details>" line of the reasoning ends the block early:
-      ;; the price of plain text.  Only the "### User" line matters.
+      ;; Only a line like the block's own last line is escaped, with a
+      ;; backslash as in Markdown; the "### User" line starts no turn.
       (should (equal (buffer-string)
                      (concat "### User\n\nHi\n\n### Assistant\n\n"
                              chatpipe-test--details-begin "\n\nPlan:
@@ -820,10 +820,12 @@ Plan:
 #+end_reasoning
   #+x
 **bold** ok
-</details>
+\\</details>
 *\n\n</details>\n\nHi!\n\n### User\n\n")))
       (should (equal (mapcar #'car (chatpipe-turns)) '(user assistant user)))
-      (should (equal (car (chatpipe-messages)) '("user" . "Hi"))))))
+      (should (equal (length (chatpipe-reasoning-blocks)) 1))
+      (should (equal (chatpipe-messages)
+                     '(("user" . "Hi") ("assistant" . "Hi!")))))))
 
 (ert-deftest chatpipe-test-reasoning-buffer ()
   "Reasoning streams into a buffer of its own; the chat has the answer."
@@ -1311,9 +1313,11 @@ uninstallable in all released Emacs versions" (nth 3 problem)))
               (let ((answer (match-string 1 (buffer-string))))
                 (message "The local model answered: %S" answer)
                 (should (string-match-p "[[:alpha:]]" answer)))
-              ;; llama-cpp-python's server may not send usage.
+              ;; llama-cpp-python's server may not send usage; a long
+              ;; answer may end at the template's max_tokens.
               (should (string-match-p
-                       "\\`done: \\([1-9][0-9]* in, [1-9][0-9]* out, \\)?[0-9.]+ s\\'"
+                       "\\`done\\(?: (length)\\)?: \\([1-9][0-9]* in\\(?: ([0-9]+ \
+cached)\\)?, [1-9][0-9]* out, \\)?[0-9.]+ s\\'"
                        chatpipe--status)))))
       (when (process-live-p server)
         (signal-process server 'SIGTERM)
