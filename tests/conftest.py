@@ -52,6 +52,24 @@ def chatpipe(env):
     return run
 
 
+class ListSink:
+    """A protocol sink that keeps the events, for in-process stream tests."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def emit(self, event: dict) -> None:
+        self.events.append(event)
+
+    def of(self, kind: str) -> list[dict]:
+        """The events of type KIND."""
+        return [e for e in self.events if e["type"] == kind]
+
+    def text(self) -> str:
+        """The answer's text: the delta contents joined."""
+        return "".join(e["content"] for e in self.of("delta"))
+
+
 def ndjson(stdout: str) -> list[dict]:
     """Parse protocol output: one JSON object per line, every line."""
     return [json.loads(line) for line in stdout.splitlines()]

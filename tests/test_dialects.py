@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from chatpipe import stream
 from chatpipe.errors import StreamError
 from chatpipe.templates import Request
-from conftest import EXPECTED, STREAMS
+from conftest import ListSink, EXPECTED, STREAMS
 from replay_server import Reply, ReplayServer
 
 DIALECT = {"anthropic": "anthropic-messages", "gemini": "gemini", "ollama": "ollama",
@@ -45,12 +45,6 @@ def content_type(name: str) -> str:
         name[name.rfind("."):], "text/event-stream")
 
 
-class ListSink:
-    def __init__(self):
-        self.events = []
-
-    def emit(self, event):
-        self.events.append(event)
 
 
 def run(server: ReplayServer, name: str, chunks: list[bytes]) -> tuple[list[dict], str | None]:

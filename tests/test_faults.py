@@ -16,24 +16,12 @@ import pytest
 from chatpipe import stream, transport
 from chatpipe.errors import StreamError
 from chatpipe.templates import Request
-from conftest import EXPECTED, FAKE_KEY, STREAMS, ndjson
+from conftest import ListSink, EXPECTED, FAKE_KEY, STREAMS, ndjson
 from replay_server import Reply, error_reply, split_every
 
 TEXT = "openai-chat/text-with-usage.sse"
 
 
-class ListSink:
-    def __init__(self):
-        self.events = []
-
-    def emit(self, event):
-        self.events.append(event)
-
-    def of(self, kind):
-        return [e for e in self.events if e["type"] == kind]
-
-    def text(self):
-        return "".join(e["content"] for e in self.of("delta"))
 
 
 def request(url, api="openai-chat", **kw) -> Request:

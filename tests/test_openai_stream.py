@@ -16,7 +16,7 @@ import pytest
 from chatpipe import stream
 from chatpipe.errors import StreamError
 from chatpipe.templates import Request
-from conftest import EXPECTED, STREAMS
+from conftest import ListSink, EXPECTED, STREAMS
 from replay_server import Reply, split_every
 
 #: OpenAI-compatible recordings whose text this issue covers (no refusals,
@@ -33,20 +33,6 @@ TEXT_RECORDINGS = [
 ]
 
 
-class ListSink:
-    """Collects protocol events."""
-
-    def __init__(self):
-        self.events = []
-
-    def emit(self, event):
-        self.events.append(event)
-
-    def of(self, kind):
-        return [e for e in self.events if e["type"] == kind]
-
-    def text(self):
-        return "".join(e["content"] for e in self.of("delta"))
 
 
 def request_for(url: str) -> Request:
