@@ -45,6 +45,7 @@ test: setup local-server emacs-deps
 	$(MAKE) --no-print-directory test-python test-emacs
 
 test-python:
+	$(VENV)/bin/ruff check backend tests benchmarks
 	$(VENV)/bin/pytest
 
 test-emacs:

@@ -288,7 +288,8 @@ def machine() -> str:
 def report(rows, latency, delays, memory, emacs, when: str) -> str:
     out = [f"Run {when} on {machine()}.", ""]
     out += ["### Throughput: an N-delta answer to protocol lines on a pipe", "",
-            "| N | chatpipe send | chatpipe serve (warm) | curl -N (floor) | openai SDK (process / stream only) | serve vs curl | serve vs SDK stream |",
+            "| N | chatpipe send | chatpipe serve (warm) | curl -N (floor) "
+            "| openai SDK (process / stream only) | serve vs curl | serve vs SDK stream |",
             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         n = r["n"]
@@ -317,7 +318,7 @@ def report(rows, latency, delays, memory, emacs, when: str) -> str:
             "", "| framing | per-event delay p50 | p99 | max | events |", "|---|---:|---:|---:|---:|"]
     for framing, d in delays.items():
         out.append(f"| {framing} | {d['p50']:.3f} ms | {d['p99']:.3f} ms | {d['max']:.3f} ms | {d['count']} |")
-    out += ["", f"### Memory", "",
+    out += ["", "### Memory", "",
             f"- `chatpipe serve` with {memory['streams']} streams at once: "
             f"{memory['rss']:.1f} MB resident while streaming, peak {memory['peak']:.1f} MB."]
     if emacs:

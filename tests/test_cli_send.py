@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import EXPECTED, FAKE_KEY, ROOT, STREAMS, ndjson
-from replay_server import Reply, split_every
+from replay_server import Reply
 
 TEXT = "openai-chat/text-with-usage.sse"
 
@@ -254,7 +254,7 @@ def test_each_delta_reaches_stdout_before_the_next_event_is_sent(server, env, fr
          "--output", "ndjson"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env=env, cwd=ROOT)
     lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     deltas = []
     try:
         while True:
@@ -287,7 +287,7 @@ def test_signal_during_stream(server, env, signum, code):
     assert json.loads(first)["type"] == "start"
     # Wait until the held part has been turned into deltas.
     out = []
-    while not any(json.loads(l)["type"] == "delta" for l in out):
+    while not any(json.loads(line)["type"] == "delta" for line in out):
         out.append(proc.stdout.readline())
     time.sleep(0.2)
     sent = time.monotonic()

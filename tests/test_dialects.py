@@ -45,8 +45,6 @@ def content_type(name: str) -> str:
         name[name.rfind("."):], "text/event-stream")
 
 
-
-
 def run(server: ReplayServer, name: str, chunks: list[bytes]) -> tuple[list[dict], str | None]:
     """Serve CHUNKS as recording NAME; return (events, error message or None)."""
     url = server.add("/stream", Reply(chunks, content_type=content_type(name)))

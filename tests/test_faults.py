@@ -22,8 +22,6 @@ from replay_server import Reply, error_reply, split_every
 TEXT = "openai-chat/text-with-usage.sse"
 
 
-
-
 def request(url, api="openai-chat", **kw) -> Request:
     kw.setdefault("max_retries", 3)
     kw.setdefault("read_timeout", 10)

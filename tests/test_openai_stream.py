@@ -33,8 +33,6 @@ TEXT_RECORDINGS = [
 ]
 
 
-
-
 def request_for(url: str) -> Request:
     return Request(url=url, headers={}, body={"model": "m", "stream": True, "messages": []},
                    api="openai-chat", connect_timeout=5, read_timeout=10, max_retries=0)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import EXPECTED, FAKE_KEY, ROOT, STREAMS
-from replay_server import Reply, split_every
+from replay_server import Reply
 
 TEXT = "openai-chat/text-with-usage.sse"
 
