@@ -29,10 +29,13 @@
 ;; the chat.  A "### System" turn, if any, is sent as a system message.
 ;;
 ;; Sending parses the turns into messages, inserts an assistant heading
-;; and starts a backend process (see chatpipe-process.el); each `delta'
-;; is inserted at a marker of insertion type t, inside `save-excursion',
-;; and nothing inserted is parsed or rendered again.  All the changes of
-;; one answer are one change group, so the answer undoes in one step.
+;; and sends a request to the backend (see chatpipe-process.el); each
+;; `delta' is inserted at a marker of insertion type t, inside
+;; `save-excursion', and nothing inserted is parsed or rendered again.
+;; While the answer streams, the status in the header line is updated at
+;; most every `chatpipe--status-interval' seconds; the final status is
+;; exact.  All the changes of one answer are one change group, so the
+;; answer undoes in one step.
 ;; When the answer ends, a user heading is added for the next question.
 ;; An aborted answer keeps its text and ends with `chatpipe-aborted-text';
 ;; a failed one with "[error: MESSAGE]".  These notes are not sent back to
@@ -165,17 +168,21 @@ Org would take for headlines or block lines get a comma in front."
 (cl-defstruct (chatpipe--job (:constructor chatpipe--job-create)
                              (:copier nil))
   "One answer being streamed into a chat buffer.
+BUFFER is the chat buffer, STREAM the answer's `chatpipe-stream'.
 MARKER is the end of the answer's text (insertion type t), START
 its start, where a reasoning block goes (insertion type nil).
 DISPLAY is the `chatpipe-reasoning-display' of the answer.
 REASONING is the marker where reasoning goes in a block, ESCAPE the
-start of the block's first line not yet checked for escapes.  TOOLS is an alist (INDEX . MARKER) of where the
-arguments of each tool call go, TOOLS-END the end of the tool call
-lines, and TOOLS-SEP non-nil once a blank line separates them from
-the answer.  TIMER is the timer of a pending retry."
-  buffer process marker start group start-time (chars 0) usage display
+start of the block's first line not yet checked for escapes.  TOOLS
+is an alist (INDEX . MARKER) of where the arguments of each tool
+call go, TOOLS-END the end of the tool call lines, and TOOLS-SEP
+non-nil once a blank line separates them from the answer.  TIMER
+is the timer of a pending retry.  PROGRESS is what streamed last
+\(`answer', `reasoning' or `tools'), STATUS-TIME when the status
+last showed it, and STATUS-TIMER the timer that will show it next."
+  buffer stream marker start group start-time (chars 0) usage display
   reasoning escape (reasoning-chars 0) tools tools-end tools-sep
-  finish-reason timer)
+  finish-reason timer progress (status-time 0.0) status-timer)
 
 (defvar-local chatpipe--job nil
   "The `chatpipe--job' streaming into this buffer, or nil.")
@@ -351,6 +358,46 @@ empty turns are left out."
   "Set the header line status to FORMAT-STRING formatted with ARGS."
   (setq chatpipe--status (apply #'format format-string args))
   (force-mode-line-update))
+
+(defconst chatpipe--status-interval 0.1
+  "Seconds between two updates of the status while an answer streams.
+A long, fast answer is then not slowed down by status updates.")
+
+(defun chatpipe--progress-text (job)
+  "Return the status text for how far JOB has streamed."
+  (pcase (chatpipe--job-progress job)
+    ('reasoning (format "reasoning... %d chars"
+                        (chatpipe--job-reasoning-chars job)))
+    ('tools (format "streaming... %d tool call%s"
+                    (length (chatpipe--job-tools job))
+                    (if (cdr (chatpipe--job-tools job)) "s" "")))
+    (_ (format "streaming... %d chars" (chatpipe--job-chars job)))))
+
+(defun chatpipe--show-progress (job)
+  "Show how far JOB has streamed in its buffer's status.
+Do nothing if JOB no longer streams into its buffer."
+  (setf (chatpipe--job-status-timer job) nil)
+  (setf (chatpipe--job-status-time job) (float-time))
+  (let ((buffer (chatpipe--job-buffer job)))
+    (when (buffer-live-p buffer)
+      (with-current-buffer buffer
+        (when (eq chatpipe--job job)
+          (chatpipe--set-status "%s" (chatpipe--progress-text job)))))))
+
+(defun chatpipe--progress (job kind)
+  "Note that JOB has streamed text of KIND, and show it in the status.
+KIND is `answer', `reasoning' or `tools'.  The status is updated at
+once if it was not for `chatpipe--status-interval' seconds, else by
+a timer when that time has passed."
+  (setf (chatpipe--job-progress job) kind)
+  (unless (chatpipe--job-status-timer job)
+    (let ((wait (- (+ (chatpipe--job-status-time job)
+                      chatpipe--status-interval)
+                   (float-time))))
+      (if (<= wait 0)
+          (chatpipe--show-progress job)
+        (setf (chatpipe--job-status-timer job)
+              (run-at-time wait nil #'chatpipe--show-progress job))))))
 
 (defun chatpipe-header-line ()
   "Return the text of the chat header line: template, model and status."
@@ -668,8 +715,11 @@ See `chatpipe-reasoning-display'."
           (chatpipe--set-status "waiting... (retry %s)" attempt))))))
 
 (defun chatpipe--release (job)
-  "Let go of the markers and the timer of JOB, which has ended."
+  "Let go of the markers and the timers of JOB, which has ended."
   (chatpipe--cancel-timer job)
+  (when (chatpipe--job-status-timer job)
+    (cancel-timer (chatpipe--job-status-timer job))
+    (setf (chatpipe--job-status-timer job) nil))
   (dolist (marker (append (list (chatpipe--job-marker job)
                                 (chatpipe--job-start job)
                                 (chatpipe--job-reasoning job)
@@ -763,20 +813,15 @@ Events of unknown types are ignored."
           ((or "delta" "refusal")
            (when (and (stringp content) (not (string-empty-p content)))
              (chatpipe--insert-answer job content)
-             (chatpipe--set-status "streaming... %d chars"
-                                   (chatpipe--job-chars job))))
+             (chatpipe--progress job 'answer)))
           ("reasoning"
            (when (and (stringp content) (not (string-empty-p content)))
              (chatpipe--insert-reasoning job content)
-             (chatpipe--set-status "reasoning... %d chars"
-                                   (chatpipe--job-reasoning-chars job))))
+             (chatpipe--progress job 'reasoning)))
           ("tool_call"
            (when (integerp (plist-get event :index))
              (chatpipe--insert-tool-call job event)
-             (chatpipe--set-status "streaming... %d tool call%s"
-                                   (length (chatpipe--job-tools job))
-                                   (if (cdr (chatpipe--job-tools job))
-                                       "s" ""))))
+             (chatpipe--progress job 'tools)))
           ("retry"
            (let ((text (chatpipe--retry-text event))
                  (delay (plist-get event :delay)))
@@ -802,7 +847,7 @@ Events of unknown types are ignored."
 (defun chatpipe-busy-p (&optional buffer)
   "Return non-nil if an answer is streaming into BUFFER (default: current)."
   (let ((job (buffer-local-value 'chatpipe--job (or buffer (current-buffer)))))
-    (and job (process-live-p (chatpipe--job-process job)))))
+    (and job (chatpipe-stream-live-p (chatpipe--job-stream job)))))
 
 (defun chatpipe--check-idle ()
   "Signal a `user-error' if an answer is streaming into this buffer."
@@ -837,7 +882,7 @@ the answer goes.  Return the new `chatpipe--job'."
                        :start (copy-marker pos) :group group
                        :start-time (float-time)
                        :display chatpipe-reasoning-display))
-            (setf (chatpipe--job-process job)
+            (setf (chatpipe--job-stream job)
                   (chatpipe-process-start
                    :template (or chatpipe-template chatpipe-default-template)
                    :messages messages
@@ -935,7 +980,7 @@ Return non-nil if there was an answer to stop."
   (with-current-buffer (or buffer (current-buffer))
     (let ((job chatpipe--job))
       (when job
-        (chatpipe-process-abort (chatpipe--job-process job))
+        (chatpipe-process-abort (chatpipe--job-stream job))
         (chatpipe--finish job 'aborted)
         t))))
 
@@ -948,10 +993,11 @@ Return non-nil if there was an answer to stop."
           (erase-buffer))))))
 
 (defun chatpipe--kill-buffer ()
-  "Stop the process of the current buffer without waiting for it.
+  "Stop the answer streaming into the current buffer, without waiting.
 Kill the buffer's reasoning buffer too."
   (when chatpipe--job
-    (chatpipe-process-abort (chatpipe--job-process chatpipe--job)))
+    (chatpipe-process-abort (chatpipe--job-stream chatpipe--job))
+    (chatpipe--release chatpipe--job))
   (when (buffer-live-p chatpipe--reasoning-buffer)
     (kill-buffer chatpipe--reasoning-buffer)))
 

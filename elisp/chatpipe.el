@@ -50,9 +50,14 @@
 ;; instruction, from any buffer) and the menu `chatpipe-menu'.
 ;;
 ;; The backend is found on `exec-path', or set `chatpipe-command' or
-;; `chatpipe-python-venv'.  API keys come from the environment or from
+;; `chatpipe-python-venv'.  All chats share one long-lived `chatpipe
+;; serve' process, started on first use, which keeps HTTP connections
+;; warm; M-x chatpipe-serve-stop stops it (the next answer starts it
+;; again), and `chatpipe-backend-mode' `send' starts a process per
+;; answer instead.  API keys come from the environment or from
 ;; `auth-source' (host: the template's URL host, user "apikey"), and are
-;; passed to the backend in its environment only.
+;; passed to the backend with each request or in its environment, never
+;; on a command line.
 
 ;;; Code:
 
@@ -494,7 +499,7 @@ template.  Return the chat buffer."
 
 ;;;###autoload (autoload 'chatpipe-menu "chatpipe" nil t)
 (transient-define-prefix chatpipe-menu ()
-  "Show a menu of chatpipe commands: chat, template and model."
+  "Show a menu of chatpipe commands: chat, template, model and backend."
   [["Chat"
     ("c" "Send" chatpipe-send)
     ("k" "Abort" chatpipe-abort)
@@ -507,7 +512,8 @@ template.  Return the chat buffer."
    ["Template"
     ("t" "Select template" chatpipe-select-template)
     ("m" "Set model" chatpipe-set-model)
-    ("e" "Edit template" chatpipe-edit-template)]])
+    ("e" "Edit template" chatpipe-edit-template)
+    ("S" "Stop the backend process" chatpipe-serve-stop)]])
 
 (provide 'chatpipe)
 ;;; chatpipe.el ends here

@@ -197,3 +197,15 @@ def test_duplicate_id_is_refused(server, serve):
     assert event["message"] == "request id 'dup' is already streaming"
     server.release.set()
     serve.until(lambda e: e["type"] == "done")
+
+
+def test_events_own_ids_do_not_replace_the_request_id(server, serve):
+    server.add("/tools", Reply([(STREAMS / "openai-chat/tool-call-single.sse").read_bytes()],
+                               headers={"x-request-id": "req_abc"}))
+    serve.send(req("t", f"{server.url}/tools"))
+    events = serve.finished("t")["t"]
+    assert all(e["id"] == "t" for e in events)
+    assert events[0]["response_id"] == "req_abc"
+    calls = [e for e in events if e["type"] == "tool_call"]
+    assert calls[0]["call_id"].startswith("call_") and calls[0]["name"] == "get_weather"
+    assert all("call_id" not in e for e in calls[1:])

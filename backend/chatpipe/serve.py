@@ -10,6 +10,8 @@ docs/protocol.md on stdout, each tagged with its request's ``id``::
     stdout: {"id":"r1","type":"delta","content":"Hi"}
     stdout: {"id":"r1","type":"done","finish_reason":"stop"}
 
+An event's own id (``start``'s provider request id, ``tool_call``'s call
+id) is renamed ``response_id`` or ``call_id``, since ``id`` is the request's.
 Each request streams in a thread of its own; a failing stream never disturbs
 the others.  ``env`` adds environment variables for that request's
 ``${env:NAME}`` placeholders (how an editor passes API keys without a
@@ -40,6 +42,25 @@ from chatpipe.protocol import error_event
 
 _ALLOWED = {"id", "template", "messages", "vars", "env", "model", "url", "cancel"}
 
+#: In serve output ``id`` is the request's; an event's own id is renamed.
+_OWN_ID = {"start": "response_id", "tool_call": "call_id"}
+
+
+def tag(rid: Any, event: dict) -> dict:
+    """EVENT with the request id RID as its first key, ``id``.
+
+    The ids some events carry of their own (``start``'s provider request
+    id, ``tool_call``'s call id) become ``response_id`` and ``call_id``.
+    """
+    tagged = {"id": rid}
+    own = event.get("id")
+    for key, value in event.items():
+        if key != "id":
+            tagged[key] = value
+    if own is not None:
+        tagged[_OWN_ID.get(event["type"], "event_id")] = own
+    return tagged
+
 
 class _Job:
     """One request's stream: its thread, its cancel control, its last event."""
@@ -60,7 +81,7 @@ class _Job:
         with self.lock:
             if self.finished:
                 return
-            self._lines.append({"id": self.id, **event})
+            self._lines.append(tag(self.id, event))
             if event["type"] in ("done", "error"):
                 self.finished = True
                 self._flush()

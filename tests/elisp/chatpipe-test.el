@@ -7,7 +7,10 @@
 ;; tests/replay_server.py (run with env CHATPIPE_PYTHON), that replays
 ;; the recordings in tests/streams/, and check the chat buffer's text
 ;; exactly.  The backend's user template folder is a temporary
-;; XDG_CONFIG_HOME.  `chatpipe-test-local-llama' streams from the real
+;; XDG_CONFIG_HOME.  Answers go through the shared `chatpipe serve'
+;; process (the default `chatpipe-backend-mode'), which is stopped after
+;; each test; the tests named -send, and those with fake backends, use
+;; `chatpipe send' processes.  `chatpipe-test-local-llama' streams from the real
 ;; llama.cpp server of scripts/local-server; it is skipped only when
 ;; CHATPIPE_SKIP_LLAMA=1.
 
@@ -62,10 +65,23 @@
 
 (defun chatpipe-test--cleanup ()
   "Stop the servers and delete the temporary folder."
+  (chatpipe-serve-stop)
   (when (process-live-p chatpipe-test--server)
     (delete-process chatpipe-test--server))
   (delete-directory chatpipe-test-tmp t))
 (add-hook 'kill-emacs-hook #'chatpipe-test--cleanup)
+
+(defun chatpipe-test--fixture (run-test &rest args)
+  "Call RUN-TEST with ARGS (one ERT test), then stop the backend.
+The shared `chatpipe serve' process keeps the environment it was
+started with, so that each test starts its own."
+  (unwind-protect (apply run-test args)
+    (chatpipe-serve-stop)))
+(advice-add 'ert-run-test :around #'chatpipe-test--fixture)
+
+(defun chatpipe-test--serve-command ()
+  "Return the command of the shared `chatpipe serve' process."
+  (list chatpipe-test-command "serve"))
 
 (defun chatpipe-test--wait (predicate &optional timeout)
   "Accept process output until PREDICATE is true or TIMEOUT seconds pass.
@@ -271,24 +287,36 @@ Return its file name."
 
 (defconst chatpipe-test--question "What's the weather in San Francisco?")
 
-(ert-deftest chatpipe-test-stream-answer ()
-  "A streamed answer: exact text, status, request, point, one-step undo."
+(defun chatpipe-test--stream-answer (mode)
+  "Stream an answer with `chatpipe-backend-mode' MODE and check it all.
+Exact text, status, request, point, one-step undo, and the backend
+process: the shared serve process stays, a send process exits 0."
   (chatpipe-test--http "DELETE" "/requests")
   (let ((template (chatpipe-test--template
                    "/replay/openai-chat/text-with-usage.sse?split=64"))
-        (answer (chatpipe-test--expected "openai-chat/text-with-usage.sse")))
+        (answer (chatpipe-test--expected "openai-chat/text-with-usage.sse"))
+        (chatpipe-backend-mode mode))
     (chatpipe-test--with-chat (buffer template)
       (should chatpipe-mode)
       (should (equal (buffer-string) "### User\n\n"))
       (let* ((job (chatpipe-test--ask chatpipe-test--question))
-             (proc (chatpipe--job-process job)))
+             (stream (chatpipe--job-stream job))
+             (proc (chatpipe-stream-process stream)))
         (should (equal chatpipe--status "waiting..."))
         (should (string-match-p "waiting" (chatpipe-header-line)))
+        (should (chatpipe-busy-p))
         ;; The messages go to stdin, not the command line.
         (should-not (cl-some (lambda (arg) (string-search "weather" arg))
                              (process-command proc)))
-        (should (member "--messages" (process-command proc)))
+        (if (eq mode 'serve)
+            (progn (should (equal (process-command proc)
+                                  (chatpipe-test--serve-command)))
+                   (should (eq proc (chatpipe-serve-process)))
+                   (should (stringp (chatpipe-stream-id stream))))
+          (should (member "--messages" (process-command proc)))
+          (should-not (chatpipe-stream-id stream)))
         (chatpipe-test--wait-idle buffer)
+        (should-not (chatpipe-busy-p))
         (should (equal (buffer-string)
                        (chatpipe-test--chat-text
                         (cons 'user chatpipe-test--question)
@@ -301,8 +329,14 @@ Return its file name."
                                         " \\[test-model\\] | done")
                                 (substring-no-properties
                                  (chatpipe-header-line))))
-        (should (chatpipe-test--wait (lambda () (not (process-live-p proc)))))
-        (should (= 0 (process-exit-status proc))))
+        (if (eq mode 'serve)
+            (progn (accept-process-output nil 0.1)
+                   (should (process-live-p proc))
+                   (should (eq proc (chatpipe-serve-process)))
+                   (should (= 0 (hash-table-count
+                                 (process-get proc 'chatpipe-streams)))))
+          (should (chatpipe-test--wait (lambda () (not (process-live-p proc)))))
+          (should (= 0 (process-exit-status proc)))))
       (let ((requests (chatpipe-test--requests)))
         (should (= 1 (length requests)))
         (should (equal (chatpipe-test--request-messages (car requests))
@@ -312,6 +346,14 @@ Return its file name."
       (let ((last-command nil)) (undo))
       (should (equal (buffer-string)
                      (concat "### User\n\n" chatpipe-test--question))))))
+
+(ert-deftest chatpipe-test-stream-answer ()
+  "A streamed answer through the shared serve process."
+  (chatpipe-test--stream-answer 'serve))
+
+(ert-deftest chatpipe-test-stream-answer-send ()
+  "A streamed answer through a send process of its own."
+  (chatpipe-test--stream-answer 'send))
 
 (ert-deftest chatpipe-test-point-stays ()
   "Point and window away from the end do not move while streaming."
@@ -371,6 +413,7 @@ Return its file name."
                           "    sys.stdout.buffer.flush()\n"
                           "    time.sleep(0.1)\n")))
          (chatpipe-command script)
+         (chatpipe-backend-mode 'send)
          (reads 0)
          (count (lambda (&rest _) (cl-incf reads))))
     (chatpipe-test--with-chat (buffer "bytewise")
@@ -392,7 +435,9 @@ Return its file name."
          (chatpipe-log-buffer-name " *chatpipe-test-log*"))
     (unwind-protect
         (progn
-          (process-put proc 'chatpipe-handler (lambda (e) (push e events)))
+          (process-put proc 'chatpipe-stream
+                       (chatpipe--stream-create
+                        :process proc :handler (lambda (e) (push e events))))
           (dolist (piece '("{\"type\":\"del" "ta\",\"content\":\"a°\"}\n{\"ty"
                            "pe\":\"delta\",\"content\":\"b\"}\nnot json\n"
                            "{\"type\":\"future\",\"x\":1}\n{\"type\":\"done\""
@@ -406,6 +451,81 @@ Return its file name."
           (should (string-search "not a protocol event: not json"
                                  (with-current-buffer chatpipe-log-buffer-name
                                    (buffer-string)))))
+      (kill-buffer (chatpipe--input-buffer proc))
+      (delete-process proc)
+      (when (get-buffer " *chatpipe-test-log*")
+        (kill-buffer " *chatpipe-test-log*")))))
+
+(ert-deftest chatpipe-test-filter-long-line ()
+  "A 4 MB event in 4 KB reads is searched and copied once: linear time."
+  (let* ((events nil)
+         (proc (make-pipe-process :name "chatpipe-test-long" :noquery t))
+         (content (make-string (* 4 1024 1024) ?x))
+         (line (concat "{\"type\":\"delta\",\"content\":\"" content "\"}\n"
+                       "{\"type\":\"done\"}\n"))
+         (start (float-time)))
+    (unwind-protect
+        (progn
+          (process-put proc 'chatpipe-stream
+                       (chatpipe--stream-create
+                        :process proc :handler (lambda (e) (push e events))))
+          (let ((i 0))
+            (while (< i (length line))
+              (chatpipe--filter proc (substring line i (min (length line)
+                                                            (+ i 4096))))
+              (setq i (+ i 4096))))
+          (message "A 4 MB line in 4 KB reads: %.0f ms"
+                   (* 1000 (- (float-time) start)))
+          (should (< (- (float-time) start) 3))
+          (should (equal (nreverse events)
+                         `((:type "delta" :content ,content) (:type "done"))))
+          (should (= 0 (buffer-size (chatpipe--input-buffer proc)))))
+      (kill-buffer (chatpipe--input-buffer proc))
+      (delete-process proc))))
+
+(ert-deftest chatpipe-test-serve-filter-routes-by-id ()
+  "Serve lines go to the stream their id names, several in one read."
+  (let* ((events nil)
+         (proc (make-pipe-process :name "chatpipe-test-serve-filter" :noquery t))
+         (streams (make-hash-table :test 'equal))
+         (chatpipe-log-buffer-name " *chatpipe-test-log*")
+         (stream (lambda (id)
+                   (puthash id (chatpipe--stream-create
+                                :id id :process proc
+                                :handler (lambda (e)
+                                           (push (cons id (plist-get e :content))
+                                                 events)))
+                            streams))))
+    (unwind-protect
+        (progn
+          (process-put proc 'chatpipe-streams streams)
+          (funcall stream "a")
+          (funcall stream "b")
+          (chatpipe--filter
+           proc (concat "{\"id\":\"a\",\"type\":\"delta\",\"content\":\"1\"}\n"
+                        "{\"id\":\"b\",\"type\":\"delta\",\"content\":\"2\"}\n"
+                        "{\"id\":\"a\",\"type\":\"de"))
+          (chatpipe--filter
+           proc (concat "lta\",\"content\":\"3\"}\n"
+                        ;; An id that is none of ours, with two streams:
+                        ;; nobody's.
+                        "{\"id\":\"call_1\",\"type\":\"delta\",\"content\":\"?\"}\n"
+                        "{\"id\":\"a\",\"type\":\"done\"}\n"
+                        ;; Without an id: nobody's.
+                        "{\"type\":\"error\",\"message\":\"bad line\"}\n"))
+          (should (equal (hash-table-keys streams) '("b")))
+          ;; Even with one stream left, an id that is not ours is nobody's.
+          (chatpipe--filter
+           proc (concat "{\"id\":\"call_2\",\"type\":\"delta\",\"content\":\"4\"}\n"
+                        "{\"id\":\"b\",\"type\":\"done\"}\n"))
+          (should (equal (nreverse events)
+                         '(("a" . "1") ("b" . "2") ("a" . "3") ("a") ("b"))))
+          (should (= 0 (hash-table-count streams)))
+          (let ((log (with-current-buffer chatpipe-log-buffer-name
+                       (buffer-string))))
+            (should (string-search "event for no stream: {\"id\":\"call_1\"" log))
+            (should (string-search "event for no stream: {\"type\":\"error\"" log))))
+      (kill-buffer (chatpipe--input-buffer proc))
       (delete-process proc)
       (when (get-buffer " *chatpipe-test-log*")
         (kill-buffer " *chatpipe-test-log*")))))
@@ -422,51 +542,134 @@ Return its file name."
     (dotimes (_ events) (search-forward "\n\n"))
     (1- (point))))
 
-(ert-deftest chatpipe-test-abort ()
-  "Abort keeps the partial answer, marks it, and stops the process."
+(defun chatpipe-test--abort (mode)
+  "Abort an answer with `chatpipe-backend-mode' MODE; check it stops.
+The partial answer stays, marked; the stream's backend stops: the
+shared serve process gets a cancel and answers it, and stays, a
+send process ends.  The next answer in the buffer works."
   (let* ((hold (chatpipe-test--hold-offset "openai-chat/text-with-usage.sse" 5))
          (template (chatpipe-test--template
                     (format "/replay/openai-chat/text-with-usage.sse?hold=%d"
-                            hold))))
+                            hold)))
+         (next (chatpipe-test--template
+                "/replay/openai-chat/text-with-usage.sse"))
+         (chatpipe-backend-mode mode))
     (chatpipe-test--with-chat (buffer template)
       (let* ((job (chatpipe-test--ask chatpipe-test--question))
-             (proc (chatpipe--job-process job))
+             (stream (chatpipe--job-stream job))
+             (proc (chatpipe-stream-process stream))
              (partial "I'm unable to provide"))
         (unwind-protect
             (progn
               (should (chatpipe-test--wait
                        (lambda () (string-search partial (buffer-string)))))
-              (should (string-match-p "streaming... 21 chars" chatpipe--status))
-              (should (chatpipe-abort))
-              ;; At once: the text is final and the buffer is idle.
-              (should (chatpipe-test--idle-p buffer))
-              (should (equal (buffer-string)
-                             (chatpipe-test--chat-text
-                              (cons 'user chatpipe-test--question)
-                              (cons 'assistant (concat partial
-                                                       "\n\n[aborted]")))))
-              (should (equal chatpipe--status "aborted after 21 chars"))
               (should (chatpipe-test--wait
-                       (lambda () (not (process-live-p proc))) 5))
-              (should (= 143 (process-exit-status proc))))
+                       (lambda () (equal chatpipe--status
+                                         "streaming... 21 chars"))
+                       1))
+              (let ((start (float-time)))
+                (should (chatpipe-abort))
+                ;; At once: the text is final and the buffer is idle.
+                (should (chatpipe-test--idle-p buffer))
+                (should-not (chatpipe-busy-p))
+                (should (equal (buffer-string)
+                               (chatpipe-test--chat-text
+                                (cons 'user chatpipe-test--question)
+                                (cons 'assistant (concat partial
+                                                         "\n\n[aborted]")))))
+                (should (equal chatpipe--status "aborted after 21 chars"))
+                (if (eq mode 'serve)
+                    (let ((streams (process-get proc 'chatpipe-streams)))
+                      ;; The cancel reached the backend: its last event
+                      ;; for the stream came back (and was dropped).
+                      (while (and (> (hash-table-count streams) 0)
+                                  (< (- (float-time) start) 5))
+                        (accept-process-output proc 0.01))
+                      (should (= 0 (hash-table-count streams)))
+                      (message "The cancel came back after %.1f ms"
+                               (* 1000 (- (float-time) start)))
+                      (should (< (- (float-time) start) 0.25))
+                      (should (process-live-p proc)))
+                  (should (chatpipe-test--wait
+                           (lambda () (not (process-live-p proc))) 5))
+                  (should (= 143 (process-exit-status proc))))))
           (chatpipe-test--http "POST" "/release"))
         ;; Nothing more arrives, and the aborted note is not sent back.
         (accept-process-output nil 0.2)
         (should (string-suffix-p "[aborted]\n\n### User\n\n" (buffer-string)))
         (should (equal (chatpipe-messages)
                        `(("user" . ,chatpipe-test--question)
-                         ("assistant" . ,partial))))))))
+                         ("assistant" . ,partial))))
+        ;; The next answer in this buffer works, through the same process.
+        (chatpipe-select-template next)
+        (let ((stream (chatpipe--job-stream (chatpipe-test--ask "Again?"))))
+          (when (eq mode 'serve)
+            (should (eq (chatpipe-stream-process stream) proc))))
+        (chatpipe-test--wait-idle buffer)
+        (should (string-suffix-p (concat "### User\n\nAgain?\n\n### Assistant\n\n"
+                                         (chatpipe-test--expected
+                                          "openai-chat/text-with-usage.sse")
+                                         "\n\n### User\n\n")
+                                 (buffer-string)))
+        (should (string-prefix-p "done: " chatpipe--status))))))
+
+(ert-deftest chatpipe-test-abort ()
+  "Abort sends a cancel to the serve process, which goes on."
+  (chatpipe-test--abort 'serve))
+
+(ert-deftest chatpipe-test-abort-send ()
+  "Abort stops the send process."
+  (chatpipe-test--abort 'send))
+
+(ert-deftest chatpipe-test-kill-buffer-cancels ()
+  "Killing a chat buffer cancels its answer; other answers go on."
+  (let* ((held (chatpipe-test--template
+                "/replay/openai-chat/text-with-usage.sse?hold=600"))
+         (slow (chatpipe-test--template
+                "/replay/openai-chat/text-with-usage.sse?split=1000&delay=0.1"))
+         (buffer (chatpipe held))
+         stream proc)
+    (unwind-protect
+        (chatpipe-test--with-chat (other slow)
+          (with-current-buffer buffer
+            (setq stream (chatpipe--job-stream (chatpipe-test--ask "Hi")))
+            (setq proc (chatpipe-stream-process stream))
+            (should (chatpipe-test--wait
+                     (lambda () (string-search "I'm" (buffer-string)))))
+            (set-buffer-modified-p nil))
+          (chatpipe-test--ask "And you?")
+          (let ((start (float-time)))
+            (kill-buffer buffer)
+            (should (< (- (float-time) start) 0.5)))
+          (should (chatpipe-stream-finished stream))
+          ;; The cancel reached the backend: its last event for the
+          ;; stream came back.
+          (should (chatpipe-test--wait
+                   (lambda () (not (gethash (chatpipe-stream-id stream)
+                                            (process-get proc
+                                                         'chatpipe-streams))))
+                   5))
+          (should (process-live-p proc))
+          ;; The other answer, on the same process, completes.
+          (should (eq proc (chatpipe-stream-process
+                            (chatpipe--job-stream chatpipe--job))))
+          (chatpipe-test--wait-idle other)
+          (should (string-suffix-p "weather app.\n\n### User\n\n"
+                                   (buffer-string))))
+      (chatpipe-test--http "POST" "/release"))))
 
 (ert-deftest chatpipe-test-kill-buffer-ends-process ()
-  "Killing a chat buffer ends its process without waiting for it."
+  "Killing a chat buffer ends its send process without waiting for it."
   (let* ((template (chatpipe-test--template
                     "/replay/openai-chat/text-with-usage.sse?hold=600"))
+         (chatpipe-backend-mode 'send)
          (buffer (chatpipe template))
          proc)
     (unwind-protect
         (progn
           (with-current-buffer buffer
-            (setq proc (chatpipe--job-process (chatpipe-test--ask "Hi")))
+            (setq proc (chatpipe-stream-process
+                        (chatpipe--job-stream (chatpipe-test--ask "Hi"))))
             (should (chatpipe-test--wait
                      (lambda () (string-search "I'm" (buffer-string)))))
             (set-buffer-modified-p nil))
@@ -477,11 +680,13 @@ Return its file name."
                                        5)))
       (chatpipe-test--http "POST" "/release"))))
 
-(ert-deftest chatpipe-test-http-error ()
-  "An HTTP error is shown in the buffer, the header and the echo area."
+(defun chatpipe-test--http-error (mode)
+  "Check an HTTP error with `chatpipe-backend-mode' MODE.
+It is shown in the buffer, the header and the echo area."
   (let ((template (chatpipe-test--template "/error/429"))
         (message "HTTP 429: Rate limit reached for gpt-4o in organization \
-org-x on tokens per min."))
+org-x on tokens per min.")
+        (chatpipe-backend-mode mode))
     (chatpipe-test--with-chat (buffer template)
       (chatpipe-test--ask "Hi")
       (chatpipe-test--wait-idle buffer)
@@ -496,6 +701,14 @@ org-x on tokens per min."))
       ;; The error is not sent back as an answer.
       (should (equal (chatpipe-messages) '(("user" . "Hi")))))))
 
+(ert-deftest chatpipe-test-http-error ()
+  "An HTTP error through the serve process is shown."
+  (chatpipe-test--http-error 'serve))
+
+(ert-deftest chatpipe-test-http-error-send ()
+  "An HTTP error through a send process is shown."
+  (chatpipe-test--http-error 'send))
+
 (ert-deftest chatpipe-test-missing-backend ()
   "A missing backend is reported and the buffer is left as it was."
   (let ((chatpipe-command "/nonexistent/bin/chatpipe"))
@@ -509,8 +722,9 @@ org-x on tokens per min."))
       (should (chatpipe-test--idle-p buffer)))))
 
 (ert-deftest chatpipe-test-backend-crash ()
-  "A crash is shown with its stderr; stray output goes to the log."
-  (let ((chatpipe-command
+  "A crash of a send process is shown with its stderr; stray output is logged."
+  (let ((chatpipe-backend-mode 'send)
+        (chatpipe-command
          (chatpipe-test--write-script
           "crash"
           "#!/bin/sh
@@ -538,6 +752,81 @@ with status 3: RuntimeError: boom]"))))
                                  (format " *chatpipe %s stderr*" (buffer-name))
                                (buffer-string)))))))
 
+(ert-deftest chatpipe-test-serve-killed ()
+  "The serve process killed mid-stream: the answer says so; the next works."
+  (let* ((held (chatpipe-test--template
+                "/replay/openai-chat/text-with-usage.sse?hold=600"))
+         (next (chatpipe-test--template
+                "/replay/openai-chat/text-with-usage.sse")))
+    (chatpipe-test--with-chat (buffer held)
+      (unwind-protect
+          (let ((proc (chatpipe-stream-process
+                       (chatpipe--job-stream (chatpipe-test--ask "Hi")))))
+            (should (chatpipe-test--wait
+                     (lambda () (string-search "I'm" (buffer-string)))))
+            (signal-process proc 'SIGKILL)
+            (chatpipe-test--wait-idle buffer 5)
+            (should (equal (buffer-string)
+                           (chatpipe-test--chat-text
+                            '(user . "Hi")
+                            '(assistant . "I'm\n\n[error: the chatpipe backend \
+died: killed by signal 9]"))))
+            (should (equal chatpipe--status "error: the chatpipe backend died: \
+killed by signal 9"))
+            (should-not (process-live-p proc))
+            ;; The next answer starts a new serve process.
+            (chatpipe-select-template next)
+            (let ((new (chatpipe-stream-process
+                        (chatpipe--job-stream (chatpipe-test--ask "Again?")))))
+              (should-not (eq new proc))
+              (should (process-live-p new))
+              (should (equal (process-command new)
+                             (chatpipe-test--serve-command))))
+            (chatpipe-test--wait-idle buffer)
+            (should (string-suffix-p
+                     (concat "Again?\n\n### Assistant\n\n"
+                             (chatpipe-test--expected
+                              "openai-chat/text-with-usage.sse")
+                             "\n\n### User\n\n")
+                     (buffer-string))))
+        (chatpipe-test--http "POST" "/release")))))
+
+(ert-deftest chatpipe-test-serve-crash ()
+  "A serve process that crashes: every pending answer shows its stderr."
+  (let ((chatpipe-command
+         (chatpipe-test--write-script
+          "crash-serve"
+          (concat "#!" chatpipe-test-python "
+# Answer two requests with some text each, then crash.
+import json, sys, time
+ids = [json.loads(sys.stdin.readline())['id'] for _ in range(2)]
+for i in ids:
+    print(json.dumps({'id': i, 'type': 'delta', 'content': 'Half'}), flush=True)
+time.sleep(0.3)
+sys.stderr.write('Traceback (most recent call last):\\nRuntimeError: boom\\n')
+sys.exit(3)
+"))))
+    (chatpipe-test--with-chat (b1 "crash-one")
+      (chatpipe-test--with-chat (b2 "crash-two")
+        (with-current-buffer b1 (chatpipe-test--ask "One?"))
+        (chatpipe-test--ask "Two?")
+        (should (eq (chatpipe-stream-process
+                     (chatpipe--job-stream (buffer-local-value 'chatpipe--job
+                                                               b1)))
+                    (chatpipe-stream-process
+                     (chatpipe--job-stream chatpipe--job))))
+        (chatpipe-test--wait-idle b1)
+        (chatpipe-test--wait-idle b2)
+        (dolist (case `((,b1 . "One?") (,b2 . "Two?")))
+          (should (equal (with-current-buffer (car case) (buffer-string))
+                         (chatpipe-test--chat-text
+                          (cons 'user (cdr case))
+                          '(assistant . "Half\n\n[error: the chatpipe backend \
+died: exit status 3: RuntimeError: boom]")))))
+        (should (string-search "Traceback"
+                               (with-current-buffer " *chatpipe serve stderr*"
+                                 (buffer-string))))))))
+
 (ert-deftest chatpipe-test-unknown-template ()
   "A template the backend cannot find is reported in the buffer."
   (chatpipe-test--with-chat (buffer "no-such-template")
@@ -558,18 +847,27 @@ named 'no-such-template' in .*\\]\n\n### User\n\n\\'"
 ;;;; Several chats, saved chats
 
 (ert-deftest chatpipe-test-two-buffers ()
-  "Two chats stream at once, each with its own process."
+  "Two chats stream at once, through one serve process."
   (let ((t1 (chatpipe-test--template
              "/replay/openai-chat/text-with-usage.sse?split=600&delay=0.1"))
         (t2 (chatpipe-test--template
              "/replay/openai-chat/utf8-multiline-json.sse?split=3000&delay=0.1")))
     (chatpipe-test--with-chat (b1 t1)
       (chatpipe-test--with-chat (b2 t2)
-        (let ((p1 (with-current-buffer b1
-                    (chatpipe--job-process (chatpipe-test--ask "One?"))))
-              (p2 (with-current-buffer b2
-                    (chatpipe--job-process (chatpipe-test--ask "Two?")))))
-          (should-not (eq p1 p2))
+        (let ((s1 (with-current-buffer b1
+                    (chatpipe--job-stream (chatpipe-test--ask "One?"))))
+              (s2 (with-current-buffer b2
+                    (chatpipe--job-stream (chatpipe-test--ask "Two?")))))
+          ;; One process, two ids.
+          (should (eq (chatpipe-stream-process s1) (chatpipe-stream-process s2)))
+          (should-not (equal (chatpipe-stream-id s1) (chatpipe-stream-id s2)))
+          (should (equal (mapcar #'process-command
+                                 (cl-remove-if-not
+                                  (lambda (p) (and (eq (process-type p) 'real)
+                                                   (string-prefix-p
+                                                    "chatpipe" (process-name p))))
+                                  (process-list)))
+                         (list (chatpipe-test--serve-command))))
           ;; Both have streamed some text while both are still going.
           (should (chatpipe-test--wait
                    (lambda ()
@@ -780,6 +1078,7 @@ headings and block lines, cut across events."
 (ert-deftest chatpipe-test-reasoning-block-org-and-text ()
   "Headings in reasoning start no turn; lines like block lines are escaped."
   (let ((chatpipe-command (chatpipe-test--reasoning-script))
+        (chatpipe-backend-mode 'send)
         (chatpipe-reasoning-display 'fold))
     (with-temp-buffer
       (org-mode)
@@ -1116,11 +1415,12 @@ HTTP 429: " reason)
                               (chatpipe-header-line)))
       (chatpipe-set-model "other-model")
       (should (string-search "[other-model]" (chatpipe-header-line)))
-      (let ((job (chatpipe-test--ask "Hi")))
-        (should (equal (member "--model" (process-command
-                                          (chatpipe--job-process job)))
-                       '("--model" "other-model"))))
-      (chatpipe-test--wait-idle buffer))))
+      (chatpipe-test--http "DELETE" "/requests")
+      (chatpipe-test--ask "Hi")
+      (chatpipe-test--wait-idle buffer)
+      (should (equal (alist-get 'model (alist-get 'body
+                                                  (car (chatpipe-test--requests))))
+                     "other-model")))))
 
 (ert-deftest chatpipe-test-edit-template-broken-json ()
   "Editing a bundled template copies it; broken JSON is shown at its line."
@@ -1160,15 +1460,24 @@ enclosed in double quotes"))))
       (kill-buffer buffer)
       (delete-file copy))))
 
-(ert-deftest chatpipe-test-api-key-from-auth-source ()
-  "A missing key is read from auth-source and passed in the environment only."
+(defun chatpipe-test--authorization ()
+  "Return the Authorization header of the last request of the replay server."
+  (alist-get 'Authorization
+             (alist-get 'headers (car (last (chatpipe-test--requests))))))
+
+(defun chatpipe-test--api-key (mode)
+  "Check API keys with `chatpipe-backend-mode' MODE.
+A key missing from the environment is read from auth-source; a key
+set in `process-environment' after the backend started is used
+too.  Neither is ever on a command line."
   (chatpipe-test--http "DELETE" "/requests")
   (let* ((secret "sk-test-0123456789secret")
          (authinfo (expand-file-name "authinfo" chatpipe-test-tmp))
          (template (chatpipe-test--template
                     "/replay/openai-chat/text-with-usage.sse"
                     '((Authorization . "Bearer ${env:CHATPIPE_TEST_KEY}"))))
-         (auth-source-do-cache nil))
+         (auth-source-do-cache nil)
+         (chatpipe-backend-mode mode))
     (should-not (getenv "CHATPIPE_TEST_KEY"))
     ;; Without a key anywhere: the backend's error, nothing lost.
     (let ((auth-sources nil))
@@ -1182,18 +1491,44 @@ CHATPIPE_TEST_KEY is not set" (buffer-string)))
       (insert "machine 127.0.0.1 login apikey password " secret "\n"))
     (let ((auth-sources (list authinfo)))
       (chatpipe-test--with-chat (buffer template)
-        (let ((proc (chatpipe--job-process (chatpipe-test--ask "Hi"))))
+        (let ((proc (chatpipe-stream-process
+                     (chatpipe--job-stream (chatpipe-test--ask "Hi")))))
           (should-not (cl-some (lambda (arg) (string-search secret arg))
                                (process-command proc)))
+          (when (eq mode 'serve)
+            ;; The serve process got it in the request, not in its
+            ;; environment or on its command line.
+            (dolist (file '("environ" "cmdline"))
+              (should-not (string-search
+                           secret
+                           (with-temp-buffer
+                             (insert-file-contents-literally
+                              (format "/proc/%d/%s" (process-id proc) file))
+                             (buffer-string))))))
           (chatpipe-test--wait-idle buffer)
           (should (string-suffix-p "weather app.\n\n### User\n\n"
                                    (buffer-string)))
           (should-not (string-search secret (buffer-string))))))
     (should-not (getenv "CHATPIPE_TEST_KEY"))
-    (should (equal (alist-get 'Authorization
-                              (alist-get 'headers
-                                         (car (last (chatpipe-test--requests)))))
-                   (concat "Bearer " secret)))))
+    (should (equal (chatpipe-test--authorization) (concat "Bearer " secret)))
+    ;; A key in `process-environment' wins over auth-source.
+    (let ((auth-sources (list authinfo))
+          (process-environment (cons "CHATPIPE_TEST_KEY=sk-from-env"
+                                     process-environment)))
+      (chatpipe-test--with-chat (buffer template)
+        (chatpipe-test--ask "Hi")
+        (chatpipe-test--wait-idle buffer)
+        (should (string-suffix-p "weather app.\n\n### User\n\n"
+                                 (buffer-string)))))
+    (should (equal (chatpipe-test--authorization) "Bearer sk-from-env"))))
+
+(ert-deftest chatpipe-test-api-key-from-auth-source ()
+  "Keys go to the serve process in each request, never on a command line."
+  (chatpipe-test--api-key 'serve))
+
+(ert-deftest chatpipe-test-api-key-from-auth-source-send ()
+  "Keys go to a send process in its environment, never on a command line."
+  (chatpipe-test--api-key 'send))
 
 ;;;; Package checks
 
