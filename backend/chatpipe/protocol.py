@@ -9,7 +9,23 @@ soon as it is emitted.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 from typing import BinaryIO
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def encode_line(event: dict, head: str = "{") -> str:
+    """EVENT as one compact JSON text, without the newline.
+
+    HEAD is the text before the event's own keys: ``"{"``, or for a tagged
+    line e.g. ``'{"id":"r1",'``.  A plain ``delta`` is built directly (the
+    hot path); the result is what ``json.dumps`` would give.
+    """
+    if event["type"] == "delta" and len(event) == 2:
+        return head + '"type":"delta","content":' + encode_basestring(event["content"]) + "}"
+    return head + _dumps(event)[1:]
 
 
 class NDJSONWriter:
@@ -27,11 +43,10 @@ class NDJSONWriter:
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
         self._lines: list[str] = []
-        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
     def emit(self, event: dict) -> None:
         """Queue EVENT as one line; write at once if it ends the stream."""
-        self._lines.append(self._dumps(event))
+        self._lines.append(encode_line(event))
         if event["type"] in ("done", "error"):
             self.flush()
 

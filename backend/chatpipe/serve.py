@@ -38,7 +38,7 @@ import requests
 from chatpipe import stream
 from chatpipe.errors import Aborted, Cancelled, ChatpipeError, StreamError, UsageError
 from chatpipe.prepare import check_messages, prepare
-from chatpipe.protocol import error_event
+from chatpipe.protocol import encode_line, error_event
 
 _ALLOWED = {"id", "template", "messages", "vars", "env", "model", "url", "cancel"}
 
@@ -46,20 +46,15 @@ _ALLOWED = {"id", "template", "messages", "vars", "env", "model", "url", "cancel
 _OWN_ID = {"start": "response_id", "tool_call": "call_id"}
 
 
-def tag(rid: Any, event: dict) -> dict:
-    """EVENT with the request id RID as its first key, ``id``.
-
-    The ids some events carry of their own (``start``'s provider request
-    id, ``tool_call``'s call id) become ``response_id`` and ``call_id``.
-    """
-    tagged = {"id": rid}
-    own = event.get("id")
-    for key, value in event.items():
-        if key != "id":
-            tagged[key] = value
-    if own is not None:
-        tagged[_OWN_ID.get(event["type"], "event_id")] = own
-    return tagged
+def own_ids_renamed(event: dict) -> dict:
+    """EVENT with its own ``id`` (``start``'s provider request id,
+    ``tool_call``'s call id) renamed ``response_id`` or ``call_id``, since
+    in serve output ``id`` is the request's."""
+    if "id" not in event:
+        return event
+    renamed = {k: v for k, v in event.items() if k != "id"}
+    renamed[_OWN_ID.get(event["type"], "event_id")] = event["id"]
+    return renamed
 
 
 class _Job:
@@ -73,7 +68,8 @@ class _Job:
         self.finished = False
         self.secrets: list[str] = []
         self.thread: threading.Thread | None = None
-        self._lines: list[dict] = []
+        self._lines: list[str] = []
+        self._head = '{"id":' + json.dumps(rid, ensure_ascii=False) + ","
 
     def emit(self, event: dict) -> None:
         """Queue EVENT tagged with the job's id, unless the job has finished;
@@ -81,7 +77,7 @@ class _Job:
         with self.lock:
             if self.finished:
                 return
-            self._lines.append(tag(self.id, event))
+            self._lines.append(encode_line(own_ids_renamed(event), self._head))
             if event["type"] in ("done", "error"):
                 self.finished = True
                 self._flush()
@@ -128,12 +124,14 @@ class Server:
         self._sessions_lock = threading.Lock()
 
     def write(self, event: dict) -> None:
-        """Write one protocol line and flush."""
-        self.write_many([event])
+        """Write one protocol line (an event dict) and flush."""
+        self.write_many([self._dumps(event)])
 
-    def write_many(self, events: list[dict]) -> None:
-        """Write protocol lines in one write, and flush."""
-        data = "".join([self._dumps(e) + "\n" for e in events]).encode("utf-8")
+    def write_many(self, lines: list[str]) -> None:
+        """Write protocol LINES (JSON texts) in one write, and flush."""
+        lines.append("")
+        data = "\n".join(lines).encode("utf-8")
+        lines.pop()
         with self._write_lock:
             self._out.write(data)
             self._out.flush()

@@ -55,6 +55,9 @@ def error_from(payload: Any) -> StreamError:
     return StreamError(str(err))
 
 
+_raw_decode = json.JSONDecoder().raw_decode
+
+
 def parse_json(data: str) -> dict:
     """Parse an event's DATA as a JSON object.
 
@@ -62,10 +65,10 @@ def parse_json(data: str) -> dict:
         MalformedEvent: not JSON, or not an object.
     """
     try:
-        value = json.loads(data)
+        value, end = _raw_decode(data)
     except ValueError:
         raise MalformedEvent(data) from None
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or (end != len(data) and data[end:].strip()):
         raise MalformedEvent(data)
     return value
 
@@ -91,7 +94,7 @@ class Decoder(_Decoder):
             MalformedEvent: data that is not a JSON object.
         """
         data = event.data
-        if data.strip() == "[DONE]":
+        if data[:1] != "{" and data.strip() == "[DONE]":
             self.done = True
             out = [self.usage] if self.usage is not None else []
             out.append(done_event(self.finish_reason, self.finish_reason))
@@ -103,21 +106,24 @@ class Decoder(_Decoder):
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if reasoning and isinstance(reasoning, str):
-                out.append({"type": "reasoning", "content": reasoning})
-            content = delta.get("content")
-            if content:
-                out.append({"type": "delta", "content": content})
-            refusal = delta.get("refusal")
-            if refusal:
-                out.append({"type": "refusal", "content": refusal})
-            for call in delta.get("tool_calls") or ():
-                index, _ = self.tool_index(call.get("index", 0))
-                function = call.get("function") or {}
-                out.extend(tool_call_events(index, function.get("arguments") or "",
-                                           call.get("id"), function.get("name")))
+            delta = choice.get("delta")
+            if delta:
+                content = delta.get("content")
+                if len(delta) > 1 or not content:  # anything besides text?
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                    if reasoning and isinstance(reasoning, str):
+                        out.append({"type": "reasoning", "content": reasoning})
+                if content:
+                    out.append({"type": "delta", "content": content})
+                if len(delta) > 1 or not content:
+                    refusal = delta.get("refusal")
+                    if refusal:
+                        out.append({"type": "refusal", "content": refusal})
+                    for call in delta.get("tool_calls") or ():
+                        index, _ = self.tool_index(call.get("index", 0))
+                        function = call.get("function") or {}
+                        out.extend(tool_call_events(index, function.get("arguments") or "",
+                                                    call.get("id"), function.get("name")))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         usage = chunk.get("usage")
