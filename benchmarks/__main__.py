@@ -234,6 +234,36 @@ def memory_with_streams(server: BenchServer, streams: int) -> dict:
         serve.close()
 
 
+def profile_hot_path(server: BenchServer, n: int = 20000) -> list[tuple[str, float, float]]:
+    """cProfile of one N-delta stream decoded in-process to /dev/null.
+
+    Returns the top functions as (name, own seconds, share of the total).
+    """
+    import cProfile
+    import pstats
+
+    from chatpipe import stream
+    from chatpipe.protocol import NDJSONWriter
+    from chatpipe.templates import Request
+
+    request = Request(url=f"{server.url}/v1/chat/completions?n={n}", headers={},
+                      body={"model": "bench"}, api="openai-chat")
+    with open(os.devnull, "wb", buffering=0) as devnull:
+        sink = NDJSONWriter(devnull)
+        stream.run(request, sink)
+        profile = cProfile.Profile()
+        profile.enable()
+        stream.run(request, sink)
+        profile.disable()
+    stats = pstats.Stats(profile)
+    total = sum(row[2] for row in stats.stats.values())
+    rows = sorted(((f"{Path(file).parent.name}/{Path(file).name}:{line}({name})"
+                    if file != "~" else name, row[2])
+                   for (file, line, name), row in stats.stats.items()),
+                  key=lambda r: -r[1])
+    return [(name, own, own / total) for name, own in rows[:10]]
+
+
 def emacs_bench(sizes: list[int], server: BenchServer) -> dict | None:
     emacs = shutil.which("emacs")
     script = ROOT / "benchmarks" / "emacs-bench.el"
@@ -285,7 +315,7 @@ def machine() -> str:
             f"openai SDK {sdk}")
 
 
-def report(rows, latency, delays, memory, emacs, when: str) -> str:
+def report(rows, latency, delays, memory, emacs, profile, when: str) -> str:
     out = [f"Run {when} on {machine()}.", ""]
     out += ["### Throughput: an N-delta answer to protocol lines on a pipe", "",
             "| N | chatpipe send | chatpipe serve (warm) | curl -N (floor) "
@@ -296,7 +326,7 @@ def report(rows, latency, delays, memory, emacs, when: str) -> str:
 
         def cell(m, key="wall"):
             return f"{m[key]*1000:.0f} ms, {n / m[key]:,.0f}/s" + (
-                f", {m['rss']:.0f} MB" if "rss" in m else "")
+                f", {m['rss']:.0f} MB" if m.get("rss") else "")
         curl = r.get("curl")
         sdk = r.get("sdk")
         out.append(
@@ -321,6 +351,10 @@ def report(rows, latency, delays, memory, emacs, when: str) -> str:
     out += ["", "### Memory", "",
             f"- `chatpipe serve` with {memory['streams']} streams at once: "
             f"{memory['rss']:.1f} MB resident while streaming, peak {memory['peak']:.1f} MB."]
+    if profile:
+        out += ["", "### Where the time goes: 20,000 deltas decoded in-process (cProfile, own time)",
+                "", "| function | own time | share |", "|---|---:|---:|"]
+        out += [f"| `{name}` | {own * 1000:.1f} ms | {share:.0%} |" for name, own, share in profile]
     if emacs:
         out += ["", "### Emacs (`emacs --batch`, the real package, `chatpipe serve`)", "",
                 f"- First character in the buffer after `chatpipe-send` (warm): "
@@ -355,8 +389,9 @@ def main() -> int:
         finally:
             serve.close()
         memory = memory_with_streams(server, 10)
+        profile = profile_hot_path(server)
         emacs = emacs_bench(sizes, server)
-    text = report(rows, latency, delays, memory, emacs, when)
+    text = report(rows, latency, delays, memory, emacs, profile, when)
     print(text)
     if not args.no_write:
         (ROOT / "benchmarks" / "results.md").write_text(
