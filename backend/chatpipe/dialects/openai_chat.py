@@ -143,10 +143,18 @@ def usage_event(usage: dict) -> dict:
              "total_tokens": usage.get("total_tokens")}
     if event["total_tokens"] is None and None not in (event["input_tokens"], event["output_tokens"]):
         event["total_tokens"] = event["input_tokens"] + event["output_tokens"]
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    return add_token_details(event, usage.get("completion_tokens_details"),
+                             usage.get("prompt_tokens_details"))
+
+
+def add_token_details(event: dict, output_details: dict | None,
+                      input_details: dict | None) -> dict:
+    """Add ``reasoning_tokens`` and ``cached_tokens`` to a ``usage`` EVENT
+    from OpenAI-style ``*_tokens_details`` objects, where given; return EVENT."""
+    reasoning = (output_details or {}).get("reasoning_tokens")
     if reasoning is not None:
         event["reasoning_tokens"] = reasoning
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    cached = (input_details or {}).get("cached_tokens")
     if cached is not None:
         event["cached_tokens"] = cached
     return event

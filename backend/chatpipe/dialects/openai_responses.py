@@ -22,7 +22,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_events
-from chatpipe.dialects.openai_chat import RETRYABLE_ERRORS, add_messages as _add, parse_json
+from chatpipe.dialects.openai_chat import (RETRYABLE_ERRORS, add_messages as _add,
+                                           add_token_details, parse_json)
 from chatpipe.errors import StreamError
 
 _REASONING = ("response.reasoning_summary_text.delta", "response.reasoning_text.delta")
@@ -92,13 +93,8 @@ def usage_event(usage: dict) -> dict:
     event = {"type": "usage", "input_tokens": usage.get("input_tokens"),
              "output_tokens": usage.get("output_tokens"),
              "total_tokens": usage.get("total_tokens")}
-    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens")
-    if reasoning is not None:
-        event["reasoning_tokens"] = reasoning
-    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens")
-    if cached is not None:
-        event["cached_tokens"] = cached
-    return event
+    return add_token_details(event, usage.get("output_tokens_details"),
+                             usage.get("input_tokens_details"))
 
 
 def add_messages(body: dict, messages: list[dict]) -> None:
