@@ -243,14 +243,14 @@ def profile_hot_path(server: BenchServer, n: int = 20000) -> list[tuple[str, flo
     import pstats
 
     from chatpipe import stream
-    from chatpipe.protocol import NDJSONWriter
+    from chatpipe.protocol import EventLines, LineWriter
     from chatpipe.templates import Request
 
     request = Request(url=f"{server.url}/v1/chat/completions?n={n}", headers={},
                       body={"model": "bench"}, api="openai-chat")
     with open(os.devnull, "wb", buffering=0) as devnull:
-        sink = NDJSONWriter(devnull)
-        stream.run(request, sink)
+        stream.run(request, EventLines(LineWriter(devnull)))
+        sink = EventLines(LineWriter(devnull))
         profile = cProfile.Profile()
         profile.enable()
         stream.run(request, sink)

@@ -61,6 +61,9 @@ class ListSink:
     def emit(self, event: dict) -> None:
         self.events.append(event)
 
+    def flush(self) -> None:
+        pass
+
     def of(self, kind: str) -> list[dict]:
         """The events of type KIND."""
         return [e for e in self.events if e["type"] == kind]

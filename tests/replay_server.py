@@ -268,7 +268,8 @@ class ReplayServer:
             gate = (lambda i: release.wait(30)) if hold is not None else None
             if hold is not None:
                 release.clear()
-            ctype = "application/x-ndjson" if file.suffix == ".ndjson" else "text/event-stream"
+            ctype = {".ndjson": "application/x-ndjson", ".json": "application/json"}.get(
+                file.suffix, "text/event-stream")
             return Reply(chunks, framing=arg.get("framing", "chunked"),
                          delay=float(arg.get("delay", 0)), cut="cut" in arg,
                          gate=gate if hold is not None else None, content_type=ctype)

@@ -115,7 +115,7 @@ def test_framings(server, framing):
 def test_start_event_has_model_and_request_id(server):
     data = (STREAMS / "openai-chat/logprobs.sse").read_bytes()
     sink, _ = run_stream(server, Reply([data], headers={"x-request-id": "req_123"}))
-    assert sink.events[0] == {"type": "start", "protocol": 1, "model": "m", "id": "req_123"}
+    assert sink.events[0] == {"type": "start", "protocol": 2, "model": "m", "response_id": "req_123"}
 
 
 def test_keepalive_comments_are_ignored(server):

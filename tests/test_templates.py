@@ -162,12 +162,36 @@ def test_templates_list_json(chatpipe, env, tmp_path):
     entries = {e["name"]: e for e in json.loads(proc.stdout)}
     assert entries["mine"] == {"name": "mine", "source": "user", "path": str(folder / "mine.json"),
                                "api": "openai-chat", "url": "http://x/", "model": "m",
-                               "description": "Mine"}
+                               "description": "Mine", "env": [], "host": "x"}
+    assert (entries["anthropic"]["env"], entries["anthropic"]["host"]) == (
+        ["ANTHROPIC_API_KEY"], "api.anthropic.com")
     assert entries["openai"]["source"] == "bundled"
     assert entries["openai"]["url"] == "https://api.openai.com/v1/chat/completions"
     assert "invalid JSON" in entries["broken"]["error"]
     text = chatpipe("templates", "list").stdout
     assert any(line.split()[:3] == ["local", "bundled", "openai-chat"] for line in text.splitlines())
+
+
+@pytest.mark.parametrize("url, host", [
+    ("https://${env:BASE}/v1/chat", None),           # the host comes from a variable
+    ("${env:BASE_URL}/v1/chat/completions", None),
+    ("https://api.example.com:8443/v1/${env:PATH_PART}", "api.example.com"),
+    ("http://127.0.0.1:8080/v1/chat/completions", "127.0.0.1"),
+])
+def test_templates_info_tells_editors_what_a_template_needs(chatpipe, tmp_path, url, host):
+    path = write(tmp_path / "t.json", {"chatpipe": {"url": url, "headers": {
+        "Authorization": "Bearer ${env:KEY_A}", "x-other": "${env:KEY_B} ${env:KEY_A}"}}})
+    proc = chatpipe("templates", "info", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    names = [n for n in ("BASE", "BASE_URL", "PATH_PART") if "${env:" + n + "}" in url]
+    assert info["env"] == names + ["KEY_A", "KEY_B"]
+    assert (info["host"], info["source"], info["path"]) == (host, "file", str(path))
+    broken = write(tmp_path / "broken.json", '{"chatpipe": {"bogus": 1}}')
+    proc = chatpipe("templates", "info", str(broken), "--json")
+    assert proc.returncode == 1 and 'unknown key "bogus"' in json.loads(proc.stdout)["error"]
+    proc = chatpipe("templates", "info", "no-such-template", "--json")
+    assert proc.returncode == 2 and "no template named" in proc.stderr
 
 
 def test_templates_show_path_dir(chatpipe, tmp_path):

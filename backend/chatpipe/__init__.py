@@ -3,16 +3,22 @@
 The package is split in layers, in the manner of openai-python's ``_streaming``:
 
 - :mod:`chatpipe.templates` loads a request template and fills it in;
-- :mod:`chatpipe.transport` does the streaming POST with ``requests`` and hands
-  the live body bytes to sseclient-py;
-- :mod:`chatpipe.dialects` turns one API's server-sent events into protocol
-  events (one module per API dialect);
-- :mod:`chatpipe.protocol` writes protocol events to stdout, one JSON object a
-  line, or as plain text;
-- :mod:`chatpipe.cli` is the command line, with one top-level error handler.
+  :mod:`chatpipe.prepare` adds the chat's messages;
+- :mod:`chatpipe.transport` does the streaming POST with ``requests`` and
+  yields the live body bytes;
+- :mod:`chatpipe.framing` turns bytes into server-sent events (sseclient-py)
+  or NDJSON lines;
+- :mod:`chatpipe.dialects` turns one API's events into protocol events (one
+  module per API dialect, on the base classes of ``dialects.base``);
+- :mod:`chatpipe.protocol` owns the event schema and the outputs (JSON lines
+  or plain text), where secrets are redacted;
+- :mod:`chatpipe.stream` runs one request with retries;
+  :mod:`chatpipe.runner` is the one request runner behind every front end;
+- :mod:`chatpipe.cli` (``send``, ``templates``) and :mod:`chatpipe.serve`
+  are the front ends.
 """
 
 __version__ = "0.1.0"
 
 #: Version of the stdout protocol written by ``--output ndjson`` (docs/protocol.md).
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2

@@ -1,8 +1,10 @@
 """The ``chatpipe`` command line.
 
-``main()`` is the one place that catches errors: a :class:`ChatpipeError`
-becomes one clear message (and, with ``--output ndjson``, a last ``error``
-line on stdout) and an exit code; see ``chatpipe --help``.
+A request's errors become its last ``error`` event in
+:func:`chatpipe.runner.run`; ``main()`` catches what happens outside a
+request.  Both map exceptions with :func:`chatpipe.runner.error_for`: one
+clear message (and, with ``--output ndjson``, a last ``error`` line on
+stdout) and an exit code; see ``chatpipe --help``.
 
 Exit codes: 0 the stream completed; 1 a request or stream error; 2 a usage or
 template error; 128 + N on signal N (130 for SIGINT, 143 for SIGTERM).
@@ -18,7 +20,7 @@ import sys
 from typing import Any
 
 from chatpipe import __version__
-from chatpipe.errors import Aborted, ChatpipeError, StreamError, UsageError
+from chatpipe.errors import Aborted, UsageError
 
 _EPILOG = """\
 examples:
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list the known templates")
     ls.add_argument("--json", action="store_true", help="print a JSON array")
     ls.set_defaults(func=cmd_templates_list)
+    info = sub.add_parser("info", help="describe one template (--json for programs)")
+    info.add_argument("name", metavar="NAME", help="a template name or .json file path")
+    info.add_argument("--json", action="store_true", help="print a JSON object")
+    info.set_defaults(func=cmd_templates_info)
     show = sub.add_parser("show", help="print a template file")
     show.add_argument("name", metavar="NAME")
     show.set_defaults(func=cmd_templates_show)
@@ -137,28 +143,24 @@ def _new_messages(args, stdin) -> list[dict[str, Any]]:
 
 
 def cmd_send(args, ctx: "_Context") -> int:
-    """``chatpipe send``: stream one answer; returns the exit code."""
-    from chatpipe import stream, templates
-    from chatpipe.prepare import prepare
-    from chatpipe.protocol import NDJSONWriter, Recorder, TextWriter
+    """``chatpipe send``: stream one answer through :func:`chatpipe.runner.run`;
+    returns the exit code."""
+    from chatpipe import runner, templates
+    from chatpipe.protocol import EventLines, LineWriter, TextView
 
     stdout = sys.stdout.buffer
-    ctx.sink = NDJSONWriter(stdout) if args.output == "ndjson" else TextWriter(stdout, sys.stderr.buffer)
-    if args.save and not templates.looks_like_path(args.template):
-        raise UsageError("--save needs a template file path (e.g. ./request.json), "
-                         f"not the name {args.template!r}")
-    new = _new_messages(args, sys.stdin)
-    template, request, dialect = prepare(args.template, new, variables=parse_vars(args.var),
-                                         model=args.model, url=args.url)
-    ctx.secrets = request.secrets
-    recorder = Recorder(ctx.sink)
-    try:
-        stream.run(request, recorder)
-    finally:
-        if args.save and (recorder.parts or recorder.completed):
-            templates.append_messages(template.path,
-                                      new + [dialect.assistant_message(recorder.text())])
-    return 0
+    ctx.output = (EventLines(LineWriter(stdout)) if args.output == "ndjson"
+                  else TextView(stdout, sys.stderr.buffer))
+
+    def build() -> runner.Job:
+        if args.save and not templates.looks_like_path(args.template):
+            raise UsageError("--save needs a template file path (e.g. ./request.json), "
+                             f"not the name {args.template!r}")
+        return runner.Job(template=args.template, messages=_new_messages(args, sys.stdin),
+                          variables=parse_vars(args.var), model=args.model, url=args.url,
+                          save=args.save)
+
+    return runner.run(build, ctx.output)
 
 
 def cmd_serve(args, ctx: "_Context") -> int:
@@ -183,6 +185,21 @@ def cmd_templates_list(args, ctx: "_Context") -> int:
         where = e.get("url") or e.get("error", "")
         print(f"{e['name']:<{width}}  {e['source']:<7}  {e.get('api', '-'):<18}  {where}")
     return 0
+
+
+def cmd_templates_info(args, ctx: "_Context") -> int:
+    """``chatpipe templates info NAME``: what :func:`templates.summary` says
+    of the template NAME resolves to; exit 0 if valid, else 1."""
+    from chatpipe import templates
+
+    path, source = templates.resolve(args.name)
+    entry = templates.summary(path.stem, source, path)
+    if args.json:
+        print(json.dumps(entry, ensure_ascii=False, indent=2))
+    else:
+        for key, value in entry.items():
+            print(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+    return 1 if "error" in entry else 0
 
 
 def cmd_templates_show(args, ctx: "_Context") -> int:
@@ -238,18 +255,11 @@ def cmd_templates_check(args, ctx: "_Context") -> int:
 # ---- main -------------------------------------------------------------------
 
 class _Context:
-    """What the top-level handler needs to report an error."""
+    """What the top-level handler needs to report an error: the command's
+    :class:`~chatpipe.protocol.Output`, once it has one."""
 
     def __init__(self) -> None:
-        self.sink = None
-        self.secrets: list[str] = []
-
-    def redact(self, text: str) -> str:
-        """Replace every secret (API key) in TEXT with ``***``."""
-        for secret in self.secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        self.output = None
 
 
 def _raise_aborted(signum, frame):
@@ -260,51 +270,32 @@ def _raise_aborted(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``chatpipe`` command line; return the process exit code."""
+    """Run the ``chatpipe`` command line; return the process exit code.
+
+    Errors outside a request (``templates`` commands, a signal before
+    ``send`` has an output) are mapped by :func:`chatpipe.runner.error_for`,
+    like those of a request, and printed as ``chatpipe: error: MESSAGE``.
+    """
     signal.signal(signal.SIGINT, _raise_aborted)
     signal.signal(signal.SIGTERM, _raise_aborted)
     args = build_parser().parse_args(argv)
     ctx = _Context()
     try:
-        return args.func(args, ctx)
-    except ChatpipeError as err:
-        extra = {"aborted": True} if isinstance(err, Aborted) else {}
-        if isinstance(err, StreamError):
-            event = {"message": ctx.redact(err.message), "status": err.status,
-                     "retryable": err.retryable}
-        else:
-            event = {"message": ctx.redact(str(err)), "status": None, "retryable": False}
-        _report(ctx, event, extra)
-        return err.exit_code
+        try:
+            return args.func(args, ctx)
+        except Exception as err:
+            from chatpipe import runner
+            from chatpipe.protocol import TextView
+
+            if isinstance(err, BrokenPipeError):
+                raise
+            return runner.report(err, ctx.output or TextView(sys.stdout.buffer,
+                                                             sys.stderr.buffer))
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): nothing left to tell it.
         sys.stderr.close()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except Exception as err:  # a bug: one clear line, the traceback on request
-        if os.environ.get("CHATPIPE_DEBUG"):
-            import traceback
-
-            sys.stderr.write(ctx.redact(traceback.format_exc()))
-        message = ctx.redact(f"internal error: {type(err).__name__}: {err} "
-                             "(set CHATPIPE_DEBUG=1 for the traceback)")
-        _report(ctx, {"message": message, "status": None, "retryable": False}, {})
-        return 1
-
-
-def _report(ctx: _Context, event: dict, extra: dict) -> None:
-    from chatpipe.protocol import NDJSONWriter, error_event
-
-    error = error_event(event["message"], event["status"], event["retryable"], **extra)
-    try:
-        if ctx.sink is not None:
-            ctx.sink.emit(error)
-            if isinstance(ctx.sink, NDJSONWriter):
-                return
-        else:
-            sys.stderr.write(f"chatpipe: error: {error['message']}\n")
-    except BrokenPipeError:
-        pass
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ Shared by ``chatpipe send`` (one request per process) and ``chatpipe serve``
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any, Mapping
 
 from chatpipe import dialects, templates
+from chatpipe.dialects.base import Dialect
 from chatpipe.errors import UsageError
 
 
@@ -47,7 +47,7 @@ def ends_with_user_turn(body: dict) -> bool:
 def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str, str] = (),
             model: str | None = None, url: str | None = None,
             env: Mapping[str, str] | None = None
-            ) -> tuple[templates.Template, templates.Request, ModuleType]:
+            ) -> tuple[templates.Template, templates.Request, Dialect]:
     """Load template SPEC, fill it in and append MESSAGES.
 
     Args:
@@ -58,7 +58,7 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
         url: overrides the endpoint URL.
         env: environment for ``${env:NAME}`` (default ``os.environ``).
     Returns:
-        ``(template, request, dialect module)``.
+        ``(template, request, dialect)``.
     Raises:
         TemplateError: see :func:`templates.load` and :func:`templates.fill`.
         UsageError: nothing to send (no new message and the template's
@@ -73,10 +73,7 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
     request = templates.fill(template, variables, env)
     dialect = dialects.get(request.api)
     if model:
-        if hasattr(dialect, "set_model"):
-            dialect.set_model(request, model)
-        else:
-            request.body["model"] = model
+        dialect.set_model(request, model)
     if not messages and not ends_with_user_turn(request.body):
         raise UsageError("no message to send: give -m TEXT, --messages FILE, or text on stdin")
     dialect.add_messages(request.body, messages)

@@ -1,16 +1,204 @@
-"""Writers for the stdout protocol (``--output ndjson``) and plain text.
+"""The stdout protocol: its events, and the outputs that write them.
 
-Protocol version 1, documented in docs/protocol.md.  Events are dicts with a
-``type``: ``start``, ``delta``, ``reasoning``, ``refusal``, ``tool_call``,
-``usage``, ``retry``, ``done``, ``error``.  Each is written and flushed as
-soon as it is emitted.
+Protocol version 2, documented in docs/protocol.md.  This module owns the
+event schema: one constructor per event type, used by every dialect and by
+the runner, so that an event has one shape whichever front end (``send`` or
+``serve``) started its stream; ``serve`` only adds the request ``id``.
+
+Every event leaves the process through an :class:`Output`, which is the one
+place that redacts secrets and guarantees one terminal event per stream:
+
+- :class:`EventLines`: one compact JSON object per line (``--output ndjson``
+  and ``serve``), queued in a shared :class:`LineWriter`;
+- :class:`TextView`: the answer as plain text, errors on stderr.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from json.encoder import encode_basestring
-from typing import BinaryIO
+from typing import Any, BinaryIO, Iterable, Protocol
+
+#: Event types that end a stream: exactly one of them ends each stream.
+TERMINAL = frozenset({"done", "error"})
+
+#: Event types that carry the answer: after one of them, no retry.
+CONTENT = frozenset({"delta", "reasoning", "refusal", "tool_call"})
+
+#: Longest ``message`` or ``reason`` written, in characters (after redaction).
+MAX_MESSAGE = 2000
+
+#: What a secret is replaced with.
+REDACTED = "***"
+
+
+# ---- the events ----------------------------------------------------------
+
+def start(protocol: int, model: str | None = None, response_id: str | None = None) -> dict:
+    """``start``: the response headers arrived.  PROTOCOL is the protocol
+    version; MODEL the requested model; RESPONSE_ID the provider's request
+    id (``x-request-id`` or ``request-id`` header), when given."""
+    event: dict[str, Any] = {"type": "start", "protocol": protocol}
+    if model:
+        event["model"] = model
+    if response_id:
+        event["response_id"] = response_id
+    return event
+
+
+def delta(content: str) -> dict:
+    """``delta``: a non-empty piece of the assistant's text."""
+    return {"type": "delta", "content": content}
+
+
+def reasoning(content: str) -> dict:
+    """``reasoning``: a non-empty piece of the model's reasoning (not the answer)."""
+    return {"type": "reasoning", "content": content}
+
+
+def refusal(content: str) -> dict:
+    """``refusal``: a piece of a refusal's text."""
+    return {"type": "refusal", "content": content}
+
+
+def tool_call(index: int, arguments: str, call_id: str | None = None,
+              name: str | None = None) -> dict:
+    """``tool_call``: a fragment of the arguments (a JSON text) of call INDEX
+    (0, 1, ... in order of appearance); CALL_ID (the provider's id) and NAME
+    come with a call's first fragment."""
+    event: dict[str, Any] = {"type": "tool_call", "index": index}
+    if call_id:
+        event["call_id"] = call_id
+    if name:
+        event["name"] = name
+    event["arguments"] = arguments
+    return event
+
+
+def usage(input_tokens: int | None, output_tokens: int | None,
+          total_tokens: int | None = None, *, reasoning_tokens: int | None = None,
+          cached_tokens: int | None = None) -> dict:
+    """``usage``: token counts.  INPUT_TOKENS includes cached input (also in
+    CACHED_TOKENS), OUTPUT_TOKENS includes reasoning (also in
+    REASONING_TOKENS); TOTAL_TOKENS defaults to their sum when both are known."""
+    if total_tokens is None and None not in (input_tokens, output_tokens):
+        total_tokens = input_tokens + output_tokens
+    event: dict[str, Any] = {"type": "usage", "input_tokens": input_tokens,
+                             "output_tokens": output_tokens, "total_tokens": total_tokens}
+    if reasoning_tokens is not None:
+        event["reasoning_tokens"] = reasoning_tokens
+    if cached_tokens is not None:
+        event["cached_tokens"] = cached_tokens
+    return event
+
+
+def retry(attempt: int, delay: float, reason: str, status: int | None = None) -> dict:
+    """``retry``: the request failed with REASON (HTTP STATUS) and is sent
+    again, attempt ATTEMPT (1, 2, ...), after DELAY seconds."""
+    event: dict[str, Any] = {"type": "retry", "attempt": attempt, "delay": round(delay, 3),
+                             "reason": reason}
+    if status:
+        event["status"] = status
+    return event
+
+
+def done(finish_reason: str | None, raw_finish_reason: str | None = None) -> dict:
+    """``done``: the stream completed.  FINISH_REASON is in the OpenAI
+    vocabulary (``stop``, ``length``, ``tool_calls``, ``content_filter``) or
+    None; RAW_FINISH_REASON the provider's own value, kept when it differs."""
+    event: dict[str, Any] = {"type": "done", "finish_reason": finish_reason}
+    if raw_finish_reason is not None and raw_finish_reason != finish_reason:
+        event["raw_finish_reason"] = raw_finish_reason
+    return event
+
+
+def error(message: str, status: int | None = None, retryable: bool = False,
+          aborted: bool = False) -> dict:
+    """``error``: the stream failed with MESSAGE (the provider's own where
+    there is one); STATUS only for HTTP errors; ABORTED when stopped by a
+    signal or a cancel."""
+    event: dict[str, Any] = {"type": "error", "message": message}
+    if status is not None:
+        event["status"] = status
+    event["retryable"] = retryable
+    if aborted:
+        event["aborted"] = True
+    return event
+
+
+# ---- outputs ---------------------------------------------------------------
+
+class Sink(Protocol):
+    """Where protocol events go.
+
+    ``emit`` takes one event; ``flush`` is called before each wait for the
+    server's bytes and at the end, so that nothing decoded waits in a queue
+    while chatpipe waits.
+    """
+
+    def emit(self, event: dict) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """TEXT with every one of SECRETS (non-empty strings) replaced by ``***``.
+
+    This is the one redaction function: :class:`Output` applies it to every
+    string of every event, and the CLI to every line it writes on stderr.
+    """
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class Output:
+    """Base class of the places events leave the process.
+
+    :meth:`emit` redacts :attr:`secrets` from every string field, cuts
+    ``message`` and ``reason`` to :data:`MAX_MESSAGE` characters (after
+    redaction, so no piece of a secret survives a cut), drops everything
+    after the first terminal event, and passes the event to
+    :meth:`write`.  Subclasses implement :meth:`write` and :meth:`flush`.
+
+    Attributes:
+        secrets: strings never to write (API keys); the runner adds them.
+        finished: True once a ``done`` or ``error`` was written.
+    """
+
+    def __init__(self) -> None:
+        self.secrets: list[str] = []
+        self.finished = False
+
+    def emit(self, event: dict) -> None:
+        """Write EVENT, redacted, unless the stream has already ended."""
+        if self.finished:
+            return
+        kind = event["type"]
+        if self.secrets or kind in ("error", "retry"):
+            event = self._clean(event)
+        if kind in TERMINAL:
+            self.finished = True
+        self.write(event)
+
+    def _clean(self, event: dict) -> dict:
+        clean = {}
+        for key, value in event.items():
+            if isinstance(value, str):
+                value = redact(value, self.secrets)
+                if key in ("message", "reason") and len(value) > MAX_MESSAGE:
+                    value = value[:MAX_MESSAGE] + "..."
+            clean[key] = value
+        return clean
+
+    def write(self, event: dict) -> None:
+        """Write one redacted event (subclasses)."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Write out what is queued (subclasses)."""
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -19,22 +207,19 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 def encode_line(event: dict, head: str = "{") -> str:
     """EVENT as one compact JSON text, without the newline.
 
-    HEAD is the text before the event's own keys: ``"{"``, or for a tagged
-    line e.g. ``'{"id":"r1",'``.  A plain ``delta`` is built directly (the
-    hot path); the result is what ``json.dumps`` would give.
+    HEAD is the text before the event's own keys: ``"{"``, or for a line
+    tagged with a request id e.g. ``'{"id":"r1",'``.  A plain ``delta`` is
+    built directly (the hot path); the result is what ``json.dumps`` gives.
     """
     if event["type"] == "delta" and len(event) == 2:
         return head + '"type":"delta","content":' + encode_basestring(event["content"]) + "}"
     return head + _dumps(event)[1:]
 
 
-class NDJSONWriter:
-    """Writes each event as one compact JSON object and a newline, UTF-8.
-
-    Lines are written out by :meth:`flush`, which the stream loop calls
-    whenever it is about to wait for more bytes from the server, so every
-    line is out before chatpipe waits, and the lines decoded from one read
-    go out in one write.  ``done`` and ``error`` are written at once.
+class LineWriter:
+    """Queues protocol lines and writes them, with their newlines, in one
+    write followed by a flush.  Thread-safe: the one writer of stdout that
+    every stream of a process shares.
 
     Args:
         out: a binary stream (``sys.stdout.buffer``).
@@ -43,15 +228,25 @@ class NDJSONWriter:
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
         self._lines: list[str] = []
+        self._lock = threading.Lock()
 
-    def emit(self, event: dict) -> None:
-        """Queue EVENT as one line; write at once if it ends the stream."""
-        self._lines.append(encode_line(event))
-        if event["type"] in ("done", "error"):
-            self.flush()
+    def put(self, line: str) -> None:
+        """Queue LINE (a JSON text without newline)."""
+        with self._lock:
+            self._lines.append(line)
+
+    def write(self, line: str) -> None:
+        """Queue LINE and write out the queue."""
+        with self._lock:
+            self._lines.append(line)
+            self._flush()
 
     def flush(self) -> None:
-        """Write the queued lines and flush the stream."""
+        """Write out the queued lines and flush the stream."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         if self._lines:
             self._lines.append("")
             data = "\n".join(self._lines).encode("utf-8")
@@ -60,62 +255,95 @@ class NDJSONWriter:
             self._out.flush()
 
 
-class TextWriter:
-    """Writes the answer's text to OUT as it streams, errors to ERR.
+class EventLines(Output):
+    """One stream's events as JSON lines in a :class:`LineWriter`.
+
+    Args:
+        writer: the process's line writer.
+        request_id: the ``serve`` request id that starts each line, or None
+            (``send``): the only difference between the two front ends.
+    """
+
+    def __init__(self, writer: LineWriter, request_id: str | int | None = None) -> None:
+        super().__init__()
+        self._writer = writer
+        self._head = "{" if request_id is None else (
+            '{"id":' + json.dumps(request_id, ensure_ascii=False) + ",")
+
+    def write(self, event: dict) -> None:
+        """Queue EVENT's line; a terminal event is written out at once."""
+        if event["type"] in TERMINAL:
+            self._writer.write(encode_line(event, self._head))
+        else:
+            self._writer.put(encode_line(event, self._head))
+
+    def flush(self) -> None:
+        """Write out the queued lines."""
+        self._writer.flush()
+
+
+class TextView(Output):
+    """The events as a person reads them: the answer's text on OUT as it
+    streams; at the end a newline and one ``[tool call: NAME(ARGUMENTS)]``
+    line per tool call; ``retry`` and ``error`` on ERR as ``chatpipe: ...``
+    lines.  Reasoning is not shown.
 
     Args:
         out: binary stream for the text (stdout).
-        err: binary stream for error messages (stderr).
+        err: binary stream for messages (stderr).
     """
 
     def __init__(self, out: BinaryIO, err: BinaryIO) -> None:
+        super().__init__()
         self._out = out
         self._err = err
         self._last = "\n"
         self._calls: dict[int, list[str]] = {}
 
-    def _write(self, text: str) -> None:
+    def _text(self, text: str) -> None:
         self._out.write(text.encode("utf-8"))
         self._out.flush()
         self._last = text[-1:]
 
-    def emit(self, event: dict) -> None:
-        """Write ``delta`` and ``refusal`` text as it comes; at the end a
-        newline and one ``[tool call: NAME(ARGUMENTS)]`` line per tool call;
-        ``retry`` and ``error`` on stderr (``chatpipe: error: ...``).
-        Reasoning is not shown."""
+    def _note(self, text: str) -> None:
+        self._err.write(f"chatpipe: {text}\n".encode("utf-8"))
+        self._err.flush()
+
+    def write(self, event: dict) -> None:
+        """Show EVENT; see the class docstring."""
         kind = event["type"]
         if kind in ("delta", "refusal"):
-            self._write(event["content"])
+            self._text(event["content"])
         elif kind == "tool_call":
             call = self._calls.setdefault(event["index"], [event.get("name") or "?", ""])
             call[1] += event["arguments"]
         elif kind == "retry":
             status = f"HTTP {event['status']}: " if event.get("status") else ""
-            self._err.write(f"chatpipe: retry {event['attempt']} in {event['delay']:.1f} s: "
-                            f"{status}{event['reason']}\n".encode("utf-8"))
-            self._err.flush()
-        elif kind in ("done", "error"):
+            self._note(f"retry {event['attempt']} in {event['delay']:.1f} s: "
+                       f"{status}{event['reason']}")
+        elif kind in TERMINAL:
             if self._last != "\n":
-                self._write("\n")
+                self._text("\n")
             for name, arguments in self._calls.values():
-                self._write(f"[tool call: {name}({arguments})]\n")
+                self._text(f"[tool call: {name}({arguments})]\n")
             self._calls.clear()
             if kind == "error":
                 status = f"HTTP {event['status']}: " if event.get("status") else ""
-                self._err.write(f"chatpipe: error: {status}{event['message']}\n".encode("utf-8"))
-                self._err.flush()
+                self._note(f"error: {status}{event['message']}")
+
+    def flush(self) -> None:
+        """Nothing is queued: text is written as it comes."""
 
 
 class Recorder:
     """Passes events on to SINK and keeps the answer's text, for ``--save``.
 
     Attributes:
-        parts: the ``delta`` contents so far; ``text()`` joins them.
+        parts: the ``delta`` contents so far; :meth:`text` joins them.
         completed: True once ``done`` has been emitted.
     """
 
-    def __init__(self, sink) -> None:
+    def __init__(self, sink: Sink) -> None:
         self._sink = sink
         self.parts: list[str] = []
         self.completed = False
@@ -131,21 +359,8 @@ class Recorder:
 
     def flush(self) -> None:
         """Flush the sink passed on to."""
-        flush = getattr(self._sink, "flush", None)
-        if flush is not None:
-            flush()
+        self._sink.flush()
 
     def text(self) -> str:
         """Return the answer's text so far."""
         return "".join(self.parts)
-
-
-def error_event(message: str, status: int | None = None, retryable: bool = False,
-                **extra) -> dict:
-    """Build a protocol ``error`` event; STATUS only for HTTP errors."""
-    event = {"type": "error", "message": message}
-    if status is not None:
-        event["status"] = status
-    event["retryable"] = retryable
-    event.update(extra)
-    return event

@@ -1,8 +1,9 @@
 """Run one request: POST, read the events, emit protocol events; retry.
 
 Layers: :mod:`chatpipe.transport` (HTTP, live body bytes),
-:mod:`chatpipe.events` (bytes to server-sent events or NDJSON lines), a
-dialect from :mod:`chatpipe.dialects` (events to protocol events).
+:mod:`chatpipe.framing` (bytes to server-sent events or NDJSON lines), a
+dialect's parser from :mod:`chatpipe.dialects` (events to protocol events).
+Front ends do not call this directly: :mod:`chatpipe.runner` does.
 """
 
 from __future__ import annotations
@@ -11,30 +12,18 @@ import random
 import socket
 import threading
 import time
-from typing import Protocol
 
 import requests
 
-from chatpipe import PROTOCOL_VERSION, dialects, events, transport
+from chatpipe import PROTOCOL_VERSION, dialects, framing, protocol, transport
+from chatpipe.dialects.base import MalformedEvent, Parser
 from chatpipe.errors import Cancelled, StreamError
+from chatpipe.protocol import Sink
 from chatpipe.templates import Request
-
-#: Protocol events that carry the answer: after one of them, no retry.
-CONTENT_EVENTS = frozenset({"delta", "reasoning", "refusal", "tool_call"})
 
 #: First backoff delay in seconds (doubled at each retry, with jitter).
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 30.0
-
-
-class Sink(Protocol):
-    """Where protocol events go (see :mod:`chatpipe.protocol`).
-
-    A sink may also have ``flush()``: it is called before each wait for the
-    server's bytes, and at the end.
-    """
-
-    def emit(self, event: dict) -> None: ...
 
 
 class _Gate:
@@ -44,7 +33,7 @@ class _Gate:
         self.sink = sink
         self.started = False
         self.content = False
-        self.flush = getattr(sink, "flush", None) or (lambda: None)
+        self.flush = sink.flush
 
     def emit(self, event: dict) -> None:
         kind = event["type"]
@@ -52,7 +41,7 @@ class _Gate:
             if self.started:
                 return  # one start per answer, whatever the retries
             self.started = True
-        elif kind in CONTENT_EVENTS:
+        elif kind in protocol.CONTENT:
             self.content = True
         self.sink.emit(event)
 
@@ -95,14 +84,9 @@ class Control:
 
 
 def _start_event(request: Request, response: requests.Response) -> dict:
-    event = {"type": "start", "protocol": PROTOCOL_VERSION}
-    model = request.body.get("model")
-    if model:
-        event["model"] = model
-    request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
-    if request_id:
-        event["id"] = request_id
-    return event
+    return protocol.start(PROTOCOL_VERSION, request.body.get("model"),
+                          response.headers.get("x-request-id")
+                          or response.headers.get("request-id"))
 
 
 def backoff(attempt: int) -> float:
@@ -152,9 +136,7 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None,
                 if (waited + delay > request.retry_budget
                         or time.monotonic() + delay >= deadline):
                     raise
-                gate.emit({"type": "retry", "attempt": attempt, "delay": round(delay, 3),
-                           "reason": err.message, **({"status": err.status}
-                                                     if err.status else {})})
+                gate.emit(protocol.retry(attempt, delay, err.message, err.status))
                 gate.flush()
                 if control is None:
                     time.sleep(delay)
@@ -172,38 +154,38 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
     """One attempt of :func:`run`: POST, stream, close.  With KEEP_ALIVE the
     rest of the body is read after the terminator, so that the session can
     reuse the connection."""
-    decoder = dialects.get(request.api).Decoder()
+    parser = dialects.get(request.api).parser()
     response = transport.post(session, request)
     try:
         if control is not None:
             control.attach(response)
-        _check_content_type(response, decoder)
+        _check_content_type(response, parser)
         sink.emit(_start_event(request, response))
         body = transport.iter_body(response, request.read_timeout, deadline,
-                                   getattr(sink, "flush", None))
-        if decoder.framing == "ndjson":
-            stream = events.ndjson_lines(body)
+                                   sink.flush)
+        if parser.framing == "ndjson":
+            stream = framing.ndjson_lines(body)
         else:
-            stream = events.sse_events(body)
+            stream = framing.sse_events(body)
         malformed = None
         for event in stream:
             if malformed is not None:
                 raise StreamError("the server sent an event that is not valid: "
                                   f"{malformed[:200]}")
             try:
-                for out in decoder.decode(event):
+                for out in parser.parse(event):
                     sink.emit(out)
-            except dialects.MalformedEvent as err:
+            except MalformedEvent as err:
                 malformed = str(err)
                 continue
-            if decoder.done:
+            if parser.done:
                 if keep_alive:
                     transport.drain(response)
                 return
         if malformed is not None:
             raise StreamError("the stream ended early: its last event was cut off",
                               retryable=True)
-        for out in decoder.end():
+        for out in parser.end():
             sink.emit(out)
     finally:
         if control is not None:
@@ -211,10 +193,10 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
         response.close()
 
 
-def _check_content_type(response: requests.Response, decoder: dialects.Decoder) -> None:
+def _check_content_type(response: requests.Response, parser: Parser) -> None:
     """Raise a clear StreamError when an SSE endpoint answers plain JSON
     (a request without ``stream: true``, Gemini without ``alt=sse``)."""
     ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
-    if decoder.framing == "sse" and ctype == "application/json":
+    if parser.framing == "sse" and ctype == "application/json":
         raise StreamError("the endpoint answered with one JSON document, not a stream "
-                          f"of server-sent events: {decoder.not_streaming_hint}")
+                          f"of server-sent events: {parser.not_streaming_hint}")

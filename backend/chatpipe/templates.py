@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+from urllib.parse import urlsplit
 
 from chatpipe.errors import TemplateError
 
@@ -116,6 +118,29 @@ class Template:
     def description(self) -> str:
         """The template's one-line description, or ``""``."""
         return self.block.get("description", "")
+
+    def env_names(self) -> list[str]:
+        """The environment variables of the ``${env:NAME}`` placeholders in
+        the URL and headers, in order of appearance, each once."""
+        texts = [self.block.get("url") or "", *self.block.get("headers", {}).values()]
+        names: list[str] = []
+        for text in texts:
+            for ident in _Placeholders(text).get_identifiers():
+                if ident.startswith("env:") and ident[4:] not in names:
+                    names.append(ident[4:])
+        return names
+
+    def host(self) -> str | None:
+        """The host name of the endpoint URL, e.g. ``"api.openai.com"``, or
+        None when the URL has none or takes it from a placeholder.  Editors
+        look API keys up under this host (Emacs: auth-source)."""
+        head = re.match(r"[^/]*(//[^/?#]*)?", self.url or "").group(0)
+        if "${" in head:
+            return None
+        try:
+            return urlsplit(head).hostname or None
+        except ValueError:
+            return None
 
 
 @dataclass
@@ -393,11 +418,21 @@ def iter_templates() -> Iterator[tuple[str, str, Path]]:
 
 
 def summary(name: str, source: str, path: Path) -> dict[str, Any]:
-    """Describe one template for ``templates list``.
+    """Describe one template for ``templates list --json`` and ``templates info``.
+
+    This is all an editor needs to know of a template, so that it keeps no
+    template parser or name resolution of its own.
 
     Returns:
-        ``{"name", "source", "path", "api", "url", "description"}``, or with
-        ``"error"`` (the message) instead of api/url for a broken file.
+        ``{"name", "source", "path", "api", "url", "model", "description",
+        "env", "host"}``: ``source`` is ``"user"``, ``"bundled"`` or
+        ``"file"``; ``url`` and ``model`` as written (placeholders not
+        filled; ``model`` None for Gemini, whose model is in the URL);
+        ``env`` the environment variables the template needs (its
+        ``${env:NAME}`` placeholders); ``host`` the endpoint's host name,
+        under which editors look API keys up, or None.  A broken file gives
+        ``{"name", "source", "path", "error"}``, ``error`` the message with
+        its ``file:line:column``.
     """
     entry: dict[str, Any] = {"name": name, "source": source, "path": str(path)}
     try:
@@ -406,7 +441,7 @@ def summary(name: str, source: str, path: Path) -> dict[str, Any]:
         entry["error"] = str(err)
         return entry
     entry.update(api=tpl.api, url=tpl.url, model=tpl.body.get("model"),
-                 description=tpl.description)
+                 description=tpl.description, env=tpl.env_names(), host=tpl.host())
     return entry
 
 

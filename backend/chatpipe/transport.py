@@ -23,11 +23,15 @@ import requests
 import urllib3.exceptions
 
 from chatpipe import __version__
+from chatpipe.dialects.base import provider_error
 from chatpipe.errors import StreamError
 from chatpipe.templates import Request
 
 #: HTTP statuses worth a retry (rate limits, overload, gateway trouble).
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+#: HTTP statuses never retried, whatever the body says.
+NEVER_RETRIED = frozenset({400, 401, 403, 404})
 
 #: Bytes read from the socket at most per read; read1 returns sooner.
 READ_SIZE = 65536
@@ -105,10 +109,9 @@ def _reason(err: BaseException) -> str:
 def http_error(response: requests.Response) -> StreamError:
     """Make a :class:`StreamError` for an HTTP error RESPONSE.
 
-    The message is the provider's own: ``error.message`` of a JSON body
-    (OpenAI, Anthropic, Gemini), ``error`` when it is a string (Ollama,
-    llama.cpp), ``message`` or ``detail``; otherwise it says what the body
-    was (empty, HTML, text) along with the status.
+    The message is the provider's own (see
+    :func:`chatpipe.dialects.base.provider_error`); otherwise it says what
+    the body was (empty, HTML, text) along with the status.
     """
     status = response.status_code
     reason = response.reason or ""
@@ -118,30 +121,21 @@ def http_error(response: requests.Response) -> StreamError:
     except Exception:  # the body is only for the message
         raw = b""
     text = raw.decode("utf-8", "replace").strip()
-    message = None
     try:
         payload = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         payload = None
-    if isinstance(payload, list) and payload and isinstance(payload[0], dict):
-        payload = payload[0]  # Gemini without alt=sse wraps errors in an array
-    if isinstance(payload, dict):
-        err = payload.get("error")
-        if isinstance(err, dict):
-            message = err.get("message") or err.get("type")
-            retryable = retryable or err.get("type") == "overloaded_error"  # Anthropic
-        elif isinstance(err, str):
-            message = err
-        message = message or payload.get("message") or payload.get("detail")
-        if message is not None and not isinstance(message, str):
-            message = json.dumps(message, ensure_ascii=False)
+    message, overloaded = provider_error(payload)
+    if status not in NEVER_RETRIED:
+        retryable = retryable or overloaded
     if not message:
         if not text:
             message = f"HTTP {status} {reason} with an empty body".replace("  ", " ")
         elif text.lstrip().startswith("<"):
             message = f"HTTP {status} {reason}: the server answered with an HTML page"
         else:
-            message = f"HTTP {status} {reason}: {text[:500]}"
+            # Whole: the output cuts long messages after redacting secrets.
+            message = f"HTTP {status} {reason}: {text}"
     return StreamError(message, status=status, retryable=retryable,
                        retry_after=retry_after(response.headers, payload))
 
@@ -171,6 +165,8 @@ def retry_after(headers: Mapping[str, str], payload: Any = None) -> float | None
             if when is not None:
                 now = datetime.datetime.now(when.tzinfo or datetime.timezone.utc)
                 return max(0.0, (when - now).total_seconds())
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
     err = payload.get("error") if isinstance(payload, dict) else None
     for detail in (err.get("details") or ()) if isinstance(err, dict) else ():
         delay = detail.get("retryDelay") if isinstance(detail, dict) else None

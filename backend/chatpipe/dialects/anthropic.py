@@ -16,14 +16,18 @@ Named server-sent events, each with a JSON payload carrying its own ``type``::
 a fragment of a tool call's arguments; ``signature_delta`` is ignored.
 ``message_stop`` ends the stream.  An ``error`` event can come on an HTTP
 200 stream (e.g. ``overloaded_error``).
+
+Request shape: https://docs.anthropic.com/en/api/messages (the system
+prompt is the top-level ``system``, not a message).
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
-from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_events
-from chatpipe.dialects.openai_chat import error_from, parse_json
+from chatpipe import protocol
+from chatpipe.dialects import base
+from chatpipe.dialects.base import SYSTEM_ROLES, parse_json
 
 #: Anthropic ``stop_reason`` -> OpenAI ``finish_reason``.
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
@@ -31,8 +35,8 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
           "tool_use": "tool_calls", "refusal": "content_filter"}
 
 
-class Decoder(_Decoder):
-    """Decoder for Messages stream events; see the module docstring."""
+class Parser(base.Parser):
+    """Parser of Messages stream events; see the module docstring."""
 
     terminator = "event: message_stop"
 
@@ -41,7 +45,7 @@ class Decoder(_Decoder):
         self.stop_reason: str | None = None
         self.usage: dict[str, int] = {}
 
-    def decode(self, event: Any) -> Iterable[dict]:
+    def parse(self, event: Any) -> Iterable[dict]:
         """Return the protocol events for one server-sent event.
 
         Raises:
@@ -55,19 +59,16 @@ class Decoder(_Decoder):
             delta = payload.get("delta") or {}
             dtype = delta.get("type")
             if dtype == "text_delta":
-                return [{"type": "delta", "content": delta["text"]}] if delta.get("text") else []
+                return [protocol.delta(delta["text"])] if delta.get("text") else []
             if dtype == "thinking_delta":
-                return ([{"type": "reasoning", "content": delta["thinking"]}]
-                        if delta.get("thinking") else [])
+                return [protocol.reasoning(delta["thinking"])] if delta.get("thinking") else []
             if dtype == "input_json_delta":
-                index, _ = self.tool_index(payload.get("index"))
-                return tool_call_events(index, delta.get("partial_json") or "")
+                return self.tool_call(payload.get("index"), delta.get("partial_json") or "")
             return []
         if kind == "content_block_start":
             block = payload.get("content_block") or {}
             if block.get("type") in ("tool_use", "server_tool_use"):
-                index, _ = self.tool_index(payload.get("index"))
-                return tool_call_events(index, "", block.get("id"), block.get("name"))
+                return self.tool_call(payload.get("index"), "", block.get("id"), block.get("name"))
             return []
         if kind == "message_start":
             self._add_usage((payload.get("message") or {}).get("usage"))
@@ -79,10 +80,11 @@ class Decoder(_Decoder):
         if kind == "message_stop":
             self.done = True
             out = [self.usage_event()] if self.usage else []
-            out.append(done_event(self.stop_reason, FINISH.get(self.stop_reason, self.stop_reason)))
+            out.append(protocol.done(FINISH.get(self.stop_reason, self.stop_reason),
+                                     self.stop_reason))
             return out
         if kind == "error":
-            raise error_from(payload)
+            raise base.stream_error(payload)
         return []  # ping, content_block_stop, and types added later
 
     def _add_usage(self, usage: dict | None) -> None:
@@ -101,24 +103,20 @@ class Decoder(_Decoder):
         inputs = None
         if "input_tokens" in u:
             inputs = u["input_tokens"] + (cached or 0) + u.get("cache_creation_input_tokens", 0)
-        outputs = u.get("output_tokens")
-        event = {"type": "usage", "input_tokens": inputs, "output_tokens": outputs,
-                 "total_tokens": None if None in (inputs, outputs) else inputs + outputs}
-        if cached is not None:
-            event["cached_tokens"] = cached
-        return event
+        return protocol.usage(inputs, u.get("output_tokens"), cached_tokens=cached)
 
 
-def add_messages(body: dict, messages: list[dict]) -> None:
-    """Append MESSAGES to ``body["messages"]``; a system message becomes the
-    top-level ``system`` prompt, replacing the template's."""
-    system = [m["content"] for m in messages if m.get("role") in ("system", "developer")]
-    if system:
-        body["system"] = "\n\n".join(s if isinstance(s, str) else "" for s in system)
-    body.setdefault("messages", []).extend(
-        m for m in messages if m.get("role") not in ("system", "developer"))
+class Dialect(base.Dialect):
+    """Anthropic Messages: a system message becomes the top-level ``system``."""
 
+    name = "anthropic-messages"
+    parser = Parser
 
-def assistant_message(text: str) -> dict:
-    """Return the message that records an answer TEXT."""
-    return {"role": "assistant", "content": text}
+    def add_messages(self, body: dict, messages: list[dict]) -> None:
+        """Append MESSAGES to ``body["messages"]``; a system message becomes
+        the top-level ``system`` prompt, replacing the template's."""
+        system = [m["content"] for m in messages if m.get("role") in SYSTEM_ROLES]
+        if system:
+            body["system"] = "\n\n".join(s if isinstance(s, str) else "" for s in system)
+        body.setdefault("messages", []).extend(
+            m for m in messages if m.get("role") not in SYSTEM_ROLES)

@@ -15,6 +15,9 @@ blocked.  There is no terminator: a stream is complete when a candidate has
 a ``finishReason`` and the body ends.  Without ``alt=sse`` the endpoint
 answers one JSON array instead of events; the transport reports that as an
 error.  The model is part of the URL (``models/NAME:streamGenerateContent``).
+
+Request shape: https://ai.google.dev/api/generate-content#request-body
+(``contents`` with roles ``user`` and ``model``, ``systemInstruction``).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import json
 import re
 from typing import Any, Iterable
 
-from chatpipe.dialects import Decoder as _Decoder, MalformedEvent, done_event, tool_call_events
-from chatpipe.dialects.openai_chat import error_from, parse_json
+from chatpipe import protocol
+from chatpipe.dialects import base
+from chatpipe.dialects.base import SYSTEM_ROLES, MalformedEvent, parse_json
 from chatpipe.errors import StreamError
 
 #: Gemini ``finishReason`` -> OpenAI ``finish_reason`` (others: ``stop``).
@@ -32,8 +36,9 @@ FINISH = {"MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "con
           "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter",
           "SPII": "content_filter", "IMAGE_SAFETY": "content_filter"}
 
-class Decoder(_Decoder):
-    """Decoder for ``GenerateContentResponse`` events; see the module docstring."""
+
+class Parser(base.Parser):
+    """Parser of ``GenerateContentResponse`` events; see the module docstring."""
 
     terminator = "a chunk with a finishReason"
     not_streaming_hint = "add ?alt=sse to the streamGenerateContent URL"
@@ -44,7 +49,7 @@ class Decoder(_Decoder):
         self.usage: dict | None = None
         self.calls = 0
 
-    def decode(self, event: Any) -> Iterable[dict]:
+    def parse(self, event: Any) -> Iterable[dict]:
         """Return the protocol events for one server-sent event.
 
         Raises:
@@ -60,12 +65,12 @@ class Decoder(_Decoder):
             payloads = [parse_json(line) for line in event.data.split("\n") if line.strip()]
         out: list[dict] = []
         for payload in payloads:
-            out.extend(self._decode(payload))
+            out.extend(self._parse(payload))
         return out
 
-    def _decode(self, chunk: dict) -> list[dict]:
+    def _parse(self, chunk: dict) -> list[dict]:
         if "error" in chunk:
-            raise error_from(chunk)
+            raise base.stream_error(chunk)
         blocked = (chunk.get("promptFeedback") or {}).get("blockReason")
         if blocked:
             raise StreamError(f"the prompt was blocked ({blocked})")
@@ -76,14 +81,13 @@ class Decoder(_Decoder):
             for part in (candidate.get("content") or {}).get("parts") or ():
                 if "functionCall" in part:
                     call = part["functionCall"]
-                    index, _ = self.tool_index(self.calls)
-                    self.calls += 1
-                    out.extend(tool_call_events(
-                        index, json.dumps(call.get("args") or {}, ensure_ascii=False),
+                    out.extend(self.tool_call(
+                        self.calls, json.dumps(call.get("args") or {}, ensure_ascii=False),
                         call.get("id"), call.get("name")))
+                    self.calls += 1
                 elif part.get("text"):
-                    kind = "reasoning" if part.get("thought") else "delta"
-                    out.append({"type": kind, "content": part["text"]})
+                    make = protocol.reasoning if part.get("thought") else protocol.delta
+                    out.append(make(part["text"]))
             if candidate.get("finishReason"):
                 self.finish_reason = candidate["finishReason"]
         if chunk.get("usageMetadata"):
@@ -102,7 +106,7 @@ class Decoder(_Decoder):
         self.done = True
         raw = self.finish_reason
         normalised = FINISH.get(raw, "tool_calls" if self.has_tool_calls else "stop")
-        return ([self.usage] if self.usage else []) + [done_event(raw, normalised)]
+        return ([self.usage] if self.usage else []) + [protocol.done(normalised, raw)]
 
 
 def usage_event(meta: dict) -> dict:
@@ -115,13 +119,9 @@ def usage_event(meta: dict) -> dict:
     output = meta.get("candidatesTokenCount")
     if thoughts is not None:
         output = (output or 0) + thoughts
-    event = {"type": "usage", "input_tokens": meta.get("promptTokenCount"),
-             "output_tokens": output, "total_tokens": meta.get("totalTokenCount")}
-    if thoughts is not None:
-        event["reasoning_tokens"] = thoughts
-    if meta.get("cachedContentTokenCount") is not None:
-        event["cached_tokens"] = meta["cachedContentTokenCount"]
-    return event
+    return protocol.usage(meta.get("promptTokenCount"), output, meta.get("totalTokenCount"),
+                          reasoning_tokens=thoughts,
+                          cached_tokens=meta.get("cachedContentTokenCount"))
 
 
 def _parts(content: Any) -> list[dict]:
@@ -131,26 +131,30 @@ def _parts(content: Any) -> list[dict]:
     return [{"text": content or ""}]
 
 
-def add_messages(body: dict, messages: list[dict]) -> None:
-    """Append MESSAGES to ``body["contents"]`` as Gemini contents (role
-    ``assistant`` becomes ``model``); a system message becomes
-    ``systemInstruction``, replacing the template's."""
-    contents = body.setdefault("contents", [])
-    for m in messages:
-        if m.get("role") in ("system", "developer"):
-            body["systemInstruction"] = {"parts": _parts(m.get("content"))}
-        else:
-            role = "model" if m.get("role") == "assistant" else "user"
-            contents.append({"role": role, "parts": _parts(m.get("content"))})
+class Dialect(base.Dialect):
+    """Gemini: ``contents`` with roles ``user`` and ``model``, the system
+    prompt in ``systemInstruction``, the model in the URL."""
 
+    name = "gemini"
+    parser = Parser
+    history_key = "contents"
 
-def assistant_message(text: str) -> dict:
-    """Return the content that records an answer TEXT."""
-    return {"role": "model", "parts": [{"text": text}]}
+    def add_messages(self, body: dict, messages: list[dict]) -> None:
+        """Append MESSAGES to ``body["contents"]`` as Gemini contents (role
+        ``assistant`` becomes ``model``); a system message becomes
+        ``systemInstruction``, replacing the template's."""
+        contents = body.setdefault("contents", [])
+        for m in messages:
+            if m.get("role") in SYSTEM_ROLES:
+                body["systemInstruction"] = {"parts": _parts(m.get("content"))}
+            else:
+                role = "model" if m.get("role") == "assistant" else "user"
+                contents.append({"role": role, "parts": _parts(m.get("content"))})
 
+    def assistant_message(self, text: str) -> dict:
+        """Return the content that records an answer TEXT."""
+        return {"role": "model", "parts": [{"text": text}]}
 
-def set_model(request, model: str) -> None:
-    """Put MODEL in REQUEST's URL (``.../models/MODEL:streamGenerateContent``)."""
-    request.url = re.sub(r"/models/[^/:?]+:", f"/models/{model}:", request.url, count=1)
-
-
+    def set_model(self, request: Any, model: str) -> None:
+        """Put MODEL in REQUEST's URL (``.../models/MODEL:streamGenerateContent``)."""
+        request.url = re.sub(r"/models/[^/:?]+:", f"/models/{model}:", request.url, count=1)

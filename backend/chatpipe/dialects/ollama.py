@@ -20,17 +20,16 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_events
-from chatpipe.dialects.openai_chat import add_messages, assistant_message, error_from, parse_json
-
-__all__ = ["Decoder", "add_messages", "assistant_message"]
+from chatpipe import protocol
+from chatpipe.dialects import base
+from chatpipe.dialects.base import parse_json
 
 #: Ollama ``done_reason`` -> OpenAI ``finish_reason``.
 FINISH = {"stop": "stop", "length": "length"}
 
 
-class Decoder(_Decoder):
-    """Decoder for ``/api/chat`` NDJSON lines; see the module docstring."""
+class Parser(base.Parser):
+    """Parser of ``/api/chat`` NDJSON lines; see the module docstring."""
 
     framing = "ndjson"
     terminator = 'a line with "done": true'
@@ -39,7 +38,7 @@ class Decoder(_Decoder):
         super().__init__()
         self.calls = 0
 
-    def decode(self, event: Any) -> Iterable[dict]:
+    def parse(self, event: Any) -> Iterable[dict]:
         """Return the protocol events for one NDJSON line.
 
         Raises:
@@ -48,22 +47,21 @@ class Decoder(_Decoder):
         """
         line = parse_json(event.data)
         if "error" in line:
-            raise error_from(line)
+            raise base.stream_error(line)
         out = []
         message = line.get("message") or {}
         if message.get("thinking"):
-            out.append({"type": "reasoning", "content": message["thinking"]})
+            out.append(protocol.reasoning(message["thinking"]))
         if message.get("content"):
-            out.append({"type": "delta", "content": message["content"]})
+            out.append(protocol.delta(message["content"]))
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
-            index, _ = self.tool_index(self.calls)
-            self.calls += 1
             arguments = function.get("arguments")
             if not isinstance(arguments, str):
                 arguments = json.dumps(arguments if arguments is not None else {},
                                        ensure_ascii=False)
-            out.extend(tool_call_events(index, arguments, call.get("id"), function.get("name")))
+            out.extend(self.tool_call(self.calls, arguments, call.get("id"), function.get("name")))
+            self.calls += 1
         if line.get("done"):
             self.done = True
             raw = line.get("done_reason")
@@ -71,9 +69,13 @@ class Decoder(_Decoder):
             if normalised == "stop" and self.has_tool_calls:
                 normalised = "tool_calls"
             if "prompt_eval_count" in line or "eval_count" in line:
-                inputs, outputs = line.get("prompt_eval_count"), line.get("eval_count")
-                out.append({"type": "usage", "input_tokens": inputs, "output_tokens": outputs,
-                            "total_tokens": None if None in (inputs, outputs)
-                            else inputs + outputs})
-            out.append(done_event(raw, normalised))
+                out.append(protocol.usage(line.get("prompt_eval_count"), line.get("eval_count")))
+            out.append(protocol.done(normalised, raw))
         return out
+
+
+class Dialect(base.Dialect):
+    """Ollama ``/api/chat``: the OpenAI ``messages`` shape."""
+
+    name = "ollama"
+    parser = Parser

@@ -23,58 +23,21 @@ Each server-sent event's data is a ``chat.completion.chunk`` object::
 - An error can arrive mid-stream as ``data: {"error": {"message": ...}}``.
 - Only choice 0 is followed (``n > 1`` gives choice 0's answer).
 - ``data: [DONE]`` ends the stream (with or without the space).
+
+Request shape: https://platform.openai.com/docs/api-reference/chat/create
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 
-from chatpipe.dialects import Decoder as _Decoder, MalformedEvent, done_event, tool_call_events
-from chatpipe.errors import StreamError
-
-#: ``error.type`` / ``error.code`` values that mean "try again later".
-RETRYABLE_ERRORS = frozenset({
-    "server_error", "rate_limit_exceeded", "rate_limit_error", "overloaded_error",
-    "api_error", "timeout", "service_unavailable", "internal_server_error"})
-
-SYSTEM_ROLES = ("system", "developer")
+from chatpipe import protocol
+from chatpipe.dialects import base
+from chatpipe.dialects.base import parse_json
 
 
-def error_from(payload: Any) -> StreamError:
-    """Make a :class:`StreamError` from an ``{"error": ...}`` payload.
-
-    Accepts ``{"error": {"message", "type", "code"}}`` (OpenAI, Anthropic)
-    and ``{"error": "text"}`` (llama.cpp, Ollama).
-    """
-    err = payload.get("error") if isinstance(payload, dict) else payload
-    if isinstance(err, dict):
-        message = err.get("message") or json.dumps(err, ensure_ascii=False)
-        kinds = {str(err.get("type")), str(err.get("code"))}
-        return StreamError(str(message), retryable=bool(kinds & RETRYABLE_ERRORS))
-    return StreamError(str(err))
-
-
-_raw_decode = json.JSONDecoder().raw_decode
-
-
-def parse_json(data: str) -> dict:
-    """Parse an event's DATA as a JSON object.
-
-    Raises:
-        MalformedEvent: not JSON, or not an object.
-    """
-    try:
-        value, end = _raw_decode(data)
-    except ValueError:
-        raise MalformedEvent(data) from None
-    if not isinstance(value, dict) or (end != len(data) and data[end:].strip()):
-        raise MalformedEvent(data)
-    return value
-
-
-class Decoder(_Decoder):
-    """Decoder for ``chat.completion.chunk`` events; see the module docstring."""
+class Parser(base.Parser):
+    """Parser of ``chat.completion.chunk`` events; see the module docstring."""
 
     terminator = "data: [DONE]"
 
@@ -83,7 +46,7 @@ class Decoder(_Decoder):
         self.finish_reason: str | None = None
         self.usage: dict | None = None
 
-    def decode(self, event: Any) -> Iterable[dict]:
+    def parse(self, event: Any) -> Iterable[dict]:
         """Return the protocol events for one server-sent event.
 
         Emits ``delta``, ``reasoning``, ``refusal`` and ``tool_call`` for
@@ -97,11 +60,11 @@ class Decoder(_Decoder):
         if data[:1] != "{" and data.strip() == "[DONE]":
             self.done = True
             out = [self.usage] if self.usage is not None else []
-            out.append(done_event(self.finish_reason, self.finish_reason))
+            out.append(protocol.done(self.finish_reason))
             return out
         chunk = parse_json(data)
         if "error" in chunk or event.event == "error":
-            raise error_from(chunk if "error" in chunk else {"error": chunk})
+            raise base.stream_error(chunk if "error" in chunk else {"error": chunk})
         out = []
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
@@ -112,18 +75,18 @@ class Decoder(_Decoder):
                 if len(delta) > 1 or not content:  # anything besides text?
                     reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                     if reasoning and isinstance(reasoning, str):
-                        out.append({"type": "reasoning", "content": reasoning})
+                        out.append(protocol.reasoning(reasoning))
                 if content:
-                    out.append({"type": "delta", "content": content})
+                    out.append(protocol.delta(content))
                 if len(delta) > 1 or not content:
                     refusal = delta.get("refusal")
                     if refusal:
-                        out.append({"type": "refusal", "content": refusal})
+                        out.append(protocol.refusal(refusal))
                     for call in delta.get("tool_calls") or ():
-                        index, _ = self.tool_index(call.get("index", 0))
                         function = call.get("function") or {}
-                        out.extend(tool_call_events(index, function.get("arguments") or "",
-                                                    call.get("id"), function.get("name")))
+                        out.extend(self.tool_call(call.get("index", 0),
+                                                  function.get("arguments") or "",
+                                                  call.get("id"), function.get("name")))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         usage = chunk.get("usage")
@@ -133,49 +96,16 @@ class Decoder(_Decoder):
 
 
 def usage_event(usage: dict) -> dict:
-    """Turn an OpenAI ``usage`` object into a protocol ``usage`` event (tokens).
-
-    Adds ``reasoning_tokens`` and ``cached_tokens`` where the provider gives them.
-    """
-    event = {"type": "usage",
-             "input_tokens": usage.get("prompt_tokens"),
-             "output_tokens": usage.get("completion_tokens"),
-             "total_tokens": usage.get("total_tokens")}
-    if event["total_tokens"] is None and None not in (event["input_tokens"], event["output_tokens"]):
-        event["total_tokens"] = event["input_tokens"] + event["output_tokens"]
-    return add_token_details(event, usage.get("completion_tokens_details"),
-                             usage.get("prompt_tokens_details"))
+    """Turn an OpenAI ``usage`` object into a protocol ``usage`` event (tokens),
+    with ``reasoning_tokens`` and ``cached_tokens`` where the provider gives them."""
+    return protocol.usage(usage.get("prompt_tokens"), usage.get("completion_tokens"),
+                          usage.get("total_tokens"),
+                          **base.token_details(usage.get("completion_tokens_details"),
+                                               usage.get("prompt_tokens_details")))
 
 
-def add_token_details(event: dict, output_details: dict | None,
-                      input_details: dict | None) -> dict:
-    """Add ``reasoning_tokens`` and ``cached_tokens`` to a ``usage`` EVENT
-    from OpenAI-style ``*_tokens_details`` objects, where given; return EVENT."""
-    reasoning = (output_details or {}).get("reasoning_tokens")
-    if reasoning is not None:
-        event["reasoning_tokens"] = reasoning
-    cached = (input_details or {}).get("cached_tokens")
-    if cached is not None:
-        event["cached_tokens"] = cached
-    return event
+class Dialect(base.Dialect):
+    """OpenAI chat completions: the base class's ``messages`` shape."""
 
-
-def add_messages(body: dict, messages: list[dict], key: str = "messages") -> None:
-    """Append MESSAGES (``{"role", "content"}`` objects) to ``body[KEY]``.
-
-    If MESSAGES hold a system (or developer) message, it replaces the
-    template's own: the template's system and developer messages are dropped.
-    """
-    conversation = body.get(key)
-    if not isinstance(conversation, list):
-        conversation = body[key] = [] if conversation is None else [
-            {"role": "user", "content": conversation}]
-    if any(m.get("role") in SYSTEM_ROLES for m in messages):
-        conversation[:] = [m for m in conversation
-                           if not (isinstance(m, dict) and m.get("role") in SYSTEM_ROLES)]
-    conversation.extend(messages)
-
-
-def assistant_message(text: str) -> dict:
-    """Return the chat message that records an answer TEXT."""
-    return {"role": "assistant", "content": text}
+    name = "openai-chat"
+    parser = Parser

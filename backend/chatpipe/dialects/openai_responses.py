@@ -15,16 +15,18 @@ Named server-sent events whose JSON payload repeats the ``type``::
 
 There is no ``[DONE]``: ``response.completed`` or ``response.incomplete``
 ends a complete stream; ``response.failed`` and ``error`` end it with an error.
+
+Request shape: https://platform.openai.com/docs/api-reference/responses/create
+(the conversation is ``input``, a string or a list of items).
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
-from chatpipe.dialects import Decoder as _Decoder, done_event, tool_call_events
-from chatpipe.dialects.openai_chat import (RETRYABLE_ERRORS, add_messages as _add,
-                                           add_token_details, parse_json)
-from chatpipe.errors import StreamError
+from chatpipe import protocol
+from chatpipe.dialects import base
+from chatpipe.dialects.base import parse_json
 
 _REASONING = ("response.reasoning_summary_text.delta", "response.reasoning_text.delta")
 
@@ -32,18 +34,12 @@ _REASONING = ("response.reasoning_summary_text.delta", "response.reasoning_text.
 INCOMPLETE = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
 
-def _error(err: dict) -> StreamError:
-    message = err.get("message") or err.get("code") or "the response failed"
-    kinds = {str(err.get("code")), str(err.get("type"))}
-    return StreamError(str(message), retryable=bool(kinds & RETRYABLE_ERRORS))
-
-
-class Decoder(_Decoder):
-    """Decoder for Responses stream events; see the module docstring."""
+class Parser(base.Parser):
+    """Parser of Responses stream events; see the module docstring."""
 
     terminator = "event: response.completed"
 
-    def decode(self, event: Any) -> Iterable[dict]:
+    def parse(self, event: Any) -> Iterable[dict]:
         """Return the protocol events for one server-sent event.
 
         Raises:
@@ -52,22 +48,20 @@ class Decoder(_Decoder):
         """
         payload = parse_json(event.data)
         kind = payload.get("type") or event.event
+        text = payload.get("delta")
         if kind == "response.output_text.delta":
-            return [{"type": "delta", "content": payload["delta"]}] if payload.get("delta") else []
+            return [protocol.delta(text)] if text else []
         if kind in _REASONING:
-            return ([{"type": "reasoning", "content": payload["delta"]}]
-                    if payload.get("delta") else [])
+            return [protocol.reasoning(text)] if text else []
         if kind == "response.refusal.delta":
-            return [{"type": "refusal", "content": payload["delta"]}] if payload.get("delta") else []
+            return [protocol.refusal(text)] if text else []
         if kind == "response.function_call_arguments.delta":
-            index, _ = self.tool_index(payload.get("output_index"))
-            return tool_call_events(index, payload.get("delta") or "")
+            return self.tool_call(payload.get("output_index"), text or "")
         if kind == "response.output_item.added":
             item = payload.get("item") or {}
             if item.get("type") == "function_call":
-                index, _ = self.tool_index(payload.get("output_index"))
-                return tool_call_events(index, item.get("arguments") or "",
-                                        item.get("call_id"), item.get("name"))
+                return self.tool_call(payload.get("output_index"), item.get("arguments") or "",
+                                      item.get("call_id"), item.get("name"))
             return []
         if kind in ("response.completed", "response.incomplete"):
             self.done = True
@@ -75,35 +69,31 @@ class Decoder(_Decoder):
             status = response.get("status") or kind.rsplit(".", 1)[1]
             if kind == "response.incomplete":
                 reason = (response.get("incomplete_details") or {}).get("reason")
-                done = done_event(reason or status, INCOMPLETE.get(reason, "length"))
+                done = protocol.done(INCOMPLETE.get(reason, "length"), reason or status)
             else:
-                done = done_event(status, "tool_calls" if self.has_tool_calls else "stop")
+                done = protocol.done("tool_calls" if self.has_tool_calls else "stop", status)
             usage = response.get("usage")
             return ([usage_event(usage)] if usage else []) + [done]
         if kind == "response.failed":
-            raise _error((payload.get("response") or {}).get("error") or {})
+            err = (payload.get("response") or {}).get("error") or {}
+            raise base.stream_error({"error": err}, "the response failed")
         if kind == "error":
-            err = payload.get("error")
-            raise _error(err if isinstance(err, dict) else payload)
+            raise base.stream_error(payload)
         return []
 
 
 def usage_event(usage: dict) -> dict:
     """Turn a Responses ``usage`` object into a protocol ``usage`` event (tokens)."""
-    event = {"type": "usage", "input_tokens": usage.get("input_tokens"),
-             "output_tokens": usage.get("output_tokens"),
-             "total_tokens": usage.get("total_tokens")}
-    return add_token_details(event, usage.get("output_tokens_details"),
-                             usage.get("input_tokens_details"))
+    return protocol.usage(usage.get("input_tokens"), usage.get("output_tokens"),
+                          usage.get("total_tokens"),
+                          **base.token_details(usage.get("output_tokens_details"),
+                                               usage.get("input_tokens_details")))
 
 
-def add_messages(body: dict, messages: list[dict]) -> None:
-    """Append MESSAGES to ``body["input"]`` (a string input becomes the
-    first user message); a system message replaces the template's system
-    and developer messages."""
-    _add(body, messages, key="input")
+class Dialect(base.Dialect):
+    """The Responses API: the conversation is ``input`` (a string input
+    becomes the first user message)."""
 
-
-def assistant_message(text: str) -> dict:
-    """Return the input item that records an answer TEXT."""
-    return {"role": "assistant", "content": text}
+    name = "openai-responses"
+    parser = Parser
+    history_key = "input"

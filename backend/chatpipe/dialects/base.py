@@ -1,0 +1,210 @@
+"""What every API dialect shares: the base classes and the common helpers.
+
+A dialect module defines two classes:
+
+- a :class:`Parser` subclass, which turns one response's events (server-sent
+  events as parsed by sseclient-py, or NDJSON lines; see
+  :mod:`chatpipe.framing`) into protocol events built with the
+  constructors of :mod:`chatpipe.protocol`;
+- a :class:`Dialect` subclass, which knows the API's request shape: how to
+  append chat messages, record an answer and set the model.
+
+Provider error payloads are read in one place, :func:`provider_error`, for
+HTTP error bodies and in-stream errors alike.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Hashable, Iterable
+
+from chatpipe import protocol
+from chatpipe.errors import StreamError
+
+#: ``error.type``, ``error.code`` or ``error.status`` values that mean
+#: "try again later" (OpenAI, Anthropic, Gemini, Responses).
+RETRYABLE_ERRORS = frozenset({
+    "server_error", "rate_limit_exceeded", "rate_limit_error", "overloaded_error",
+    "api_error", "timeout", "service_unavailable", "internal_server_error",
+    "UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL"})
+
+#: Roles of the messages that set the system prompt.
+SYSTEM_ROLES = ("system", "developer")
+
+
+class MalformedEvent(Exception):
+    """An event whose data is not what the dialect expects (e.g. not JSON).
+
+    The stream loop treats it as "ended early" when it is the last event
+    (a cut-off event), and as a protocol error otherwise.
+    """
+
+
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def parse_json(data: str) -> dict:
+    """Parse an event's DATA as a JSON object.
+
+    Raises:
+        MalformedEvent: not JSON, or not an object.
+    """
+    try:
+        value, end = _raw_decode(data)
+    except (ValueError, RecursionError):
+        raise MalformedEvent(data) from None
+    if not isinstance(value, dict) or (end != len(data) and data[end:].strip()):
+        raise MalformedEvent(data)
+    return value
+
+
+def provider_error(payload: Any) -> tuple[str | None, bool]:
+    """Read a provider's error PAYLOAD: return ``(message, retryable)``.
+
+    Understands ``{"error": {"message", "type", "code", "status"}}``
+    (OpenAI, Anthropic, Gemini, Responses), ``{"error": "text"}`` (Ollama,
+    llama.cpp), a bare ``{"message", "code"}`` (a Responses ``error``
+    event), ``{"message"}`` and ``{"detail"}`` bodies, and Gemini's array
+    around an error.  MESSAGE is None when the payload has none; RETRYABLE
+    says whether its type or code means "try again later".
+    """
+    if isinstance(payload, list) and payload and isinstance(payload[0], dict):
+        payload = payload[0]
+    if not isinstance(payload, dict):
+        return None, False
+    err = payload.get("error")
+    if isinstance(err, str):
+        return err or None, False
+    if not isinstance(err, dict):
+        err = payload
+    message = err.get("message") or payload.get("message") or payload.get("detail")
+    if message is not None and not isinstance(message, str):
+        message = json.dumps(message, ensure_ascii=False)
+    kinds = {str(err.get(key)) for key in ("type", "code", "status")}
+    return message or None, bool(kinds & RETRYABLE_ERRORS)
+
+
+def stream_error(payload: Any, fallback: str = "the provider reported an error") -> StreamError:
+    """A :class:`StreamError` for an error reported inside a stream.
+
+    The message is the provider's (see :func:`provider_error`), else the
+    error's type or code, else FALLBACK.
+    """
+    message, retryable = provider_error(payload)
+    if not message:
+        err = payload.get("error") if isinstance(payload, dict) else None
+        err = err if isinstance(err, dict) else payload if isinstance(payload, dict) else {}
+        message = str(err.get("type") or err.get("code") or fallback)
+    return StreamError(message, retryable=retryable)
+
+
+def token_details(output_details: Any, input_details: Any) -> dict:
+    """``reasoning_tokens`` and ``cached_tokens`` from OpenAI-style
+    ``*_tokens_details`` objects, as keyword arguments of
+    :func:`chatpipe.protocol.usage` (only those given)."""
+    extra = {}
+    if isinstance(output_details, dict) and output_details.get("reasoning_tokens") is not None:
+        extra["reasoning_tokens"] = output_details["reasoning_tokens"]
+    if isinstance(input_details, dict) and input_details.get("cached_tokens") is not None:
+        extra["cached_tokens"] = input_details["cached_tokens"]
+    return extra
+
+
+class Parser:
+    """Turns one response's events into protocol events.
+
+    Attributes:
+        framing: ``"sse"`` (server-sent events) or ``"ndjson"`` (one JSON
+            object per line).
+        terminator: what ends a complete stream, for the "ended early" message.
+        not_streaming_hint: advice for an endpoint that did not stream.
+        done: True once the stream's terminator has been seen; the caller
+            stops reading then.
+    """
+
+    framing = "sse"
+    terminator = "the end-of-stream event"
+    not_streaming_hint = 'set "stream": true in the template'
+
+    def __init__(self) -> None:
+        self.done = False
+        self._tool_indexes: dict[Hashable, int] = {}
+
+    def parse(self, event: Any) -> Iterable[dict]:
+        """Return the protocol events for one event.
+
+        EVENT has ``.event`` (the SSE event type, ``"message"`` by default)
+        and ``.data`` (a string).
+
+        Raises:
+            chatpipe.errors.StreamError: the provider reported an error in
+                the stream.
+            MalformedEvent: the event's data cannot be parsed.
+        """
+        raise NotImplementedError
+
+    def end(self) -> Iterable[dict]:
+        """Return the last events when the body ends before :attr:`done`.
+
+        Most APIs end with a terminator, so by default this raises.
+
+        Raises:
+            StreamError: the stream ended early.
+        """
+        raise StreamError(f"the stream ended early: the connection closed before "
+                          f"{self.terminator}", retryable=True)
+
+    def tool_call(self, key: Hashable, arguments: str, call_id: str | None = None,
+                  name: str | None = None) -> list[dict]:
+        """``[tool_call event]`` for a fragment of the arguments of the
+        provider's tool call KEY, numbered 0, 1, ... in order of appearance;
+        ``[]`` for an empty fragment that brings no id or name either.
+        CALL_ID and NAME come with a call's first fragment."""
+        index = self._tool_indexes.get(key)
+        if index is None:
+            index = self._tool_indexes[key] = len(self._tool_indexes)
+        if not (arguments or call_id or name):
+            return []
+        return [protocol.tool_call(index, arguments, call_id, name)]
+
+    @property
+    def has_tool_calls(self) -> bool:
+        """Whether any tool call was seen."""
+        return bool(self._tool_indexes)
+
+
+class Dialect:
+    """An API's request shape.  The default is OpenAI chat's: a
+    ``messages`` list of ``{"role", "content"}`` objects and a ``model``.
+
+    Attributes:
+        name: the dialect's name (a template's ``chatpipe.api``).
+        parser: the :class:`Parser` subclass for its streams.
+        history_key: the body key that holds the conversation.
+    """
+
+    name = "openai-chat"
+    parser: type[Parser] = Parser
+    history_key = "messages"
+
+    def add_messages(self, body: dict, messages: list[dict]) -> None:
+        """Append MESSAGES (``{"role", "content"}`` objects) to the
+        conversation of the request BODY, in the API's shape.  A system (or
+        developer) message among them replaces the template's."""
+        key = self.history_key
+        conversation = body.get(key)
+        if not isinstance(conversation, list):
+            conversation = body[key] = [] if conversation is None else [
+                {"role": "user", "content": conversation}]
+        if any(m.get("role") in SYSTEM_ROLES for m in messages):
+            conversation[:] = [m for m in conversation
+                               if not (isinstance(m, dict) and m.get("role") in SYSTEM_ROLES)]
+        conversation.extend(messages)
+
+    def assistant_message(self, text: str) -> dict:
+        """Return the item that records an answer TEXT in the conversation."""
+        return {"role": "assistant", "content": text}
+
+    def set_model(self, request: Any, model: str) -> None:
+        """Make REQUEST (a :class:`chatpipe.templates.Request`) ask for MODEL."""
+        request.body["model"] = model

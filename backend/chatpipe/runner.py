@@ -1,0 +1,134 @@
+"""One way to run a request, whatever its front end.
+
+``chatpipe send`` and ``chatpipe serve`` differ only in where a request
+comes from (the command line, or a JSON line on stdin) and in the
+:class:`~chatpipe.protocol.Output` its events go to (whether they carry
+the request ``id``).  Both call :func:`run`, which builds the request,
+streams it (:mod:`chatpipe.stream`), saves the answer when asked, and is
+the one place where an exception becomes an ``error`` event and an exit
+code (:func:`error_for`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import requests
+
+from chatpipe import protocol, stream, templates
+from chatpipe.errors import Aborted, Cancelled, ChatpipeError, StreamError
+from chatpipe.prepare import prepare
+from chatpipe.protocol import Output, Recorder
+
+
+@dataclass
+class Job:
+    """What to send, from any front end.
+
+    Attributes:
+        template: a template name or file path.
+        messages: ``{"role", "content"}`` messages appended to the template's.
+        variables: values of the template's ``${name}`` placeholders.
+        model: overrides the template's model.
+        url: overrides the template's endpoint.
+        env: environment for ``${env:NAME}`` (default ``os.environ``).
+        save: append the new messages and the answer to the template file.
+    """
+
+    template: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    variables: Mapping[str, str] = field(default_factory=dict)
+    model: str | None = None
+    url: str | None = None
+    env: Mapping[str, str] | None = None
+    save: bool = False
+
+
+def error_for(err: BaseException) -> tuple[dict, int]:
+    """Return the ``error`` event and the exit code for the exception ERR.
+
+    The one mapping from exceptions to errors: a :class:`StreamError`
+    keeps its HTTP status and retryability; :class:`Aborted` (a signal) and
+    :class:`Cancelled` are ``aborted``; any other :class:`ChatpipeError`
+    gives its message and exit code; anything else is a bug, reported in
+    one line as an internal error (exit 1).
+    """
+    if isinstance(err, StreamError):
+        return protocol.error(err.message, err.status, err.retryable), err.exit_code
+    if isinstance(err, (Aborted, Cancelled)):
+        return protocol.error(str(err), aborted=True), err.exit_code
+    if isinstance(err, ChatpipeError):
+        return protocol.error(str(err)), err.exit_code
+    return protocol.error(f"internal error: {type(err).__name__}: {err} "
+                          "(set CHATPIPE_DEBUG=1 for the traceback)"), 1
+
+
+def report(err: BaseException, output: Output) -> int:
+    """Emit the ``error`` event for ERR to OUTPUT; return the exit code.
+
+    With ``CHATPIPE_DEBUG`` set, a bug's traceback goes to stderr, redacted.
+    """
+    if not isinstance(err, ChatpipeError) and os.environ.get("CHATPIPE_DEBUG"):
+        sys.stderr.write(protocol.redact(traceback.format_exc(), output.secrets))
+    event, code = error_for(err)
+    output.emit(event)
+    return code
+
+
+def run(build: Callable[[], Job], output: Output, *,
+        sessions: Callable[[str], requests.Session] | None = None,
+        control: stream.Control | None = None) -> int:
+    """Build a job, send it and emit its events to OUTPUT; return the exit code.
+
+    Args:
+        build: returns the :class:`Job`; it may raise a
+            :class:`~chatpipe.errors.UsageError` for a bad request, which is
+            reported like any other error.
+        output: where the events go; the request's secrets (the values
+            filled from the environment) are added to its ``secrets``
+            before anything is sent.
+        sessions: gives the shared ``requests.Session`` for an endpoint URL
+            (``serve``); by default each request has a session of its own.
+        control: lets another thread cancel the stream.
+    Returns:
+        0 when the stream completed; else the exit code of
+        :func:`error_for`.  Every failure, from reading the request to the
+        end of the stream, ends the stream with one ``error`` event.
+        ``BrokenPipeError`` (the reader went away) propagates.
+    """
+    try:
+        job = build()
+        template, request, dialect = prepare(job.template, job.messages,
+                                             variables=job.variables, model=job.model,
+                                             url=job.url, env=job.env)
+    except BrokenPipeError:
+        raise
+    except Exception as err:
+        return report(err, output)
+    output.secrets.extend(request.secrets)
+    recorder = Recorder(output)
+    session = sessions(request.url) if sessions is not None else None
+    try:
+        stream.run(request, recorder if job.save else output, session=session,
+                   control=control)
+        code = 0
+    except BrokenPipeError:
+        raise
+    except Exception as err:
+        code = report(err, output)
+    finally:
+        output.flush()
+    if job.save and (recorder.parts or recorder.completed):
+        try:
+            templates.append_messages(template.path,
+                                      job.messages + [dialect.assistant_message(recorder.text())])
+        except (OSError, ChatpipeError) as err:
+            message = getattr(err, "strerror", None) or str(err)
+            sys.stderr.write(protocol.redact(f"chatpipe: error: cannot save the answer to "
+                                             f"{template.path}: {message}\n", output.secrets))
+            code = code or 1
+    return code
