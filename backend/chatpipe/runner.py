@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import requests
 
-from chatpipe import protocol, stream, templates
+from chatpipe import protocol, stream, templates, transport
 from chatpipe.errors import Aborted, Cancelled, ChatpipeError, StreamError
 from chatpipe.prepare import prepare
 from chatpipe.protocol import Output, Recorder
@@ -81,7 +81,7 @@ def report(err: BaseException, output: Output) -> int:
 
 def run(build: Callable[[], Job], output: Output, *,
         sessions: Callable[[str], requests.Session] | None = None,
-        control: stream.Control | None = None) -> int:
+        control: transport.Control | None = None) -> int:
     """Build a job, send it and emit its events to OUTPUT; return the exit code.
 
     Args:

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from chatpipe import protocol, runner, stream
+from chatpipe import protocol, runner, transport
 from chatpipe.errors import Aborted, UsageError
 from chatpipe.prepare import check_messages
 from chatpipe.protocol import EventLines, LineWriter
@@ -74,7 +74,7 @@ class _Stream:
     def __init__(self, writer: LineWriter, rid: Any) -> None:
         self.id = rid
         self.output = EventLines(writer, rid)
-        self.control = stream.Control()
+        self.control = transport.Control()
         self.thread: threading.Thread | None = None
 
     def cancel(self) -> None:

@@ -9,8 +9,6 @@ Front ends do not call this directly: :mod:`chatpipe.runner` does.
 from __future__ import annotations
 
 import random
-import socket
-import threading
 import time
 
 import requests
@@ -19,6 +17,7 @@ from chatpipe import PROTOCOL_VERSION, dialects, framing, protocol, transport
 from chatpipe.dialects.base import MalformedEvent, Parser
 from chatpipe.errors import Cancelled, StreamError
 from chatpipe.protocol import Sink
+from chatpipe.transport import Control
 from chatpipe.templates import Request
 
 #: First backoff delay in seconds (doubled at each retry, with jitter).
@@ -44,43 +43,6 @@ class _Gate:
         elif kind in protocol.CONTENT:
             self.content = True
         self.sink.emit(event)
-
-
-class Control:
-    """Lets another thread cancel a running :func:`run`.
-
-    :meth:`cancel` wakes a retry wait at once and shuts the socket of the
-    response being read, so the reading thread stops within milliseconds.
-    """
-
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-        self._lock = threading.Lock()
-        self._response: requests.Response | None = None
-
-    def attach(self, response: requests.Response | None) -> None:
-        """Record RESPONSE as the one being read (None when done with it).
-
-        Raises:
-            Cancelled: :meth:`cancel` was already called.
-        """
-        with self._lock:
-            self._response = response
-            if self.cancelled.is_set() and response is not None:
-                raise Cancelled()
-
-    def cancel(self) -> None:
-        """Cancel the stream: wake its waits and shut its socket."""
-        with self._lock:
-            self.cancelled.set()
-            response = self._response
-        if response is not None:
-            sock = transport._socket(response.raw)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def _start_event(request: Request, response: requests.Response) -> dict:

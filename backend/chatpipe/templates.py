@@ -56,7 +56,8 @@ BLOCK_KEYS = {
     "read_timeout": "seconds to wait for the next bytes of the stream",
     "deadline": "seconds a whole answer may take, retries included",
     "max_retries": "how many times to retry a failed request (0: never)",
-    "retry_budget": "seconds that waiting between retries may add up to",
+    "retry_budget": "seconds that failed attempts and the waits between retries may add up to",
+    "max_event_bytes": "largest server-sent event or NDJSON line accepted, in bytes",
 }
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -64,6 +65,7 @@ DEFAULT_READ_TIMEOUT = 120.0
 DEFAULT_DEADLINE = 1800.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_BUDGET = 60.0
+DEFAULT_MAX_EVENT_BYTES = 8 << 20
 
 #: Roles whose message text may hold ``${name}`` placeholders.
 _TEMPLATED_ROLES = frozenset({"system", "developer"})
@@ -155,7 +157,9 @@ class Request:
         connect_timeout, read_timeout: seconds.
         deadline: seconds the whole answer may take, retries included.
         max_retries: retries of a failed request, before any text arrived.
-        retry_budget: seconds that the waits between retries may add up to.
+        retry_budget: seconds that failed attempts and the waits between
+            retries may add up to.
+        max_event_bytes: the largest event (or NDJSON line) accepted, bytes.
         secrets: the values filled from the environment, to redact from any
             message shown to the user.
     """
@@ -169,6 +173,7 @@ class Request:
     deadline: float = DEFAULT_DEADLINE
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_budget: float = DEFAULT_RETRY_BUDGET
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     secrets: list[str] = field(default_factory=list)
 
 
@@ -309,6 +314,9 @@ def _check_block(block: dict[str, Any], text: str, where: str) -> None:
         if key == "retry_budget" and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise fail(f'"{RESERVED_KEY}.{key}" must be a number of seconds, 0 or more', key)
+        if key == "max_event_bytes" and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1024):
+            raise fail(f'"{RESERVED_KEY}.{key}" must be a whole number of bytes, 1024 or more', key)
         if key == "max_retries" and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise fail(f'"{RESERVED_KEY}.{key}" must be a whole number, 0 or more', key)
@@ -399,6 +407,7 @@ def fill(template: Template, vars: Mapping[str, str] | None = None,
         deadline=float(block.get("deadline", DEFAULT_DEADLINE)),
         max_retries=int(block.get("max_retries", DEFAULT_MAX_RETRIES)),
         retry_budget=float(block.get("retry_budget", DEFAULT_RETRY_BUDGET)),
+        max_event_bytes=int(block.get("max_event_bytes", DEFAULT_MAX_EVENT_BYTES)),
         secrets=secrets)
 
 

@@ -15,6 +15,8 @@ import datetime
 import email.utils
 import json
 import re
+import socket
+import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
@@ -24,7 +26,7 @@ import urllib3.exceptions
 
 from chatpipe import __version__
 from chatpipe.dialects.base import provider_error
-from chatpipe.errors import StreamError
+from chatpipe.errors import Cancelled, StreamError
 from chatpipe.templates import Request
 
 #: HTTP statuses worth a retry (rate limits, overload, gateway trouble).
@@ -43,6 +45,43 @@ ERROR_BODY_LIMIT = 1 << 20
 def _host(url: str) -> str:
     parts = urlsplit(url)
     return parts.netloc or url
+
+
+class Control:
+    """Lets another thread cancel a running :func:`run`.
+
+    :meth:`cancel` wakes a retry wait at once and shuts the socket of the
+    response being read, so the reading thread stops within milliseconds.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._response: requests.Response | None = None
+
+    def attach(self, response: requests.Response | None) -> None:
+        """Record RESPONSE as the one being read (None when done with it).
+
+        Raises:
+            Cancelled: :meth:`cancel` was already called.
+        """
+        with self._lock:
+            self._response = response
+            if self.cancelled.is_set() and response is not None:
+                raise Cancelled()
+
+    def cancel(self) -> None:
+        """Cancel the stream: wake its waits and shut its socket."""
+        with self._lock:
+            self.cancelled.set()
+            response = self._response
+        if response is not None:
+            sock = _socket(response.raw)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def post(session: requests.Session, request: Request) -> requests.Response:
