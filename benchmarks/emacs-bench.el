@@ -17,7 +17,7 @@
 ;;    the moment of the insertion), over `chatpipe-bench-repeats' answers
 ;;    of 5 deltas: median and minimum;
 ;; 2. for each N, the time from calling `chatpipe-send' to the complete
-;;    answer (the `done' status, the change group closed), and whether
+;;    answer (the `done' status, the undo step recorded), and whether
 ;;    the buffer then holds exactly N times "tok " as the answer and one
 ;;    undo removes the whole answer.
 ;;
@@ -42,7 +42,10 @@
                                          (error "Put elisp/ in `load-path'"))))
         (dir (make-temp-file "chatpipe-bench-elc" t))
         (byte-compile-verbose nil))
-    (dolist (file '("chatpipe-process.el" "chatpipe-chat.el" "chatpipe.el"))
+    (dolist (file '("chatpipe-backend.el" "chatpipe-process.el"
+                    "chatpipe-turns.el" "chatpipe-reasoning.el"
+                    "chatpipe-status.el" "chatpipe-chat.el"
+                    "chatpipe-templates.el" "chatpipe.el"))
       (copy-file (expand-file-name file source) (expand-file-name file dir))
       (let ((load-path (cons dir load-path))
             (inhibit-message t))

@@ -1,4 +1,4 @@
-;;; chatpipe-chat.el --- Chat buffers and turns for chatpipe -*- lexical-binding: t; -*-
+;;; chatpipe-chat.el --- Streaming answers into chat buffers for chatpipe -*- lexical-binding: t; -*-
 
 ;; Copyright (C) 2025 chatpipe developers
 
@@ -22,69 +22,39 @@
 
 ;;; Commentary:
 
-;; A chat is plain text in any buffer: turns separated by role headings,
-;; one line each, such as "### User" and "### Assistant" (or "* User" and
-;; "* Assistant" in Org buffers; see `chatpipe-headings' and
-;; `chatpipe-org-headings').  Text before the first heading is not part of
-;; the chat.  A "### System" turn, if any, is sent as a system message.
-;;
-;; Sending parses the turns into messages, inserts an assistant heading
-;; and sends a request to the backend (see chatpipe-process.el); each
+;; Streaming answers into chat buffers.  Sending parses the turns into
+;; messages (see chatpipe-turns.el), inserts an assistant heading and
+;; sends a request to the backend (see chatpipe-process.el); each
 ;; `delta' is inserted at a marker of insertion type t, inside
 ;; `save-excursion', and nothing inserted is parsed or rendered again.
-;; While the answer streams, the status in the header line is updated at
-;; most every `chatpipe--status-interval' seconds; the final status is
-;; exact.  All the changes of one answer are one change group, so the
-;; answer undoes in one step.
-;; When the answer ends, a user heading is added for the next question.
-;; An aborted answer keeps its text and ends with `chatpipe-aborted-text';
-;; a failed one with "[error: MESSAGE]".  These notes are not sent back to
-;; the model.
+;; Point and windows at the end of the answer follow it
+;; (`chatpipe--following').  While the answer streams, the status in the
+;; header line is updated at most every `chatpipe--status-interval'
+;; seconds; the final status is exact.  When the answer ends, a user
+;; heading is added for the next question.  An aborted answer keeps its
+;; text and ends with `chatpipe-aborted-text'; a failed one with
+;; "[error: MESSAGE]".  These notes are not sent back to the model.
 ;;
-;; The model's reasoning goes where `chatpipe-reasoning-display' says:
-;; by default into a folded block at the start of the answer, between
-;; the lines of `chatpipe-reasoning-delimiters' (Org buffers:
-;; `chatpipe-org-reasoning-delimiters'), at a marker of its own.  Such
-;; blocks are never sent back, and headings inside them start no turn.
-;; Each tool call is shown on a line of its own after the answer,
-;; "[tool call: NAME(ARGUMENTS)]", its arguments appended at a marker as
-;; they stream; like the notes, these lines are not sent back.
+;; All the changes of one answer are one change group, so the answer
+;; undoes in one step.
+;;
+;; The model's reasoning goes where `chatpipe-reasoning-display' says
+;; (see chatpipe-reasoning.el).  Each tool call is shown on a line of its
+;; own after the answer, "[tool call: NAME(ARGUMENTS)]", its arguments
+;; appended at a marker as they stream; like the notes, these lines are
+;; not sent back.
 
 ;;; Code:
 
 (require 'cl-lib)
 (require 'subr-x)
+(require 'chatpipe-backend)
 (require 'chatpipe-process)
+(require 'chatpipe-turns)
+(require 'chatpipe-reasoning)
+(require 'chatpipe-status)
 
 ;;;; Customization
-
-(defcustom chatpipe-default-template "local"
-  "The template of new chats: a template name or a .json file name.
-`chatpipe templates list' shows the known names."
-  :type 'string
-  :group 'chatpipe)
-
-(defcustom chatpipe-headings
-  '((system . "### System")
-    (user . "### User")
-    (assistant . "### Assistant"))
-  "The role headings of chats in buffers other than Org buffers.
-An alist of (ROLE . HEADING): a line that is exactly HEADING (but
-for trailing spaces) starts a turn of ROLE."
-  :type '(alist :key-type (choice (const system) (const user)
-                                  (const assistant))
-                :value-type string)
-  :group 'chatpipe)
-
-(defcustom chatpipe-org-headings
-  '((system . "* System")
-    (user . "* User")
-    (assistant . "* Assistant"))
-  "The role headings of chats in Org buffers; see `chatpipe-headings'."
-  :type '(alist :key-type (choice (const system) (const user)
-                                  (const assistant))
-                :value-type string)
-  :group 'chatpipe)
 
 (defcustom chatpipe-auto-scroll t
   "Whether point follows the answer while it streams.
@@ -93,84 +63,13 @@ move along with it; point elsewhere never moves."
   :type 'boolean
   :group 'chatpipe)
 
-(defcustom chatpipe-aborted-text "[aborted]"
-  "The line that ends an answer stopped by `chatpipe-abort'."
-  :type 'string
-  :group 'chatpipe)
-
-(defcustom chatpipe-reasoning-display 'fold
-  "Where the model's reasoning (its \"thinking\") is shown.
-`fold': in the chat buffer, in a block before the answer, between
-  the lines of `chatpipe-reasoning-delimiters' (in Org buffers,
-  `chatpipe-org-reasoning-delimiters').  The block is folded;
-  \\[chatpipe-toggle-reasoning], or TAB on its first line, unfolds it.
-`buffer': in a buffer of its own, \"*chatpipe-reasoning: CHAT*\",
-  which \\[chatpipe-show-reasoning] displays; it holds the reasoning
-  of the last answer.
-nil: nowhere; the reasoning is dropped.
-Reasoning is never sent back to the model."
-  :type '(choice (const :tag "Folded block before the answer" fold)
-                 (const :tag "Buffer of its own" buffer)
-                 (const :tag "Drop it" nil))
-  :safe (lambda (value) (memq value '(fold buffer nil)))
-  :group 'chatpipe)
-
-(defcustom chatpipe-reasoning-delimiters
-  '("<details><summary>Reasoning</summary>" . "</details>")
-  "The lines around reasoning blocks in buffers other than Org buffers.
-A cons (BEGIN . END) of strings: a block runs from a line that is
-exactly BEGIN to the next line that is exactly END (but for
-trailing spaces).  The default is an HTML details element, which
-Markdown viewers show folded.  Lines of the reasoning that look
-like BEGIN or END get a backslash in front."
-  :type '(cons (string :tag "First line") (string :tag "Last line"))
-  :group 'chatpipe)
-
-(defcustom chatpipe-org-reasoning-delimiters
-  '("#+begin_reasoning" . "#+end_reasoning")
-  "The lines around reasoning blocks in Org buffers.
-See `chatpipe-reasoning-delimiters'.  Lines of the reasoning that
-Org would take for headlines or block lines get a comma in front."
-  :type '(cons (string :tag "First line") (string :tag "Last line"))
-  :group 'chatpipe)
-
-(defface chatpipe-heading
-  '((t :inherit bold))
-  "Face of role headings in chat buffers that do not fontify them."
-  :group 'chatpipe)
-
-(defface chatpipe-reasoning
-  '((t :inherit shadow))
-  "Face of the reasoning in an unfolded reasoning block."
-  :group 'chatpipe)
-
-;;;; Variables
-
-(defvar-local chatpipe-template nil
-  "The template of this chat buffer, or nil for `chatpipe-default-template'.")
-(put 'chatpipe-template 'safe-local-variable #'stringp)
-(put 'chatpipe-template 'permanent-local t)
-
-(defvar-local chatpipe-model nil
-  "The model of this chat buffer, or nil for the template's.")
-(put 'chatpipe-model 'safe-local-variable #'stringp)
-(put 'chatpipe-model 'permanent-local t)
-
-(defvar-local chatpipe-template-vars nil
-  "Values of the template's `${NAME}' placeholders: an alist of strings.")
-(put 'chatpipe-template-vars 'safe-local-variable
-     (lambda (value)
-       (and (listp value)
-            (cl-every (lambda (x) (and (consp x) (stringp (car x))
-                                       (stringp (cdr x))))
-                      value))))
-
 (cl-defstruct (chatpipe--job (:constructor chatpipe--job-create)
                              (:copier nil))
   "One answer being streamed into a chat buffer.
 BUFFER is the chat buffer, STREAM the answer's `chatpipe-stream'.
 MARKER is the end of the answer's text (insertion type t), START
-its start, where a reasoning block goes (insertion type nil).
+its start, where a reasoning block goes (insertion type nil).  GROUP
+is the answer's change group.
 DISPLAY is the `chatpipe-reasoning-display' of the answer.
 REASONING is the marker where reasoning goes in a block, ESCAPE the
 start of the block's first line not yet checked for escapes.  TOOLS
@@ -187,177 +86,7 @@ last showed it, and STATUS-TIMER the timer that will show it next."
 (defvar-local chatpipe--job nil
   "The `chatpipe--job' streaming into this buffer, or nil.")
 
-(defvar-local chatpipe--reasoning-buffer nil
-  "The buffer that shows this chat's reasoning, or nil.")
-
-(defvar-local chatpipe--status nil
-  "The status shown in the header line, a string, or nil.")
-
-(defvar-local chatpipe--model-seen nil
-  "The model named by the backend's last `start' event, or nil.")
-
-;;;; Turns
-
-(defun chatpipe--role-headings ()
-  "Return the role headings of the current buffer, an alist.
-Each element is (ROLE . HEADING)."
-  (if (derived-mode-p 'org-mode) chatpipe-org-headings chatpipe-headings))
-
-(defun chatpipe--heading (role)
-  "Return the heading line for ROLE in the current buffer."
-  (alist-get role (chatpipe--role-headings)))
-
-(defun chatpipe--heading-regexp ()
-  "Return a regexp matching a whole heading line; group 1 is the heading."
-  (concat "^" (regexp-opt (mapcar #'cdr (chatpipe--role-headings)) t) "[ \t]*$"))
-
-(defun chatpipe--note-regexp ()
-  "Return a regexp matching the note lines that end some answers.
-They are the aborted and error notes and the tool call lines."
-  (concat "^\\(?:" (regexp-quote chatpipe-aborted-text)
-          "\\|\\[error: .*\\]\\|\\[tool call: .*\\]\\)[ \t]*\\'"))
-
-(defun chatpipe--reasoning-delimiters ()
-  "Return the reasoning block delimiters of the current buffer.
-The value is a cons (BEGIN . END) of strings."
-  (if (derived-mode-p 'org-mode)
-      chatpipe-org-reasoning-delimiters
-    chatpipe-reasoning-delimiters))
-
-(defun chatpipe--line-regexp (line)
-  "Return a regexp matching a whole line that is LINE but for trailing spaces."
-  (concat "^" (regexp-quote line) "[ \t]*$"))
-
-(defun chatpipe--reasoning-block-from (start body end)
-  "Return the reasoning block with the first line from START to BODY.
-Look for its last line between BODY and END.  Return the block as
-a list (START BODY BLOCK-END), BLOCK-END the end of its last line,
-and move point there; if there is no last line, return nil and
-move point to BODY."
-  (goto-char body)
-  (let ((case-fold-search nil))
-    (when (re-search-forward
-           (chatpipe--line-regexp (cdr (chatpipe--reasoning-delimiters)))
-           end t)
-      (list start body (match-end 0)))))
-
-(defun chatpipe--next-reasoning-block (end)
-  "Find the next reasoning block beginning between point and END.
-Return it as for `chatpipe--reasoning-block-from' and move point to
-its end, or return nil.  A first line without a last line before
-END starts no block."
-  (let ((regexp (chatpipe--line-regexp (car (chatpipe--reasoning-delimiters))))
-        (case-fold-search nil)
-        block)
-    (while (and (not block) (re-search-forward regexp end t))
-      (setq block (chatpipe--reasoning-block-from
-                   (match-beginning 0) (match-end 0) end)))
-    block))
-
-(defun chatpipe-reasoning-blocks (&optional beg end)
-  "Return the reasoning blocks between BEG and END (default: all).
-Each is a list (START BODY-START BLOCK-END) of buffer positions:
-the beginning and end of the block's first line and the end of its
-last line; see `chatpipe-reasoning-delimiters'."
-  (let ((end (or end (point-max)))
-        blocks block)
-    (save-excursion
-      (goto-char (or beg (point-min)))
-      (unless (bolp) (forward-line 1))
-      (while (and (< (point) end)
-                  (setq block (chatpipe--next-reasoning-block end)))
-        (push block blocks)))
-    (nreverse blocks)))
-
-(defun chatpipe-reasoning-block-at (pos)
-  "Return the reasoning block at POS, or nil.
-POS may be anywhere from the beginning of the block's first line to
-the end of its last line.  The value is as for
-`chatpipe-reasoning-blocks'."
-  (save-excursion
-    (goto-char pos)
-    (end-of-line)
-    (let ((case-fold-search nil))
-      (when (re-search-backward
-             (chatpipe--line-regexp (car (chatpipe--reasoning-delimiters)))
-             nil t)
-        (let ((block (chatpipe--reasoning-block-from
-                      (match-beginning 0) (match-end 0) (point-max))))
-          (and block (<= pos (nth 2 block)) block))))))
-
-(defun chatpipe-turns (&optional beg end)
-  "Return the list of turn positions between BEG and END (default: all).
-Each turn is a list (ROLE HEADING-START CONTENT-START CONTENT-END),
-ROLE a symbol and the rest buffer positions; a turn's content runs
-to the next heading or END.  Text before the first heading is not
-part of any turn, and a heading inside a reasoning block starts no
-turn."
-  (let ((beg (or beg (point-min)))
-        (end (or end (point-max)))
-        (headings (chatpipe--role-headings))
-        (regexp (concat (chatpipe--heading-regexp) "\\|"
-                        (chatpipe--line-regexp
-                         (car (chatpipe--reasoning-delimiters)))))
-        (case-fold-search nil)
-        turns)
-    (save-excursion
-      (goto-char beg)
-      (unless (bolp) (forward-line 1))
-      (while (and (< (point) end) (re-search-forward regexp end t))
-        (if (not (match-beginning 1))
-            ;; The first line of a reasoning block: skip the block.
-            (chatpipe--reasoning-block-from (match-beginning 0) (match-end 0)
-                                            end)
-          (let ((role (car (rassoc (match-string-no-properties 1) headings)))
-                (heading-start (match-beginning 0))
-                (content-start (min end (1+ (match-end 0)))))
-            (when turns
-              (setf (nth 3 (car turns)) heading-start))
-            (push (list role heading-start content-start end) turns)
-            (goto-char content-start)))))
-    (nreverse turns)))
-
-(defun chatpipe--turn-text (turn)
-  "Return the text of TURN as sent: trimmed.
-An assistant turn's text is without its reasoning blocks and
-without the notes and tool call lines at its end."
-  (let ((pos (nth 2 turn))
-        (end (nth 3 turn))
-        (pieces nil))
-    (when (eq (car turn) 'assistant)
-      (dolist (block (chatpipe-reasoning-blocks pos end))
-        (push (buffer-substring-no-properties pos (car block)) pieces)
-        (setq pos (nth 2 block))))
-    (push (buffer-substring-no-properties pos end) pieces)
-    (let ((text (string-trim (apply #'concat (nreverse pieces)))))
-      (when (eq (car turn) 'assistant)
-        (let ((note (chatpipe--note-regexp)))
-          (while (string-match note text)
-            (setq text (string-trim-right
-                        (substring text 0 (match-beginning 0)))))))
-      text)))
-
-(defun chatpipe-messages (&optional beg end)
-  "Return the messages of the chat between BEG and END (default: all).
-The value is a list of (ROLE . CONTENT) pairs of strings, in order;
-empty turns are left out."
-  (cl-loop for turn in (chatpipe-turns beg end)
-           for text = (chatpipe--turn-text turn)
-           unless (string-empty-p text)
-           collect (cons (symbol-name (car turn)) text)))
-
-(defun chatpipe--check-last-is-user (messages)
-  "Signal a `user-error' unless the last of MESSAGES is the user's."
-  (unless (equal (car (car (last messages))) "user")
-    (user-error "Nothing to send: write a question under \"%s\""
-                (chatpipe--heading 'user))))
-
 ;;;; Status
-
-(defun chatpipe--set-status (format-string &rest args)
-  "Set the header line status to FORMAT-STRING formatted with ARGS."
-  (setq chatpipe--status (apply #'format format-string args))
-  (force-mode-line-update))
 
 (defconst chatpipe--status-interval 0.1
   "Seconds between two updates of the status while an answer streams.
@@ -399,106 +128,70 @@ a timer when that time has passed."
         (setf (chatpipe--job-status-timer job)
               (run-at-time wait nil #'chatpipe--show-progress job))))))
 
-(defun chatpipe-header-line ()
-  "Return the text of the chat header line: template, model and status."
-  (let ((model (or chatpipe-model chatpipe--model-seen)))
-    (concat (propertize "chatpipe" 'face 'bold) " "
-            (or chatpipe-template chatpipe-default-template)
-            (if model (format " [%s]" model) "")
-            (if chatpipe--status (concat " | " chatpipe--status) ""))))
-
-(defun chatpipe--usage-text (usage)
-  "Return a short text for USAGE, a `usage' event plist, or nil.
-Cached input tokens and reasoning tokens are mentioned when there
-are any."
-  (when usage
-    (let ((in (plist-get usage :input_tokens))
-          (out (plist-get usage :output_tokens))
-          (cached (plist-get usage :cached_tokens))
-          (reasoning (plist-get usage :reasoning_tokens)))
-      (concat (format "%s in" (or in "?"))
-              (if (and (numberp cached) (> cached 0))
-                  (format " (%s cached)" cached)
-                "")
-              (format ", %s out" (or out "?"))
-              (if (and (numberp reasoning) (> reasoning 0))
-                  (format " (%s reasoning)" reasoning)
-                "")))))
-
-(defun chatpipe--retry-text (event)
-  "Return the status text for the `retry' EVENT.
-For example \"retrying in 2.5 s (attempt 1): HTTP 429: Too many\"."
-  (let* ((delay (plist-get event :delay))
-         (status (plist-get event :status))
-         (reason (plist-get event :reason))
-         (why (string-join (delq nil (list (and status
-                                                (format "HTTP %s" status))
-                                           (and (stringp reason)
-                                                (not (string-empty-p reason))
-                                                (replace-regexp-in-string
-                                                 "\n" " " reason))))
-                           ": ")))
-    (format "retrying in %.1f s (attempt %s)%s"
-            (if (numberp delay) delay 0)
-            (or (plist-get event :attempt) "?")
-            (if (string-empty-p why) "" (concat ": " why)))))
-
 ;;;; Streaming into the buffer
 
-(defun chatpipe--ensure-blank-line ()
-  "Insert newlines at point so that a blank line comes before it.
-Insert nothing at the beginning of the buffer."
-  (let ((n (cond ((bobp) 0)
-                 ((not (eq (char-before) ?\n)) 2)
-                 ((or (= (1- (point)) (point-min))
-                      (eq (char-before (1- (point))) ?\n))
-                  0)
-                 (t 1))))
-    (insert (make-string n ?\n))))
+(defun chatpipe--windows-at (pos)
+  "Return the windows on the current buffer whose point is at POS."
+  (let ((windows nil))
+    (dolist (window (get-buffer-window-list nil nil t))
+      (when (= (window-point window) pos)
+        (push window windows)))
+    windows))
+
+(defmacro chatpipe--following (at end &rest body)
+  "Run BODY in `save-excursion'; point and windows at AT follow to END.
+AT is evaluated before BODY and END after it: positions in the
+current buffer.  When `chatpipe-auto-scroll' is non-nil, point, if
+it was at AT, moves to END, and so does the point of each window
+on the buffer that was at AT; other windows and point stay.
+`inhibit-read-only' is t in BODY.  Return nil."
+  (declare (indent 2) (debug (form form body)))
+  (let ((pos (make-symbol "pos"))
+        (follow (make-symbol "follow"))
+        (windows (make-symbol "windows"))
+        (to (make-symbol "to")))
+    `(let* ((,pos ,at)
+            (,follow (and chatpipe-auto-scroll (= (point) ,pos)))
+            (,windows (and chatpipe-auto-scroll (chatpipe--windows-at ,pos)))
+            (inhibit-read-only t))
+       (save-excursion ,@body)
+       (when (or ,follow ,windows)
+         (let ((,to ,end))
+           (when ,follow (goto-char ,to))
+           (dolist (window ,windows)
+             (set-window-point window ,to))))
+       nil)))
 
 (defun chatpipe--job-end (job)
   "Return the marker at the end of what JOB has inserted so far.
 That is the end of its tool call lines if any, else of its answer."
   (or (chatpipe--job-tools-end job) (chatpipe--job-marker job)))
 
-(defun chatpipe--edit (job function)
-  "Call FUNCTION with no arguments to insert text for JOB in its buffer.
-FUNCTION is called in JOB's buffer, inside `save-excursion', with
-`inhibit-read-only' bound to t.  Point and windows that were at the
-end of JOB's text (see `chatpipe--job-end') follow it when
-`chatpipe-auto-scroll' is non-nil; other windows and point stay.
-Do nothing if the buffer is dead.  Return nil."
-  (let ((buffer (chatpipe--job-buffer job)))
-    (when (buffer-live-p buffer)
-      (with-current-buffer buffer
-        (let* ((pos (marker-position (chatpipe--job-end job)))
-               (follow (and chatpipe-auto-scroll (= (point) pos)))
-               (windows (and chatpipe-auto-scroll
-                             (cl-remove-if-not
-                              (lambda (w) (= (window-point w) pos))
-                              (get-buffer-window-list nil nil t))))
-               (inhibit-read-only t))
-          (save-excursion (funcall function))
-          (when follow (goto-char (chatpipe--job-end job)))
-          (dolist (window windows)
-            (set-window-point window (chatpipe--job-end job)))))))
-  nil)
+(defmacro chatpipe--edit (job &rest body)
+  "Run BODY to insert text for JOB in its buffer, if that is live.
+BODY runs in JOB's buffer as for `chatpipe--following', the end of
+JOB's text (see `chatpipe--job-end') followed."
+  (declare (indent 1) (debug (form body)))
+  (let ((j (make-symbol "job")))
+    `(let ((,j ,job))
+       (when (buffer-live-p (chatpipe--job-buffer ,j))
+         (with-current-buffer (chatpipe--job-buffer ,j)
+           (chatpipe--following (chatpipe--job-end ,j) (chatpipe--job-end ,j)
+             ,@body))))))
 
 (defun chatpipe--insert-answer (job text)
   "Insert TEXT, a piece of JOB's answer, at the end of the answer.
 If tool call lines came before any text, a blank line is put
 between the answer and them."
-  (chatpipe--edit
-   job
-   (lambda ()
-     (let ((marker (chatpipe--job-marker job)))
-       (goto-char marker)
-       (insert text)
-       (when (and (chatpipe--job-tools-end job)
-                  (not (chatpipe--job-tools-sep job)))
-         (insert "\n\n")
-         (set-marker marker (- (point) 2))
-         (setf (chatpipe--job-tools-sep job) t)))))
+  (chatpipe--edit job
+    (let ((marker (chatpipe--job-marker job)))
+      (goto-char marker)
+      (insert text)
+      (when (and (chatpipe--job-tools-end job)
+                 (not (chatpipe--job-tools-sep job)))
+        (insert "\n\n")
+        (set-marker marker (- (point) 2))
+        (setf (chatpipe--job-tools-sep job) t))))
   (cl-incf (chatpipe--job-chars job) (length text)))
 
 (defun chatpipe--insert-tool-call (job event)
@@ -513,9 +206,7 @@ arguments (JSON white space) are shown as spaces."
                    (replace-regexp-in-string "[\r\n]" " " arguments)
                  ""))
          (marker (cdr (assoc index (chatpipe--job-tools job)))))
-    (chatpipe--edit
-     job
-     (lambda ()
+    (chatpipe--edit job
        (if marker
            (progn (goto-char marker)
                   (insert text))
@@ -539,165 +230,33 @@ arguments (JSON white space) are shown as spaces."
                  (chatpipe--job-tools job))
            (unless tools-end
              (setf (chatpipe--job-tools-end job) (copy-marker (point) t))
-             (set-marker answer-end pos))))))))
-
-(defun chatpipe--ensure-invisibility-spec ()
-  "Make text whose `invisible' property is `chatpipe-reasoning' hidden."
-  (unless (and (listp buffer-invisibility-spec)
-               (assq 'chatpipe-reasoning buffer-invisibility-spec))
-    (add-to-invisibility-spec '(chatpipe-reasoning . t))))
-
-(defun chatpipe--reasoning-overlay (block)
-  "Return the overlay that folds the reasoning BLOCK, making it if needed.
-BLOCK is as for `chatpipe-reasoning-blocks'.  The overlay covers the
-block but for its first line, and is new if there was none; a new
-overlay does not hide the block."
-  (let ((beg (nth 1 block))
-        (end (nth 2 block))
-        (ov (cl-find-if (lambda (ov) (overlay-get ov 'chatpipe-reasoning))
-                        (overlays-in (nth 1 block) (nth 2 block)))))
-    (if ov
-        (unless (and (= (overlay-start ov) beg) (= (overlay-end ov) end))
-          (move-overlay ov beg end))
-      (setq ov (make-overlay beg end))
-      (overlay-put ov 'chatpipe-reasoning t)
-      (overlay-put ov 'evaporate t)
-      (overlay-put ov 'face 'chatpipe-reasoning)
-      (overlay-put ov 'isearch-open-invisible #'chatpipe--show-overlay))
-    (chatpipe--ensure-invisibility-spec)
-    ov))
-
-(defun chatpipe--show-overlay (overlay)
-  "Unfold the reasoning block folded by OVERLAY."
-  (overlay-put overlay 'invisible nil))
-
-(defun chatpipe-reasoning-hidden-p (block)
-  "Return non-nil if the reasoning BLOCK is folded.
-BLOCK is as for `chatpipe-reasoning-blocks'."
-  (cl-some (lambda (ov) (and (overlay-get ov 'chatpipe-reasoning)
-                             (overlay-get ov 'invisible)))
-           (overlays-in (nth 1 block) (nth 2 block))))
-
-(defun chatpipe-hide-reasoning (block hide)
-  "Fold the reasoning BLOCK if HIDE is non-nil, else unfold it.
-BLOCK is as for `chatpipe-reasoning-blocks'.  Only its first line
-shows when it is folded.  Return HIDE."
-  (overlay-put (chatpipe--reasoning-overlay block) 'invisible
-               (and hide 'chatpipe-reasoning))
-  hide)
-
-(defun chatpipe--open-reasoning-block (job)
-  "Insert an empty, folded reasoning block at the start of JOB's answer.
-Set JOB's reasoning marker inside it."
-  (let* ((delimiters (chatpipe--reasoning-delimiters))
-         (org (derived-mode-p 'org-mode))
-         (padding (if org "\n" "\n\n"))
-         body inside)
-    (goto-char (chatpipe--job-start job))
-    (insert (car delimiters))
-    (setq body (point))
-    (insert padding)
-    (setq inside (point))
-    (insert padding (cdr delimiters))
-    (chatpipe-hide-reasoning (list nil body (point)) t)
-    (insert "\n\n")
-    (setf (chatpipe--job-reasoning job) (copy-marker inside t))
-    (setf (chatpipe--job-escape job) (copy-marker inside))))
-
-(defun chatpipe--reasoning-escape ()
-  "Return how reasoning lines are escaped in the current buffer.
-The value is a cons (REGEXP . PREFIX): a line of reasoning at whose
-start REGEXP matches gets PREFIX in front.  In Org buffers, those
-are lines that Org would take for headlines or block lines, such as
-the block's own last line, and the prefix is a comma, as in Org's
-source blocks.  In other buffers, they are the lines that look like
-the block's first or last line, and the prefix is a backslash,
-which keeps Markdown from taking them for HTML."
-  (if (derived-mode-p 'org-mode)
-      '("\\*+\\(?:[ \t]\\|$\\)\\|[ \t]*#\\+" . ",")
-    (let ((delimiters (chatpipe--reasoning-delimiters)))
-      (cons (concat "\\(?:" (regexp-quote (car delimiters)) "\\|"
-                    (regexp-quote (cdr delimiters)) "\\)[ \t]*$")
-            "\\"))))
-
-(defun chatpipe--escape-reasoning (job from &optional final)
-  "Escape the lines of JOB's reasoning that its newest text completed.
-FROM is where the newest text starts.  A line is looked at once,
-when the newline that ends it arrives, or when FINAL is non-nil (at
-the end of the answer); JOB's escape marker is at the start of the
-first line not looked at yet.  See `chatpipe--reasoning-escape'."
-  (let ((end (chatpipe--job-reasoning job))
-        (check (chatpipe--job-escape job))
-        (escape (chatpipe--reasoning-escape))
-        (case-fold-search nil))
-    (cl-flet ((escape-line ()
-                (save-excursion
-                  (goto-char check)
-                  (when (looking-at (car escape))
-                    (insert (cdr escape))))))
-      (goto-char from)
-      (while (search-forward "\n" end t)
-        (escape-line)
-        (set-marker check (point)))
-      (when (and final (< check end))
-        (escape-line)
-        (set-marker check end)))))
-
-(define-derived-mode chatpipe-reasoning-mode special-mode "Chatpipe-Reasoning"
-  "Major mode of the buffers that show the reasoning of a chat's answer.
-The reasoning streams in here when `chatpipe-reasoning-display' is
-`buffer'; each new answer of the chat starts the buffer afresh."
-  (setq buffer-undo-list t)
-  (visual-line-mode 1))
-
-(defun chatpipe--reasoning-buffer-of (chat &optional create)
-  "Return the reasoning buffer of the chat buffer CHAT, or nil.
-With CREATE non-nil, make it if there is none."
-  (with-current-buffer chat
-    (if (buffer-live-p chatpipe--reasoning-buffer)
-        chatpipe--reasoning-buffer
-      (when create
-        (let ((buffer (get-buffer-create
-                       (format "*chatpipe-reasoning: %s*" (buffer-name)))))
-          (with-current-buffer buffer
-            (unless (derived-mode-p 'chatpipe-reasoning-mode)
-              (chatpipe-reasoning-mode)))
-          (setq chatpipe--reasoning-buffer buffer))))))
-
-(defun chatpipe--append-reasoning (job text)
-  "Append TEXT to the reasoning buffer of JOB's chat buffer.
-Point and windows at its end follow the text."
-  (let ((buffer (chatpipe--reasoning-buffer-of (chatpipe--job-buffer job) t)))
-    (with-current-buffer buffer
-      (let* ((end (point-max))
-             (follow (= (point) end))
-             (windows (cl-remove-if-not
-                       (lambda (w) (= (window-point w) end))
-                       (get-buffer-window-list nil nil t)))
-             (inhibit-read-only t))
-        (save-excursion
-          (goto-char end)
-          (insert text))
-        (when follow (goto-char (point-max)))
-        (dolist (window windows)
-          (set-window-point window (point-max)))))))
+             (set-marker answer-end pos)))))))
 
 (defun chatpipe--insert-reasoning (job text)
   "Show TEXT, a piece of JOB's reasoning, where JOB's display wants it.
 See `chatpipe-reasoning-display'."
   (pcase (chatpipe--job-display job)
     ('fold
-     (chatpipe--edit
-      job
-      (lambda ()
-        (unless (chatpipe--job-reasoning job)
-          (chatpipe--open-reasoning-block job))
-        (goto-char (chatpipe--job-reasoning job))
-        (let ((from (point)))
-          (insert text)
-          (chatpipe--escape-reasoning job from)))))
-    ('buffer (chatpipe--append-reasoning job text)))
+     (chatpipe--edit job
+       (unless (chatpipe--job-reasoning job)
+         (let ((markers (chatpipe--open-reasoning-block
+                         (chatpipe--job-start job))))
+           (setf (chatpipe--job-reasoning job) (car markers))
+           (setf (chatpipe--job-escape job) (cdr markers))))
+       (goto-char (chatpipe--job-reasoning job))
+       (let ((from (point)))
+         (insert text)
+         (chatpipe--escape-reasoning (chatpipe--job-reasoning job)
+                                     (chatpipe--job-escape job) from))))
+    ('buffer
+     (with-current-buffer (chatpipe--reasoning-buffer-of
+                           (chatpipe--job-buffer job) t)
+       (chatpipe--following (point-max) (point-max)
+         (goto-char (point-max))
+         (insert text)))))
   (cl-incf (chatpipe--job-reasoning-chars job) (length text)))
+
+;;;; The end of an answer
 
 (defun chatpipe--cancel-timer (job)
   "Cancel the retry timer of JOB, if any."
@@ -738,20 +297,14 @@ update the status."
   (let ((buffer (chatpipe--job-buffer job)))
     (when (buffer-live-p buffer)
       (with-current-buffer buffer
-        (let* ((marker (chatpipe--job-end job))
-               (follow (and chatpipe-auto-scroll (= (point) marker)))
-               (windows (and chatpipe-auto-scroll
-                             (cl-remove-if-not
-                              (lambda (w) (= (window-point w) marker))
-                              (get-buffer-window-list nil nil t))))
-               (seconds (- (float-time) (chatpipe--job-start-time job)))
-               (inhibit-read-only t)
-               end)
-          (when (chatpipe--job-escape job)
-            (save-excursion
-              (chatpipe--escape-reasoning job (chatpipe--job-reasoning job) t)))
-          (save-excursion
-            (goto-char marker)
+        (let ((seconds (- (float-time) (chatpipe--job-start-time job)))
+              end)
+          (chatpipe--following (chatpipe--job-end job) end
+            (when (chatpipe--job-escape job)
+              (let ((reasoning (chatpipe--job-reasoning job)))
+                (chatpipe--escape-reasoning
+                 reasoning (chatpipe--job-escape job) reasoning t)))
+            (goto-char (chatpipe--job-end job))
             (pcase kind
               ('aborted (chatpipe--ensure-blank-line)
                         (insert chatpipe-aborted-text))
@@ -767,9 +320,6 @@ update the status."
             (when (eobp)
               (insert (chatpipe--heading 'user) "\n\n"))
             (setq end (point)))
-          (when follow (goto-char end))
-          (dolist (window windows)
-            (set-window-point window end))
           (let ((group (chatpipe--job-group job)))
             (undo-amalgamate-change-group group)
             (accept-change-group group))
@@ -791,12 +341,6 @@ update the status."
                                             (chatpipe--job-chars job)))
             ('error (chatpipe--set-status "error: %s" message)
                     (message "chatpipe: %s" message))))))))
-
-(defun chatpipe--error-text (event)
-  "Return the message of the `error' EVENT, with the HTTP status if any."
-  (let ((status (plist-get event :status))
-        (message (or (plist-get event :message) "unknown error")))
-    (if status (format "HTTP %s: %s" status message) message)))
 
 (defun chatpipe--handle-event (job event)
   "Act on EVENT, a protocol event plist, for JOB.
@@ -860,7 +404,8 @@ Events of unknown types are ignored."
 MESSAGES is a list of (ROLE . CONTENT).  PREPARE is called with no
 arguments inside the answer's change group, after the backend is
 found; it edits the buffer as needed and returns the position where
-the answer goes.  Return the new `chatpipe--job'."
+the answer goes.  If the request cannot be sent, its edits are undone.
+Return the new `chatpipe--job'."
   (chatpipe--check-idle)
   (chatpipe--check-last-is-user messages)
   (condition-case err
@@ -875,10 +420,9 @@ the answer goes.  Return the new `chatpipe--job'."
     (unwind-protect
         (progn
           (activate-change-group group)
-          (let* ((pos (funcall prepare))
-                 (marker (copy-marker pos t)))
+          (let ((pos (funcall prepare)))
             (setq job (chatpipe--job-create
-                       :buffer (current-buffer) :marker marker
+                       :buffer (current-buffer) :marker (copy-marker pos t)
                        :start (copy-marker pos) :group group
                        :start-time (float-time)
                        :display chatpipe-reasoning-display))
@@ -899,80 +443,6 @@ the answer goes.  Return the new `chatpipe--job'."
       (unless started
         (cancel-change-group group)))))
 
-(defun chatpipe-send-turns (&optional beg end)
-  "Send the chat between BEG and END and stream the answer after it.
-BEG and END default to the whole buffer.  If the text has no role
-heading, it is the user's question and a user heading is inserted
-before it.  The answer goes after END, under an assistant heading.
-Return the new job."
-  (let* ((beg (copy-marker (or beg (point-min))))
-         (end (copy-marker (or end (point-max))))
-         (messages (chatpipe-messages beg end))
-         (headless (null (chatpipe-turns beg end))))
-    (when headless
-      (let ((text (string-trim (buffer-substring-no-properties beg end))))
-        (setq messages (unless (string-empty-p text)
-                         (list (cons "user" text))))))
-    (unwind-protect
-        (chatpipe--start messages (chatpipe--send-preparer beg end headless))
-      (set-marker beg nil)
-      (set-marker end nil))))
-
-(defun chatpipe--send-preparer (beg end headless)
-  "Return a function to make room for an answer after END.
-BEG and END are markers around the chat sent.  If HEADLESS, the
-text has no heading: insert a user heading at BEG.  The function
-returns the position of the answer; see `chatpipe--start'."
-  (lambda ()
-    (let* ((text-end (save-excursion
-                       (goto-char end)
-                       (skip-chars-backward " \t\n" beg)
-                       (point)))
-           (follow (<= text-end (point) end))
-           (orig (point-marker)))
-      (when headless
-        (save-excursion
-          (goto-char beg)
-          (skip-chars-forward " \t\n" end)
-          (insert (chatpipe--heading 'user) "\n\n")))
-      (goto-char end)
-      (skip-chars-backward " \t\n" beg)
-      (delete-region (point) end)
-      (chatpipe--ensure-blank-line)
-      (insert (chatpipe--heading 'assistant) "\n\n")
-      (prog1 (point)
-        (unless follow (goto-char orig))
-        (set-marker orig nil)))))
-
-(defun chatpipe-retry-last ()
-  "Send the chat again without its last answer, and stream a new one.
-The text of the last assistant turn is replaced by the new answer.
-Return the new job."
-  (let* ((turns (chatpipe-turns))
-         (turn (car (last (cl-remove-if-not
-                           (lambda (turn) (eq (car turn) 'assistant))
-                           turns)))))
-    (unless turn
-      (user-error "No answer to retry: there is no \"%s\" heading"
-                  (chatpipe--heading 'assistant)))
-    (chatpipe--start
-     (chatpipe-messages (point-min) (nth 1 turn))
-     (lambda ()
-       (let ((start (nth 2 turn))
-             (end (nth 3 turn))
-             (follow (<= (nth 1 turn) (point) (nth 3 turn)))
-             (orig (point-marker)))
-         (delete-region start end)
-         (goto-char start)
-         (unless (bolp) (insert "\n"))
-         (insert "\n")
-         (prog1 (point)
-           (unless (eobp)
-             (insert "\n\n")
-             (forward-char -2))
-           (unless follow (goto-char orig))
-           (set-marker orig nil)))))))
-
 (defun chatpipe-abort-job (&optional buffer)
   "Stop the answer streaming into BUFFER (default: current), if any.
 The text streamed so far stays, followed by `chatpipe-aborted-text'.
@@ -983,14 +453,6 @@ Return non-nil if there was an answer to stop."
         (chatpipe-process-abort (chatpipe--job-stream job))
         (chatpipe--finish job 'aborted)
         t))))
-
-(defun chatpipe--clear-reasoning-buffer ()
-  "Empty the reasoning buffer of the current chat buffer, if it has one."
-  (let ((buffer (chatpipe--reasoning-buffer-of (current-buffer))))
-    (when buffer
-      (with-current-buffer buffer
-        (let ((inhibit-read-only t))
-          (erase-buffer))))))
 
 (defun chatpipe--kill-buffer ()
   "Stop the answer streaming into the current buffer, without waiting.

@@ -58,14 +58,27 @@
 ;; `auth-source' (host: the template's URL host, user "apikey"), and are
 ;; passed to the backend with each request or in its environment, never
 ;; on a command line.
+;;
+;; The files: chatpipe-backend.el (the backend command, its templates,
+;; API keys), chatpipe-process.el (backend processes and their events),
+;; chatpipe-turns.el (headings, turns, messages), chatpipe-reasoning.el
+;; (reasoning blocks and buffers), chatpipe-status.el (chat settings,
+;; header line), chatpipe-chat.el (streaming answers into buffers),
+;; chatpipe-templates.el (choosing and editing templates) and this one
+;; (the modes, commands and menu).
 
 ;;; Code:
 
 (require 'cl-lib)
 (require 'subr-x)
 (require 'transient)
+(require 'chatpipe-backend)
 (require 'chatpipe-process)
+(require 'chatpipe-turns)
+(require 'chatpipe-reasoning)
+(require 'chatpipe-status)
 (require 'chatpipe-chat)
+(require 'chatpipe-templates)
 
 ;;;; Customization
 
@@ -80,15 +93,7 @@ When nil, use `markdown-mode' if it is installed, else `text-mode'."
   :type 'string
   :group 'chatpipe)
 
-(defface chatpipe-template-error
-  '((t :underline (:style wave :color "Red1")))
-  "Face of the problems found in a template file."
-  :group 'chatpipe)
-
 ;;;; Variables
-
-(defvar chatpipe-template-history nil
-  "Minibuffer history of template names.")
 
 (defvar chatpipe-instruction-history nil
   "Minibuffer history of instructions for `chatpipe-send-region'.")
@@ -98,10 +103,6 @@ When nil, use `markdown-mode' if it is installed, else `text-mode'."
 
 (defvar-local chatpipe--font-lock-keywords nil
   "The font-lock keywords added by `chatpipe-mode'.")
-
-(defvar-local chatpipe-template-errors nil
-  "The problems found when the template file was last saved.
-A list of (LINE COLUMN MESSAGE).")
 
 (defconst chatpipe--header-line-format '(:eval (chatpipe-header-line))
   "The header line of chat buffers.")
@@ -167,50 +168,7 @@ Turning the mode on folds the reasoning blocks of the buffer (see
       (remove-overlays (point-min) (point-max) 'chatpipe-reasoning t))
     (remove-from-invisibility-spec '(chatpipe-reasoning . t))))
 
-;;;; Templates
-
-(defun chatpipe-templates ()
-  "Return the known templates, from `chatpipe templates list --json'.
-Each is a plist with :name, :source (\"user\" or \"bundled\"),
-:path, and :api, :url, :model and :description, or :error for a
-broken file."
-  (pcase (chatpipe-call "templates" "list" "--json")
-    (`(0 . ,out) (json-parse-string out :object-type 'plist
-                                    :array-type 'list
-                                    :null-object nil :false-object nil))
-    (`(,code . ,out)
-     (signal 'chatpipe-backend-failed
-             (list (format "chatpipe templates list exited with %s: %s"
-                           code (string-trim out)))))))
-
-(defun chatpipe-read-template (prompt &optional default)
-  "Read a template name in the minibuffer with PROMPT, and return it.
-Complete over the known templates; DEFAULT is the default.  A .json
-file name is accepted too."
-  (let* ((entries (chatpipe-templates))
-         (width (cl-loop for e in entries
-                         maximize (length (plist-get e :name))))
-         (completion-extra-properties
-          (list :annotation-function
-                (lambda (name)
-                  (let ((entry (cl-find name entries
-                                        :key (lambda (e) (plist-get e :name))
-                                        :test #'equal)))
-                    (when entry
-                      (format "%s  %-8s %s"
-                              (make-string (max 0 (- width (length name))) ?\s)
-                              (plist-get entry :source)
-                              (if (plist-get entry :error)
-                                  (concat "error: " (plist-get entry :error))
-                                (or (plist-get entry :description)
-                                    (plist-get entry :url) "")))))))))
-    (completing-read (format-prompt prompt default)
-                     (mapcar (lambda (e) (plist-get e :name)) entries)
-                     nil 'confirm nil 'chatpipe-template-history default)))
-
-(defun chatpipe--current-template ()
-  "Return the template of the current buffer."
-  (or chatpipe-template chatpipe-default-template))
+;;;; Chat settings
 
 ;;;###autoload
 (defun chatpipe-select-template (template)
@@ -242,104 +200,81 @@ An empty MODEL goes back to the template's.  Return MODEL or nil."
   (force-mode-line-update)
   chatpipe-model)
 
-(defun chatpipe--template-entry (template)
-  "Return the `chatpipe-templates' entry named TEMPLATE, or nil."
-  (cl-find template (chatpipe-templates)
-           :key (lambda (e) (plist-get e :name)) :test #'equal))
+;;;; Sending
 
-;;;###autoload
-(defun chatpipe-edit-template (template)
-  "Visit the file of TEMPLATE, a template name or file, to edit it.
-A bundled template is first copied to the user's template folder
-\(`chatpipe templates dir'), which then takes precedence.  Saving
-the file checks it with `chatpipe templates check' and shows the
-problems at their line.  Return the file's buffer."
-  (interactive (list (chatpipe-read-template
-                      "Edit template" (and chatpipe-mode
-                                           (chatpipe--current-template)))))
-  (let* ((entry (and (not (string-suffix-p ".json" template))
-                     (chatpipe--template-entry template)))
-         (file (cond ((null entry) (expand-file-name template))
-                     ((equal (plist-get entry :source) "bundled")
-                      (chatpipe--copy-bundled-template entry))
-                     (t (plist-get entry :path)))))
-    (unless (or entry (file-exists-p file))
-      (user-error "No template named %s" template))
-    (let ((buffer (find-file file)))
-      (with-current-buffer buffer
-        (chatpipe-template-mode 1)
-        (when (plist-get entry :error)
-          (chatpipe-template-check)))
-      buffer)))
+(defun chatpipe-send-turns (&optional beg end)
+  "Send the chat between BEG and END and stream the answer after it.
+BEG and END default to the whole buffer.  If the text has no role
+heading, it is the user's question and a user heading is inserted
+before it.  The answer goes after END, under an assistant heading.
+Return the new job."
+  (let* ((beg (copy-marker (or beg (point-min))))
+         (end (copy-marker (or end (point-max))))
+         (messages (chatpipe-messages beg end))
+         (headless (null (chatpipe-turns beg end))))
+    (when headless
+      (let ((text (string-trim (buffer-substring-no-properties beg end))))
+        (setq messages (unless (string-empty-p text)
+                         (list (cons "user" text))))))
+    (unwind-protect
+        (chatpipe--start messages (chatpipe--send-preparer beg end headless))
+      (set-marker beg nil)
+      (set-marker end nil))))
 
-(defun chatpipe--copy-bundled-template (entry)
-  "Copy the bundled template ENTRY to the user's folder; return the copy."
-  (let* ((dir (pcase (chatpipe-call "templates" "dir")
-                (`(0 . ,out) (string-trim out))
-                (_ (error "Cannot find the user's template folder"))))
-         (file (expand-file-name (concat (plist-get entry :name) ".json")
-                                 dir)))
-    (unless (file-exists-p file)
-      (make-directory dir t)
-      (copy-file (plist-get entry :path) file)
-      (set-file-modes file #o644)
-      (message "chatpipe: copied the bundled template to %s" file))
-    file))
+(defun chatpipe--send-preparer (beg end headless)
+  "Return a function to make room for an answer after END.
+BEG and END are markers around the chat sent.  If HEADLESS, the
+text has no heading: insert a user heading at BEG.  The function
+returns the position of the answer; see `chatpipe--start'."
+  (lambda ()
+    (let* ((text-end (save-excursion
+                       (goto-char end)
+                       (skip-chars-backward " \t\n" beg)
+                       (point)))
+           (follow (<= text-end (point) end))
+           (orig (point-marker)))
+      (when headless
+        (save-excursion
+          (goto-char beg)
+          (skip-chars-forward " \t\n" end)
+          (insert (chatpipe--heading 'user) "\n\n")))
+      (goto-char end)
+      (skip-chars-backward " \t\n" beg)
+      (delete-region (point) end)
+      (chatpipe--ensure-blank-line)
+      (insert (chatpipe--heading 'assistant) "\n\n")
+      (prog1 (point)
+        (unless follow (goto-char orig))
+        (set-marker orig nil)))))
 
-(defun chatpipe-template-check ()
-  "Check the template file of this buffer with `chatpipe templates check'.
-Underline each problem at its line and column, show the first in
-the echo area, and return them as a list of (LINE COLUMN MESSAGE)."
-  (interactive)
-  (let* ((file (or buffer-file-name (user-error "Buffer has no file")))
-         (result (chatpipe-call "templates" "check" file))
-         (errors nil))
-    (dolist (line (split-string (cdr result) "\n" t))
-      (when (string-match "\\`.*?:\\([0-9]+\\):\\([0-9]+\\): \\(.*\\)\\'"
-                          line)
-        (push (list (string-to-number (match-string 1 line))
-                    (string-to-number (match-string 2 line))
-                    (match-string 3 line))
-              errors)))
-    (setq errors (nreverse errors))
-    (when (and (/= (car result) 0) (null errors))
-      (setq errors (list (list 1 1 (string-trim (cdr result))))))
-    (remove-overlays nil nil 'chatpipe-template-error t)
-    (dolist (err errors)
-      (save-excursion
-        (save-restriction
-          (widen)
-          (goto-char (point-min))
-          (forward-line (1- (nth 0 err)))
-          (let* ((bol (point))
-                 (start (min (+ bol (max 0 (1- (nth 1 err))))
-                             (line-end-position)))
-                 (end (line-end-position))
-                 (ov (make-overlay (if (< start end) start bol)
-                                   (max end (min (1+ bol) (point-max))))))
-            (overlay-put ov 'chatpipe-template-error t)
-            (overlay-put ov 'face 'chatpipe-template-error)
-            (overlay-put ov 'help-echo (nth 2 err))))))
-    (setq chatpipe-template-errors errors)
-    (if errors
-        (message "%s:%d:%d: %s" (file-name-nondirectory file)
-                 (nth 0 (car errors)) (nth 1 (car errors))
-                 (nth 2 (car errors)))
-      (message "chatpipe: template %s is valid"
-               (file-name-nondirectory file)))
-    errors))
-
-;;;###autoload
-(define-minor-mode chatpipe-template-mode
-  "Minor mode for editing chatpipe template files.
-Saving the file checks it with `chatpipe templates check' and
-underlines the problems found; see `chatpipe-template-check'."
-  :lighter " Template"
-  :group 'chatpipe
-  (if chatpipe-template-mode
-      (add-hook 'after-save-hook #'chatpipe-template-check nil t)
-    (remove-hook 'after-save-hook #'chatpipe-template-check t)
-    (remove-overlays nil nil 'chatpipe-template-error t)))
+(defun chatpipe-retry-last ()
+  "Send the chat again without its last answer, and stream a new one.
+The text of the last assistant turn is replaced by the new answer.
+Return the new job."
+  (let* ((turns (chatpipe-turns))
+         (turn (car (last (cl-remove-if-not
+                           (lambda (turn) (eq (car turn) 'assistant))
+                           turns)))))
+    (unless turn
+      (user-error "No answer to retry: there is no \"%s\" heading"
+                  (chatpipe--heading 'assistant)))
+    (chatpipe--start
+     (chatpipe-messages (point-min) (nth 1 turn))
+     (lambda ()
+       (let ((start (nth 2 turn))
+             (end (nth 3 turn))
+             (follow (<= (nth 1 turn) (point) (nth 3 turn)))
+             (orig (point-marker)))
+         (delete-region start end)
+         (goto-char start)
+         (unless (bolp) (insert "\n"))
+         (insert "\n")
+         (prog1 (point)
+           (unless (eobp)
+             (insert "\n\n")
+             (forward-char -2))
+           (unless follow (goto-char orig))
+           (set-marker orig nil)))))))
 
 ;;;; Commands
 
@@ -517,3 +452,4 @@ template.  Return the chat buffer."
 
 (provide 'chatpipe)
 ;;; chatpipe.el ends here
+

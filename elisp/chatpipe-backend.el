@@ -1,0 +1,424 @@
+;;; chatpipe-backend.el --- The chatpipe command, its templates and API keys -*- lexical-binding: t; -*-
+
+;; Copyright (C) 2025 chatpipe developers
+
+;; Author: chatpipe developers
+;; Keywords: comm, tools
+
+;; This file is not part of GNU Emacs.
+
+;; This program is free software: you can redistribute it and/or modify
+;; it under the terms of the GNU General Public License as published by
+;; the Free Software Foundation, either version 3 of the License, or
+;; (at your option) any later version.
+
+;; This program is distributed in the hope that it will be useful,
+;; but WITHOUT ANY WARRANTY; without even the implied warranty of
+;; MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+;; GNU General Public License for more details.
+
+;; You should have received a copy of the GNU General Public License
+;; along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+;;; Commentary:
+
+;; Finding the `chatpipe' backend command and running it synchronously
+;; (`chatpipe-call'), what the backend says of its templates, and the
+;; API keys the templates need.
+;;
+;; The backend owns the templates: where they are, how a name resolves,
+;; and what is in them.  Emacs asks it once, with `chatpipe templates
+;; list --json' (and `chatpipe templates info FILE --json' for a
+;; template given as a file name), and keeps the answers until a
+;; template is saved from `chatpipe-template-mode', until one of the
+;; files or the user's template folder changes on disk (their
+;; modification times, sizes and inodes are compared at each use), or
+;; until the backend command or the variables XDG_CONFIG_HOME and HOME
+;; change.
+;;
+;; API keys: each environment variable a template needs (its
+;; `${env:NAME}' placeholders, which the backend lists) is taken from
+;; `process-environment' or, when not set there, from `auth-source'
+;; under the host of the template's endpoint, which the backend names
+;; too.
+
+;;; Code:
+
+(require 'cl-lib)
+(require 'subr-x)
+
+(declare-function auth-source-search "auth-source")
+
+;;;; Customization
+
+(defgroup chatpipe nil
+  "Streaming LLM chats in any text buffer, through the `chatpipe' backend."
+  :group 'applications
+  :prefix "chatpipe-")
+
+(defcustom chatpipe-command nil
+  "The `chatpipe' backend command, or nil to find it.
+A string is the program: a file name, or a name to look up in the
+variable `exec-path'.  A list of strings is a program and its first
+arguments, for example (\"python3\" \"-m\" \"chatpipe\").  When nil,
+use the `chatpipe' of `chatpipe-python-venv' if that is set, else
+the `chatpipe' found in the variable `exec-path'."
+  :type '(choice (const :tag "Find it" nil)
+                 (string :tag "Program")
+                 (repeat :tag "Program and arguments" string))
+  :group 'chatpipe)
+
+(defcustom chatpipe-python-venv nil
+  "A Python virtual environment where chatpipe is installed, or nil.
+Used when `chatpipe-command' is nil: the backend is then
+VENV/bin/chatpipe."
+  :type '(choice (const :tag "None" nil) directory)
+  :group 'chatpipe)
+
+(defcustom chatpipe-default-template "local"
+  "The template of new chats: a template name or a .json file name.
+`chatpipe templates list' shows the known names."
+  :type 'string
+  :group 'chatpipe)
+
+(defcustom chatpipe-backend-mode 'serve
+  "How answers are streamed from the backend.
+`serve': all answers go through one shared, long-lived `chatpipe
+  serve' process, started on first use, which keeps HTTP connections
+  warm: the first text comes within milliseconds.
+`send': each answer starts a `chatpipe send' process of its own,
+  which costs the start of a Python process (a few hundred ms).
+The shared process keeps the environment it was started with, but
+for the API keys a template needs, which come with each request;
+\\[chatpipe-serve-stop] stops it, and the next answer starts it anew."
+  :type '(choice (const :tag "One shared chatpipe serve process" serve)
+                 (const :tag "A chatpipe send process per answer" send))
+  :group 'chatpipe)
+
+(defcustom chatpipe-auth-source-user "apikey"
+  "The user name under which API keys are looked up in `auth-source'.
+An entry for the template's host with this user is preferred; if
+there is none, an entry for the host with any user is taken.  For
+example, in ~/.authinfo.gpg:
+
+  machine api.openai.com login apikey password sk-..."
+  :type 'string
+  :group 'chatpipe)
+
+(defcustom chatpipe-log-buffer-name "*chatpipe-log*"
+  "Name of the diagnostics buffer.
+Lines from the backend that are not valid JSON, and errors in event
+handlers, are logged there."
+  :type 'string
+  :group 'chatpipe)
+
+;;;; Errors
+
+(define-error 'chatpipe-error "Chatpipe error")
+(define-error 'chatpipe-backend-missing
+  "Cannot find the chatpipe backend" 'chatpipe-error)
+(define-error 'chatpipe-backend-failed
+  "The chatpipe backend failed" 'chatpipe-error)
+
+;;;; The command
+
+(defun chatpipe--log (format-string &rest args)
+  "Append a line to the diagnostics buffer.
+FORMAT-STRING and ARGS are as for `format'.  Return nil."
+  (with-current-buffer (get-buffer-create chatpipe-log-buffer-name)
+    (let ((inhibit-read-only t))
+      (save-excursion
+        (goto-char (point-max))
+        (insert (format-time-string "%F %T ")
+                (apply #'format format-string args)
+                "\n"))))
+  nil)
+
+(defun chatpipe--command ()
+  "Return the backend command as a list: the program, then arguments.
+The program is an absolute file name.  Signal
+`chatpipe-backend-missing' if it cannot be found, and
+`chatpipe-error' if this Emacs cannot parse JSON."
+  (unless (json-available-p)
+    (signal 'chatpipe-error
+            (list "This Emacs was built without JSON support (libjansson)")))
+  (let* ((spec (cond (chatpipe-command chatpipe-command)
+                     (chatpipe-python-venv
+                      (expand-file-name "bin/chatpipe" chatpipe-python-venv))
+                     (t "chatpipe")))
+         (argv (if (stringp spec) (list spec) spec))
+         (program (car argv))
+         (found (and (stringp program)
+                     (if (file-name-absolute-p program)
+                         (and (file-executable-p program)
+                              (not (file-directory-p program))
+                              program)
+                       (executable-find program)))))
+    (unless found
+      (signal 'chatpipe-backend-missing
+              (list (format "`%s' not found: install chatpipe (pip install \
+chatpipe) or set `chatpipe-command' or `chatpipe-python-venv'"
+                            (or program "chatpipe")))))
+    (cons found (cdr argv))))
+
+(defun chatpipe--local-directory ()
+  "Return a local, existing directory to run the backend in."
+  (if (and (not (file-remote-p default-directory))
+           (file-directory-p default-directory))
+      default-directory
+    (expand-file-name "~/")))
+
+(defun chatpipe-call (&rest args)
+  "Run the backend synchronously with the arguments ARGS.
+Return a cons (EXIT-CODE . STDOUT), STDOUT decoded as UTF-8.  Signal
+`chatpipe-backend-missing' if there is no backend, and
+`chatpipe-backend-failed' with the backend's stderr if it exits
+with a code other than 0 or 1."
+  (let* ((command (chatpipe--command))
+         (default-directory (chatpipe--local-directory))
+         (stderr (make-temp-file "chatpipe-stderr"))
+         (coding-system-for-read 'utf-8-unix)
+         (coding-system-for-write 'utf-8-unix))
+    (unwind-protect
+        (with-temp-buffer
+          (let ((code (apply #'call-process (car command) nil
+                             (list t stderr) nil
+                             (append (cdr command) args))))
+            (unless (memq code '(0 1))
+              (signal 'chatpipe-backend-failed
+                      (list (format "chatpipe %s exited with %s: %s"
+                                    (string-join args " ") code
+                                    (with-temp-buffer
+                                      (insert-file-contents stderr)
+                                      (string-trim (buffer-string)))))))
+            (cons code (buffer-string))))
+      (delete-file stderr))))
+
+(defun chatpipe--json-read (string)
+  "Return the JSON value in STRING: objects as plists, arrays as lists.
+JSON null and false are nil."
+  (json-parse-string string :object-type 'plist :array-type 'list
+                     :null-object nil :false-object nil))
+
+(defun chatpipe--string-table (alist)
+  "Return ALIST, (NAME . VALUE) pairs of strings, as a hash table for JSON."
+  (let ((table (make-hash-table :test 'equal)))
+    (pcase-dolist (`(,name . ,value) alist)
+      (puthash name value table))
+    table))
+
+(defun chatpipe--messages-vector (messages)
+  "Return MESSAGES, (ROLE . CONTENT) pairs, as a vector for JSON."
+  (vconcat (mapcar (lambda (m) `((role . ,(car m)) (content . ,(cdr m))))
+                   messages)))
+
+;;;; What the backend says of its templates
+
+(cl-defstruct (chatpipe--catalog (:constructor chatpipe--catalog-create)
+                                 (:copier nil))
+  "What the backend said of its templates, and when.
+KEY is what the answers depend on (see `chatpipe--catalog-key-now').
+ENTRIES is the list of `chatpipe templates list --json', TABLE the
+same by name; FILES maps a (DIRECTORY . TEMPLATE) pair, a template
+given as a file name, to its entry.  DIR is the user's template
+folder.  STAMPS is an alist (FILE . STAMP) of the files the answers
+came from and of DIR, with their `chatpipe--file-stamp' then."
+  key entries table files dir stamps)
+
+(defvar chatpipe--catalog nil
+  "The `chatpipe--catalog' last asked of the backend, or nil.")
+
+(defun chatpipe--catalog-key-now ()
+  "Return what the backend's templates depend on, to compare with `equal'.
+That is the backend command and the values of the variables that
+decide the user's template folder."
+  (list (chatpipe--command) (getenv "XDG_CONFIG_HOME") (getenv "HOME")))
+
+(defun chatpipe--file-stamp (file)
+  "Return the modification time, size and inode number of FILE.
+Return nil if FILE does not exist.  A change of any of them
+means that FILE changed."
+  (let ((attributes (file-attributes file 'integer)))
+    (and attributes
+         (list (file-attribute-modification-time attributes)
+               (file-attribute-size attributes)
+               (file-attribute-inode-number attributes)))))
+
+(defun chatpipe--catalog-current-p (catalog)
+  "Return non-nil if CATALOG, a `chatpipe--catalog', is up to date.
+It is if the backend command and its environment are the same and
+none of its files and folders changed."
+  (and catalog
+       (equal (chatpipe--catalog-key catalog) (chatpipe--catalog-key-now))
+       (cl-loop for (file . stamp) in (chatpipe--catalog-stamps catalog)
+                always (equal stamp (chatpipe--file-stamp file)))))
+
+(defun chatpipe--catalog-ask ()
+  "Ask the backend for its templates; return a new `chatpipe--catalog'.
+Signal `chatpipe-backend-failed' if it cannot tell."
+  (let* ((key (chatpipe--catalog-key-now))
+         (entries (pcase (chatpipe-call "templates" "list" "--json")
+                    (`(0 . ,out) (condition-case nil (chatpipe--json-read out)
+                                   (json-error :invalid)))
+                    (`(,code . ,out)
+                     (signal 'chatpipe-backend-failed
+                             (list (format "chatpipe templates list exited \
+with %s: %s" code (string-trim out)))))))
+         (table (if (and (listp entries)
+                         (cl-every (lambda (entry)
+                                     (stringp (plist-get entry :name)))
+                                   entries))
+                    (make-hash-table :test 'equal)
+                  (signal 'chatpipe-backend-failed
+                          (list "chatpipe templates list --json gave no \
+list of templates"))))
+         (user (cl-find "user" entries :test #'equal
+                        :key (lambda (entry) (plist-get entry :source))))
+         (dir (file-name-as-directory
+               (if user
+                   (file-name-directory (plist-get user :path))
+                 (pcase (chatpipe-call "templates" "dir")
+                   (`(0 . ,out) (string-trim out))
+                   (_ (signal 'chatpipe-backend-failed
+                              (list "chatpipe templates dir failed"))))))))
+    (dolist (entry entries)
+      (puthash (plist-get entry :name) entry table))
+    (chatpipe--catalog-create
+     :key key :entries entries :table table :dir dir
+     :files (make-hash-table :test 'equal)
+     :stamps (cons (cons dir (chatpipe--file-stamp dir))
+                   (mapcar (lambda (entry)
+                             (let ((file (plist-get entry :path)))
+                               (cons file (chatpipe--file-stamp file))))
+                           entries)))))
+
+(defun chatpipe--catalog-fresh ()
+  "Return the backend's templates, a `chatpipe--catalog', asking if needed.
+Signal `chatpipe-backend-missing' or `chatpipe-backend-failed' if
+the backend cannot tell."
+  (unless (chatpipe--catalog-current-p chatpipe--catalog)
+    (setq chatpipe--catalog nil)
+    (setq chatpipe--catalog (chatpipe--catalog-ask)))
+  chatpipe--catalog)
+
+(defun chatpipe-templates-refresh ()
+  "Forget what the backend said of its templates; the next use asks again.
+Return nil."
+  (interactive)
+  (setq chatpipe--catalog nil))
+
+(defun chatpipe-templates ()
+  "Return the known templates, from `chatpipe templates list --json'.
+Each is a plist with :name, :source (\"user\" or \"bundled\"),
+:path, :api, :url, :model, :description, :env (the environment
+variables it needs) and :host (where its API key is looked up in
+`auth-source', or nil), or :name, :source, :path and :error for a
+broken file.  The list is kept until a template changes; see
+`chatpipe-templates-refresh'."
+  (chatpipe--catalog-entries (chatpipe--catalog-fresh)))
+
+(defun chatpipe--template-file-info (catalog template)
+  "Return the entry for TEMPLATE, a file name, adding it to CATALOG.
+Ask `chatpipe templates info TEMPLATE --json' unless CATALOG
+already knows it.  The entry's :path is absolute.  Return nil if
+TEMPLATE is no template file."
+  (let* ((dir (chatpipe--local-directory))
+         (key (cons dir template))
+         (files (chatpipe--catalog-files catalog)))
+    (or (gethash key files)
+        (let* ((out (condition-case err
+                        (cdr (chatpipe-call "templates" "info" template
+                                            "--json"))
+                      (chatpipe-backend-failed
+                       (chatpipe--log "%s" (error-message-string err))
+                       nil)))
+               (entry (and out (condition-case nil (chatpipe--json-read out)
+                                 (json-error nil)))))
+          (when (stringp (plist-get entry :path))
+            (let ((file (expand-file-name (plist-get entry :path) dir)))
+              (setq entry (plist-put entry :path file))
+              (push (cons file (chatpipe--file-stamp file))
+                    (chatpipe--catalog-stamps catalog))
+              (puthash key entry files)))))))
+
+(defun chatpipe-template-info (template)
+  "Return the backend's description of TEMPLATE, a name or a file name.
+The value is an entry as for `chatpipe-templates'; for a template
+given as a file name its :source is \"file\" and its :path
+absolute.  Return nil if TEMPLATE resolves to no template file or
+the backend cannot tell."
+  (let ((catalog (condition-case err (chatpipe--catalog-fresh)
+                   (chatpipe-backend-failed
+                    (chatpipe--log "%s" (error-message-string err))
+                    nil))))
+    (when catalog
+      (or (gethash template (chatpipe--catalog-table catalog))
+          (chatpipe--template-file-info catalog template)))))
+
+(defun chatpipe--template-argument (template entry)
+  "Return TEMPLATE as the backend should get it, from any folder.
+ENTRY is TEMPLATE's `chatpipe-template-info'.  The value is the
+absolute file name of a template given as a file name, else
+TEMPLATE."
+  (if (equal (plist-get entry :source) "file")
+      (plist-get entry :path)
+    template))
+
+(defun chatpipe--user-template-dir ()
+  "Return the user's template folder, as the backend has it."
+  (chatpipe--catalog-dir (chatpipe--catalog-fresh)))
+
+;;;; API keys
+
+(defun chatpipe--auth-source-secret (host)
+  "Return the API key for HOST from `auth-source', or nil."
+  (require 'auth-source)
+  (let* ((entry (or (car (auth-source-search
+                          :host host :user chatpipe-auth-source-user
+                          :require '(:secret) :max 1))
+                    (car (auth-source-search
+                          :host host :require '(:secret) :max 1))))
+         (secret (plist-get entry :secret)))
+    (if (functionp secret) (funcall secret) secret)))
+
+(defun chatpipe--entry-env (entry)
+  "Return the environment variables the template ENTRY needs, an alist.
+See `chatpipe-template-env'."
+  (let ((host (plist-get entry :host))
+        (env nil))
+    (dolist (name (plist-get entry :env))
+      (let ((value (getenv name)))
+        (when (and (stringp host) (member value '(nil "")))
+          (setq value (chatpipe--auth-source-secret host)))
+        (when (and (stringp value) (not (string-empty-p value)))
+          (push (cons name value) env))))
+    (nreverse env)))
+
+(defun chatpipe-template-env (template)
+  "Return the environment variables TEMPLATE needs, an alist.
+TEMPLATE is a name or a file name.  Each `${env:NAME}' variable of
+the template (see `chatpipe-template-info') is taken from
+`process-environment' if it is set there, else from `auth-source'
+under the host of the template's endpoint.  The value is a list of
+\(NAME . VALUE) strings, without the variables found nowhere."
+  (chatpipe--entry-env (chatpipe-template-info template)))
+
+(defun chatpipe--environment-with (env)
+  "Return `process-environment' with ENV, an alist of strings, added.
+Variables of ENV that are set to the same value already are not
+added again."
+  (let ((environment process-environment))
+    (pcase-dolist (`(,name . ,value) env)
+      (unless (equal (getenv name) value)
+        (push (concat name "=" value) environment)))
+    environment))
+
+(defun chatpipe-process-environment (template)
+  "Return `process-environment' completed with the API keys TEMPLATE needs.
+TEMPLATE is a name or a file name.  Each variable of
+`chatpipe-template-env' that is not set already is added as
+NAME=VALUE."
+  (chatpipe--environment-with (chatpipe-template-env template)))
+
+(provide 'chatpipe-backend)
+;;; chatpipe-backend.el ends here

@@ -1,0 +1,264 @@
+;;; chatpipe-turns.el --- Chat turns, role headings and messages for chatpipe -*- lexical-binding: t; -*-
+
+;; Copyright (C) 2025 chatpipe developers
+
+;; Author: chatpipe developers
+;; Keywords: comm, tools
+
+;; This file is not part of GNU Emacs.
+
+;; This program is free software: you can redistribute it and/or modify
+;; it under the terms of the GNU General Public License as published by
+;; the Free Software Foundation, either version 3 of the License, or
+;; (at your option) any later version.
+
+;; This program is distributed in the hope that it will be useful,
+;; but WITHOUT ANY WARRANTY; without even the implied warranty of
+;; MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+;; GNU General Public License for more details.
+
+;; You should have received a copy of the GNU General Public License
+;; along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+;;; Commentary:
+
+;; A chat is plain text in any buffer: turns separated by role headings,
+;; one line each, such as "### User" and "### Assistant" (or "* User" and
+;; "* Assistant" in Org buffers; see `chatpipe-headings' and
+;; `chatpipe-org-headings').  Text before the first heading is not part of
+;; the chat.  A "### System" turn, if any, is sent as a system message.
+;;
+;; This file finds the turns of a buffer and makes messages of them.
+;; Reasoning blocks (between the lines of `chatpipe-reasoning-delimiters',
+;; or `chatpipe-org-reasoning-delimiters' in Org buffers) are never sent,
+;; and headings inside them start no turn; nor are the notes that end
+;; some answers (`chatpipe-aborted-text', "[error: ...]") and the tool
+;; call lines, "[tool call: NAME(ARGUMENTS)]".
+
+;;; Code:
+
+(require 'cl-lib)
+(require 'subr-x)
+
+;;;; Customization
+
+(defcustom chatpipe-headings
+  '((system . "### System")
+    (user . "### User")
+    (assistant . "### Assistant"))
+  "The role headings of chats in buffers other than Org buffers.
+An alist of (ROLE . HEADING): a line that is exactly HEADING (but
+for trailing spaces) starts a turn of ROLE."
+  :type '(alist :key-type (choice (const system) (const user)
+                                  (const assistant))
+                :value-type string)
+  :group 'chatpipe)
+
+(defcustom chatpipe-org-headings
+  '((system . "* System")
+    (user . "* User")
+    (assistant . "* Assistant"))
+  "The role headings of chats in Org buffers; see `chatpipe-headings'."
+  :type '(alist :key-type (choice (const system) (const user)
+                                  (const assistant))
+                :value-type string)
+  :group 'chatpipe)
+
+(defcustom chatpipe-aborted-text "[aborted]"
+  "The line that ends an answer stopped by `chatpipe-abort'."
+  :type 'string
+  :group 'chatpipe)
+
+(defcustom chatpipe-reasoning-delimiters
+  '("<details><summary>Reasoning</summary>" . "</details>")
+  "The lines around reasoning blocks in buffers other than Org buffers.
+A cons (BEGIN . END) of strings: a block runs from a line that is
+exactly BEGIN to the next line that is exactly END (but for
+trailing spaces).  The default is an HTML details element, which
+Markdown viewers show folded.  Lines of the reasoning that look
+like BEGIN or END get a backslash in front."
+  :type '(cons (string :tag "First line") (string :tag "Last line"))
+  :group 'chatpipe)
+
+(defcustom chatpipe-org-reasoning-delimiters
+  '("#+begin_reasoning" . "#+end_reasoning")
+  "The lines around reasoning blocks in Org buffers.
+See `chatpipe-reasoning-delimiters'.  Lines of the reasoning that
+Org would take for headlines or block lines get a comma in front."
+  :type '(cons (string :tag "First line") (string :tag "Last line"))
+  :group 'chatpipe)
+
+(defface chatpipe-heading
+  '((t :inherit bold))
+  "Face of role headings in chat buffers that do not fontify them."
+  :group 'chatpipe)
+
+;;;; Turns
+
+(defun chatpipe--role-headings ()
+  "Return the role headings of the current buffer, an alist.
+Each element is (ROLE . HEADING)."
+  (if (derived-mode-p 'org-mode) chatpipe-org-headings chatpipe-headings))
+
+(defun chatpipe--heading (role)
+  "Return the heading line for ROLE in the current buffer."
+  (alist-get role (chatpipe--role-headings)))
+
+(defun chatpipe--heading-regexp ()
+  "Return a regexp matching a whole heading line; group 1 is the heading."
+  (concat "^" (regexp-opt (mapcar #'cdr (chatpipe--role-headings)) t) "[ \t]*$"))
+
+(defun chatpipe--note-regexp ()
+  "Return a regexp matching the note lines that end some answers.
+They are the aborted and error notes and the tool call lines."
+  (concat "^\\(?:" (regexp-quote chatpipe-aborted-text)
+          "\\|\\[error: .*\\]\\|\\[tool call: .*\\]\\)[ \t]*\\'"))
+
+(defun chatpipe--reasoning-delimiters ()
+  "Return the reasoning block delimiters of the current buffer.
+The value is a cons (BEGIN . END) of strings."
+  (if (derived-mode-p 'org-mode)
+      chatpipe-org-reasoning-delimiters
+    chatpipe-reasoning-delimiters))
+
+(defun chatpipe--line-regexp (line)
+  "Return a regexp matching a whole line that is LINE but for trailing spaces."
+  (concat "^" (regexp-quote line) "[ \t]*$"))
+
+(defun chatpipe--reasoning-block-from (start body end)
+  "Return the reasoning block with the first line from START to BODY.
+Look for its last line between BODY and END.  Return the block as
+a list (START BODY BLOCK-END), BLOCK-END the end of its last line,
+and move point there; if there is no last line, return nil and
+move point to BODY."
+  (goto-char body)
+  (let ((case-fold-search nil))
+    (when (re-search-forward
+           (chatpipe--line-regexp (cdr (chatpipe--reasoning-delimiters)))
+           end t)
+      (list start body (match-end 0)))))
+
+(defun chatpipe--next-reasoning-block (end)
+  "Find the next reasoning block beginning between point and END.
+Return it as for `chatpipe--reasoning-block-from' and move point to
+its end, or return nil.  A first line without a last line before
+END starts no block."
+  (let ((regexp (chatpipe--line-regexp (car (chatpipe--reasoning-delimiters))))
+        (case-fold-search nil)
+        block)
+    (while (and (not block) (re-search-forward regexp end t))
+      (setq block (chatpipe--reasoning-block-from
+                   (match-beginning 0) (match-end 0) end)))
+    block))
+
+(defun chatpipe-reasoning-blocks (&optional beg end)
+  "Return the reasoning blocks between BEG and END (default: all).
+Each is a list (START BODY-START BLOCK-END) of buffer positions:
+the beginning and end of the block's first line and the end of its
+last line; see `chatpipe-reasoning-delimiters'."
+  (let ((end (or end (point-max)))
+        blocks block)
+    (save-excursion
+      (goto-char (or beg (point-min)))
+      (unless (bolp) (forward-line 1))
+      (while (and (< (point) end)
+                  (setq block (chatpipe--next-reasoning-block end)))
+        (push block blocks)))
+    (nreverse blocks)))
+
+(defun chatpipe-reasoning-block-at (pos)
+  "Return the reasoning block at POS, or nil.
+POS may be anywhere from the beginning of the block's first line to
+the end of its last line.  The value is as for
+`chatpipe-reasoning-blocks'."
+  (save-excursion
+    (goto-char pos)
+    (end-of-line)
+    (let ((case-fold-search nil))
+      (when (re-search-backward
+             (chatpipe--line-regexp (car (chatpipe--reasoning-delimiters)))
+             nil t)
+        (let ((block (chatpipe--reasoning-block-from
+                      (match-beginning 0) (match-end 0) (point-max))))
+          (and block (<= pos (nth 2 block)) block))))))
+
+(defun chatpipe-turns (&optional beg end)
+  "Return the list of turn positions between BEG and END (default: all).
+Each turn is a list (ROLE HEADING-START CONTENT-START CONTENT-END),
+ROLE a symbol and the rest buffer positions; a turn's content runs
+to the next heading or END.  Text before the first heading is not
+part of any turn, and a heading inside a reasoning block starts no
+turn."
+  (let ((beg (or beg (point-min)))
+        (end (or end (point-max)))
+        (headings (chatpipe--role-headings))
+        (regexp (concat (chatpipe--heading-regexp) "\\|"
+                        (chatpipe--line-regexp
+                         (car (chatpipe--reasoning-delimiters)))))
+        (case-fold-search nil)
+        turns)
+    (save-excursion
+      (goto-char beg)
+      (unless (bolp) (forward-line 1))
+      (while (and (< (point) end) (re-search-forward regexp end t))
+        (if (not (match-beginning 1))
+            ;; The first line of a reasoning block: skip the block.
+            (chatpipe--reasoning-block-from (match-beginning 0) (match-end 0)
+                                            end)
+          (let ((role (car (rassoc (match-string-no-properties 1) headings)))
+                (heading-start (match-beginning 0))
+                (content-start (min end (1+ (match-end 0)))))
+            (when turns
+              (setf (nth 3 (car turns)) heading-start))
+            (push (list role heading-start content-start end) turns)
+            (goto-char content-start)))))
+    (nreverse turns)))
+
+(defun chatpipe--turn-text (turn)
+  "Return the text of TURN as sent: trimmed.
+An assistant turn's text is without its reasoning blocks and
+without the notes and tool call lines at its end."
+  (let ((pos (nth 2 turn))
+        (end (nth 3 turn))
+        (pieces nil))
+    (when (eq (car turn) 'assistant)
+      (dolist (block (chatpipe-reasoning-blocks pos end))
+        (push (buffer-substring-no-properties pos (car block)) pieces)
+        (setq pos (nth 2 block))))
+    (push (buffer-substring-no-properties pos end) pieces)
+    (let ((text (string-trim (apply #'concat (nreverse pieces)))))
+      (when (eq (car turn) 'assistant)
+        (let ((note (chatpipe--note-regexp)))
+          (while (string-match note text)
+            (setq text (string-trim-right
+                        (substring text 0 (match-beginning 0)))))))
+      text)))
+
+(defun chatpipe-messages (&optional beg end)
+  "Return the messages of the chat between BEG and END (default: all).
+The value is a list of (ROLE . CONTENT) pairs of strings, in order;
+empty turns are left out."
+  (cl-loop for turn in (chatpipe-turns beg end)
+           for text = (chatpipe--turn-text turn)
+           unless (string-empty-p text)
+           collect (cons (symbol-name (car turn)) text)))
+
+(defun chatpipe--check-last-is-user (messages)
+  "Signal a `user-error' unless the last of MESSAGES is the user's."
+  (unless (equal (car (car (last messages))) "user")
+    (user-error "Nothing to send: write a question under \"%s\""
+                (chatpipe--heading 'user))))
+
+(defun chatpipe--ensure-blank-line ()
+  "Insert newlines at point so that a blank line comes before it.
+Insert nothing at the beginning of the buffer."
+  (let ((n (cond ((bobp) 0)
+                 ((not (eq (char-before) ?\n)) 2)
+                 ((or (= (1- (point)) (point-min))
+                      (eq (char-before (1- (point))) ?\n))
+                  0)
+                 (t 1))))
+    (insert (make-string n ?\n))))
+
+(provide 'chatpipe-turns)
+;;; chatpipe-turns.el ends here
