@@ -210,14 +210,13 @@ def test_save_appends_the_turn_and_continues(server, chatpipe, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["request.json"]  # no temp files left
 
 
-def test_save_writes_nothing_when_failing_before_text(server, chatpipe, tmp_path):
+def test_a_failed_answer_saves_the_question_only(server, chatpipe, tmp_path):
     path = tmp_path / "request.json"
-    original = json.dumps({"chatpipe": {"url": f"{server.url}/error/500", "max_retries": 0},
-                           "messages": []}, indent=1)
-    path.write_text(original)
+    path.write_text(json.dumps({"chatpipe": {"url": f"{server.url}/error/500", "max_retries": 0},
+                                "messages": []}, indent=1))
     proc = chatpipe("send", str(path), "--save", "-m", "hello")
     assert proc.returncode == 1
-    assert path.read_text() == original
+    assert json.loads(path.read_text())["messages"] == [{"role": "user", "content": "hello"}]
 
 
 def test_save_needs_a_path(chatpipe):

@@ -193,9 +193,9 @@ def test_http_errors_show_the_providers_message(server, status, message, retryab
 
 
 @pytest.mark.parametrize("body,expected", [
-    ("html", "HTTP 502 Bad Gateway: the server answered with an HTML page"),
-    ("empty", "HTTP 502 Bad Gateway with an empty body"),
-    ("text", "HTTP 502 Bad Gateway: upstream connect error"),
+    ("html", "Bad Gateway: the server answered with an HTML page"),
+    ("empty", "Bad Gateway (the response had no body)"),
+    ("text", "Bad Gateway: upstream connect error"),
 ])
 def test_http_errors_without_json(server, body, expected):
     with pytest.raises(StreamError) as info:

@@ -114,10 +114,12 @@ def test_malformed_lines_get_an_error_and_the_server_goes_on(server, serve):
     serve.send({"id": "y", "template": "openai", "messages": "hi"})
     serve.send(req("z", f"{server.url}/replay/{TEXT}"))
     events = [e for _, e in serve.until(lambda e: e.get("id") == "z" and e["type"] == "done")]
-    errors = [e for e in events if e["type"] == "error"]
-    assert errors[0]["message"].startswith("not a JSON request line") and "id" not in errors[0]
-    assert 'with an "id"' in errors[1]["message"]
-    assert [(e["id"], e["message"]) for e in errors[2:]] == [
+    rejected = [e for e in events if e["type"] == "rejected"]
+    assert rejected[0]["message"].startswith("not a JSON request line")
+    assert 'with an "id"' in rejected[1]["message"]
+    assert all("id" not in e for e in rejected)
+    errors = [e for e in events if e["type"] == "error"]      # streams of their own
+    assert [(e["id"], e["message"]) for e in errors] == [
         ("x", "unknown request keys: bogus"), ("y", "messages: expected a JSON array of messages")]
     assert text_of(e for e in events if e.get("id") == "z") == EXPECTED[TEXT]["text"]
 
@@ -193,10 +195,13 @@ def test_duplicate_id_is_refused(server, serve):
     serve.send(req("dup", f"{server.url}/replay/{TEXT}?hold={len(data) // 2}"))
     serve.until(lambda e: e["type"] == "start")
     serve.send(req("dup", f"{server.url}/replay/{TEXT}"))
-    t, event = serve.until(lambda e: e["type"] == "error")[-1]
-    assert event["message"] == "request id 'dup' is already streaming"
+    t, event = serve.until(lambda e: e["type"] == "rejected")[-1]
+    assert event == {"type": "rejected", "request_id": "dup",
+                     "message": "request id 'dup' is already streaming"}
     server.release.set()
-    serve.until(lambda e: e["type"] == "done")
+    events = [e for _, e in serve.until(lambda e: e["type"] in ("done", "error"))]
+    assert events[-1]["type"] == "done" and events[-1]["id"] == "dup"   # the first goes on
+    assert text_of(e for e in events if e.get("id") == "dup") in EXPECTED[TEXT]["text"]
 
 
 def test_events_own_ids_do_not_replace_the_request_id(server, serve):

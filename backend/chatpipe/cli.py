@@ -13,6 +13,7 @@ template error; 128 + N on signal N (130 for SIGINT, 143 for SIGTERM).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import sys
 from typing import Any
 
 from chatpipe import __version__
-from chatpipe.errors import Aborted, UsageError
+from chatpipe.errors import Aborted, OutputClosed, UsageError
 
 _EPILOG = """\
 examples:
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                     'A request: {"id": "r1", "template": "openai", "messages": [...], '
                     '"vars": {...}, "env": {...}, "model": "...", "url": "..."}; '
                     'a cancel: {"id": "r1", "cancel": true}. See docs/protocol.md.')
+    serve.add_argument("--eof-grace", type=float, default=30.0, metavar="SECONDS",
+                       help="at the end of stdin, how long running streams may take to "
+                            "finish before they are cancelled (default 30)")
     serve.set_defaults(func=cmd_serve)
 
     templates = commands.add_parser("templates", help="list, show and check templates")
@@ -117,6 +121,7 @@ def load_messages(source: str, stdin) -> list[dict[str, Any]]:
         UsageError: unreadable file, invalid JSON, or not a list of messages
             (see :func:`chatpipe.prepare.check_messages`).
     """
+    from chatpipe import jsonin
     from chatpipe.prepare import check_messages
 
     where = "stdin" if source == "-" else source
@@ -125,7 +130,7 @@ def load_messages(source: str, stdin) -> list[dict[str, Any]]:
     except OSError as err:
         raise UsageError(f"--messages {where}: {err.strerror}") from None
     try:
-        messages = json.loads(text)
+        messages = jsonin.loads(text)
     except ValueError as err:
         raise UsageError(f"--messages {where}: invalid JSON: {err}") from None
     return check_messages(messages, f"--messages {where}")
@@ -167,7 +172,7 @@ def cmd_serve(args, ctx: "_Context") -> int:
     """``chatpipe serve``: see :mod:`chatpipe.serve`."""
     from chatpipe import serve
 
-    return serve.main()
+    return serve.main(eof_grace=args.eof_grace)
 
 
 # ---- templates ------------------------------------------------------------
@@ -281,20 +286,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ctx = _Context()
     try:
+        if sys.stdout is None:
+            raise OutputClosed("standard output is closed")
         try:
             return args.func(args, ctx)
+        except (OutputClosed, BrokenPipeError):
+            raise
         except Exception as err:
             from chatpipe import runner
             from chatpipe.protocol import TextView
 
-            if isinstance(err, BrokenPipeError):
-                raise
             return runner.report(err, ctx.output or TextView(sys.stdout.buffer,
                                                              sys.stderr.buffer))
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head`): nothing left to tell it.
-        sys.stderr.close()
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OutputClosed, BrokenPipeError) as err:
+        # Nothing more can be told on stdout; a closed pipe (e.g. `| head`)
+        # is no error worth a message.
+        if not isinstance(err, BrokenPipeError) and not err.broken_pipe and sys.stderr:
+            try:
+                sys.stderr.write(f"chatpipe: error: {err}\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        with contextlib.suppress(OSError):
+            os.dup2(devnull, 1)
         return 1
 
 

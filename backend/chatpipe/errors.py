@@ -72,6 +72,22 @@ class StreamError(ChatpipeError):
         super().__init__(message)
 
 
+class OutputClosed(ChatpipeError):
+    """Standard output cannot be written any more: the reader went away (a
+    closed pipe), the disk is full, or it was closed.  Nothing more can be
+    told on it; the CLI says why on stderr (unless the pipe was simply
+    closed) and exits 1.
+
+    Args:
+        reason: the OS error's text, e.g. "No space left on device".
+        broken_pipe: True when the reader closed the pipe.
+    """
+
+    def __init__(self, reason: str, broken_pipe: bool = False) -> None:
+        self.broken_pipe = broken_pipe
+        super().__init__(f"cannot write the output: {reason}")
+
+
 class Aborted(ChatpipeError):
     """The process got SIGINT or SIGTERM; ``exit_code`` is 128 + the signal number."""
 

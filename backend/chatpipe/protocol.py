@@ -15,10 +15,13 @@ place that redacts secrets and guarantees one terminal event per stream:
 
 from __future__ import annotations
 
+import codecs
 import json
 import threading
 from json.encoder import encode_basestring
 from typing import Any, BinaryIO, Iterable, Protocol
+
+from chatpipe.errors import OutputClosed
 
 #: Event types that end a stream: exactly one of them ends each stream.
 TERMINAL = frozenset({"done", "error"})
@@ -31,6 +34,37 @@ MAX_MESSAGE = 2000
 
 #: What a secret is replaced with.
 REDACTED = "***"
+
+#: Error handler that encodes what UTF-8 cannot hold (a lone surrogate from
+#: a provider's ``"\ud800"``) as U+FFFD, so every byte written is valid UTF-8.
+ENCODE_ERRORS = "chatpipe-replace"
+codecs.register_error(ENCODE_ERRORS, lambda err: ("\ufffd", err.end))
+
+#: C0 and C1 control characters but tab and newline -> U+FFFD (CR is
+#: dropped), so that model text cannot drive the user's terminal.
+_CONTROLS = {c: "\ufffd" for c in (*range(0x20), 0x7f, *range(0x80, 0xa0))
+             if c not in (0x09, 0x0a)}
+_CONTROLS[0x0d] = None
+
+
+def plain(text: str) -> str:
+    """TEXT safe for a terminal: control characters other than tab and
+    newline neutralised (see ``_CONTROLS``)."""
+    return text.translate(_CONTROLS) if not text.isprintable() else text
+
+
+def write_out(out: BinaryIO, text: str) -> None:
+    """Write TEXT to the binary stream OUT as UTF-8 and flush.
+
+    Raises:
+        OutputClosed: OUT cannot be written (closed pipe, full disk, closed).
+    """
+    try:
+        out.write(text.encode("utf-8", ENCODE_ERRORS))
+        out.flush()
+    except (OSError, ValueError) as err:
+        raise OutputClosed(getattr(err, "strerror", None) or str(err),
+                           isinstance(err, BrokenPipeError)) from None
 
 
 # ---- the events ----------------------------------------------------------
@@ -127,6 +161,17 @@ def error(message: str, status: int | None = None, retryable: bool = False,
     return event
 
 
+def rejected(message: str, request_id: str | int | None = None) -> dict:
+    """``rejected`` (``serve`` only): a request line that starts no stream
+    (not JSON, no usable ``id``, an ``id`` already streaming).  It carries
+    no ``id``, so a reader never takes it for the end of a running stream;
+    REQUEST_ID is the line's id when one could be read."""
+    event: dict[str, Any] = {"type": "rejected", "message": message}
+    if request_id is not None:
+        event["request_id"] = request_id
+    return event
+
+
 # ---- outputs ---------------------------------------------------------------
 
 class Sink(Protocol):
@@ -184,6 +229,7 @@ class Output:
         self.write(event)
 
     def _clean(self, event: dict) -> dict:
+        """EVENT with secrets redacted and long messages cut."""
         clean = {}
         for key, value in event.items():
             if isinstance(value, str):
@@ -249,10 +295,9 @@ class LineWriter:
     def _flush(self) -> None:
         if self._lines:
             self._lines.append("")
-            data = "\n".join(self._lines).encode("utf-8")
+            text = "\n".join(self._lines)
             self._lines.clear()
-            self._out.write(data)
-            self._out.flush()
+            write_out(self._out, text)
 
 
 class EventLines(Output):
@@ -286,7 +331,8 @@ class TextView(Output):
     """The events as a person reads them: the answer's text on OUT as it
     streams; at the end a newline and one ``[tool call: NAME(ARGUMENTS)]``
     line per tool call; ``retry`` and ``error`` on ERR as ``chatpipe: ...``
-    lines.  Reasoning is not shown.
+    lines.  Reasoning is not shown.  Control characters other than tab and
+    newline (terminal escape sequences) are neutralised: see :func:`plain`.
 
     Args:
         out: binary stream for the text (stdout).
@@ -301,13 +347,16 @@ class TextView(Output):
         self._calls: dict[int, list[str]] = {}
 
     def _text(self, text: str) -> None:
-        self._out.write(text.encode("utf-8"))
-        self._out.flush()
-        self._last = text[-1:]
+        text = plain(text)
+        if text:
+            write_out(self._out, text)
+            self._last = text[-1:]
 
     def _note(self, text: str) -> None:
-        self._err.write(f"chatpipe: {text}\n".encode("utf-8"))
-        self._err.flush()
+        try:
+            write_out(self._err, f"chatpipe: {plain(text)}\n")
+        except OutputClosed:
+            pass  # nowhere left to say it
 
     def write(self, event: dict) -> None:
         """Show EVENT; see the class docstring."""

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import requests
 
 from chatpipe import protocol, stream, templates, transport
-from chatpipe.errors import Aborted, Cancelled, ChatpipeError, StreamError
+from chatpipe.errors import Aborted, Cancelled, ChatpipeError, OutputClosed, StreamError
 from chatpipe.prepare import prepare
 from chatpipe.protocol import Output, Recorder
 
@@ -98,14 +98,17 @@ def run(build: Callable[[], Job], output: Output, *,
         0 when the stream completed; else the exit code of
         :func:`error_for`.  Every failure, from reading the request to the
         end of the stream, ends the stream with one ``error`` event.
-        ``BrokenPipeError`` (the reader went away) propagates.
+    Raises:
+        OutputClosed: OUTPUT cannot be written any more.
     """
     try:
         job = build()
         template, request, dialect = prepare(job.template, job.messages,
                                              variables=job.variables, model=job.model,
                                              url=job.url, env=job.env)
-    except BrokenPipeError:
+        if job.save:
+            templates.check_writable(template.path)
+    except OutputClosed:
         raise
     except Exception as err:
         return report(err, output)
@@ -113,22 +116,48 @@ def run(build: Callable[[], Job], output: Output, *,
     recorder = Recorder(output)
     session = sessions(request.url) if sessions is not None else None
     try:
-        stream.run(request, recorder if job.save else output, session=session,
-                   control=control)
+        with transport.controlled_by(control):
+            stream.run(request, recorder if job.save else output, session=session,
+                       control=control)
         code = 0
-    except BrokenPipeError:
+    except OutputClosed:
         raise
     except Exception as err:
         code = report(err, output)
     finally:
         output.flush()
-    if job.save and (recorder.parts or recorder.completed):
-        try:
-            templates.append_messages(template.path,
-                                      job.messages + [dialect.assistant_message(recorder.text())])
-        except (OSError, ChatpipeError) as err:
-            message = getattr(err, "strerror", None) or str(err)
-            sys.stderr.write(protocol.redact(f"chatpipe: error: cannot save the answer to "
-                                             f"{template.path}: {message}\n", output.secrets))
-            code = code or 1
+    if job.save:
+        code = _save(template.path, dialect, job.messages, recorder, output.secrets) or code
     return code
+
+
+def _save(path, dialect, messages: list[dict], recorder: Recorder, secrets: list[str]) -> int:
+    """Save the new MESSAGES, and the answer if it completed, to PATH.
+
+    An answer that did not complete (an error, a cancel, a signal) is not
+    saved, so the next request never sends it back as if it were whole; the
+    question is, so the next ``send --save`` without a message asks it
+    again.  Returns 1 if saving failed (said on stderr), else 0; the
+    stream's own terminal event has already been written either way.
+    """
+    answer = protocol.redact(recorder.text(), secrets) if recorder.completed else None
+    try:
+        if messages or answer is not None:
+            templates.append_messages(path, dialect, messages, answer)
+    except (OSError, ChatpipeError) as err:
+        message = getattr(err, "strerror", None) or str(err)
+        _warn(f"cannot save the answer to {path}: {message}", secrets)
+        return 1
+    if answer is None and recorder.parts:
+        _warn(f"the answer did not complete, so it was not saved to {path} (the question "
+              "was: `chatpipe send FILE --save` without a message asks it again)", secrets)
+    return 0
+
+
+def _warn(text: str, secrets: list[str]) -> None:
+    """Say TEXT on stderr as ``chatpipe: TEXT``, redacted."""
+    try:
+        sys.stderr.write(protocol.plain(protocol.redact(f"chatpipe: {text}", secrets)) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass

@@ -15,32 +15,43 @@ a thread of its own; its events are those ``send --output ndjson`` writes,
 with the request ``id`` added.  ``env`` adds environment variables for that
 request's ``${env:NAME}`` placeholders (how an editor passes API keys
 without a command line).  A cancel ends the stream at once with an
-``error`` event carrying ``"aborted": true``.  A malformed line gets an
-``error`` event (with the ``id`` when one could be read) and the server goes
-on.  At the end of stdin the server waits for the running streams, then
-exits 0; SIGTERM or SIGINT cancels them all and exits 143 or 130.  One
-``requests.Session`` per endpoint keeps connections (and TLS sessions) warm.
+``error`` event carrying ``"aborted": true``.  A request with a usable
+``id`` whose other fields are wrong is a stream of its own that ends with
+an ``error``.  A line that cannot start a stream (not JSON, too deep, no
+usable ``id``, an ``id`` already streaming) gets a ``rejected`` event,
+which has no ``id``, so it never looks like the end of a running stream;
+the server goes on, whatever the line.  At the end of stdin the running
+streams have ``eof_grace`` seconds to finish, then are cancelled, and the
+server exits 0; SIGTERM or SIGINT cancels them all at once and exits 143 or
+130.  A stdout that cannot be written ends the server with status 1.  One
+session per endpoint keeps connections (and TLS sessions) warm.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import requests
 
-from chatpipe import protocol, runner, transport
-from chatpipe.errors import Aborted, UsageError
+from chatpipe import jsonin, protocol, runner, transport
+from chatpipe.errors import Aborted, OutputClosed, UsageError
 from chatpipe.prepare import check_messages
 from chatpipe.protocol import EventLines, LineWriter
 
 #: The keys a request line may have.
 REQUEST_KEYS = {"id", "template", "messages", "vars", "env", "model", "url", "cancel"}
+
+#: Default seconds the running streams may take to finish after stdin ends.
+EOF_GRACE = 30.0
+
+#: Seconds a shutdown waits for cancelled streams' threads, in all.
+SHUTDOWN_WAIT = 0.5
 
 
 def job_from_request(request: dict) -> runner.Job:
@@ -95,6 +106,7 @@ class Server:
     def __init__(self, out: BinaryIO) -> None:
         self.writer = LineWriter(out)
         self.streams: dict[Any, _Stream] = {}
+        self.output_closed = False
         self._lock = threading.Lock()
         self._sessions: dict[str, requests.Session] = {}
 
@@ -105,26 +117,35 @@ class Server:
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
-                session = self._sessions[key] = requests.Session()
+                session = self._sessions[key] = transport.new_session()
             return session
 
     def reject(self, message: str, rid: Any = None) -> None:
-        """Answer a line that starts no stream with an ``error`` event."""
-        output = EventLines(self.writer, rid)
-        output.emit(protocol.error(message))
+        """Answer a line that starts no stream with a ``rejected`` event."""
+        self.writer.write(protocol.encode_line(protocol.rejected(message, rid)))
 
     def handle_line(self, line: bytes) -> None:
-        """Act on one request line: start a stream, cancel one, or report
-        why the line is not a request."""
+        """Act on one request line: start a stream, cancel one, or reject
+        the line (see the module docstring); never raises but
+        :class:`~chatpipe.errors.OutputClosed`."""
+        try:
+            self._handle(line)
+        except OutputClosed:
+            raise
+        except Exception as err:  # a bug: this line is lost, the server goes on
+            self.reject(f"internal error: {type(err).__name__}: {err}")
+
+    def _handle(self, line: bytes) -> None:
         if not line.strip():
             return
         try:
-            request = json.loads(line)
+            request = jsonin.loads(line)
         except ValueError as err:
             self.reject(f"not a JSON request line: {err}")
             return
         rid = request.get("id") if isinstance(request, dict) else None
-        if not isinstance(request, dict) or not isinstance(rid, (str, int)):
+        if (not isinstance(request, dict) or isinstance(rid, bool)
+                or not isinstance(rid, (str, int))):
             self.reject('a request must be a JSON object with an "id" (string or number)')
             return
         if request.get("cancel"):
@@ -146,6 +167,10 @@ class Server:
         try:
             runner.run(lambda: job_from_request(request), job.output,
                        sessions=self.session_for, control=job.control)
+        except OutputClosed:
+            # Nobody reads us any more: stop the server (its main thread).
+            self.output_closed = True
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
         finally:
             with self._lock:
                 if self.streams.get(job.id) is job:
@@ -158,13 +183,19 @@ class Server:
         for job in jobs:
             job.cancel()
 
-    def wait(self, timeout: float | None = None) -> None:
-        """Wait for the running streams to end (TIMEOUT seconds at most each)."""
-        with self._lock:
-            jobs = list(self.streams.values())
-        for job in jobs:
-            if job.thread is not None:
-                job.thread.join(timeout)
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the running streams to end, TIMEOUT seconds at most in
+        all (None: no limit).  Return True if none is left running."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                jobs = [j for j in self.streams.values() if j.thread is not None]
+            if not jobs:
+                return True
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            jobs[0].thread.join(left)
 
     def close(self) -> None:
         """Close the shared sessions."""
@@ -172,23 +203,34 @@ class Server:
             session.close()
 
 
-def main(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
+def main(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None,
+         eof_grace: float = EOF_GRACE) -> int:
     """Run ``chatpipe serve`` until the end of STDIN or a signal.
 
+    Args:
+        eof_grace: seconds the running streams may take to finish after
+            the end of STDIN; those still running then are cancelled.
     Returns:
-        The exit code: 0 at the end of stdin, 128 + N on signal N.
+        The exit code: 0 at the end of stdin, 128 + N on signal N, 1 when
+        stdout cannot be written.
     """
     stdin = stdin or sys.stdin.buffer
     server = Server(stdout or sys.stdout.buffer)
     try:
         for line in stdin:
             server.handle_line(line)
-        server.wait()
+        if not server.wait(eof_grace):
+            server.cancel_all()
+            server.wait(SHUTDOWN_WAIT)
         return 0
-    except Aborted as err:
-        server.cancel_all()
-        server.wait(1.0)
-        return err.exit_code
+    except (Aborted, OutputClosed) as err:
+        server.output_closed = server.output_closed or isinstance(err, OutputClosed)
+        try:
+            server.cancel_all()
+        except OutputClosed:
+            server.output_closed = True
+        server.wait(SHUTDOWN_WAIT)
+        return 1 if server.output_closed else err.exit_code
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

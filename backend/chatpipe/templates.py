@@ -39,8 +39,9 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+from chatpipe import jsonin
 from chatpipe.errors import TemplateError
 
 #: The reserved top-level key.
@@ -261,7 +262,7 @@ def parse_document(path: Path) -> tuple[dict[str, Any], str]:
         line, column = position(path.read_bytes().decode("utf-8", "replace"), err.start)
         raise TemplateError("file is not valid UTF-8", str(path), line, column) from None
     try:
-        doc = json.loads(text)
+        doc = jsonin.loads(text)
     except json.JSONDecodeError as err:
         raise TemplateError(f"invalid JSON: {err.msg}", str(path), err.lineno, err.colno) from None
     if not isinstance(doc, dict):
@@ -354,6 +355,17 @@ def _fill(value: str, vars: Mapping[str, str], where: str, template: Template,
     return tpl.substitute(mapping)
 
 
+def _userinfo(url: str) -> list[str]:
+    """The user name and password in URL (``http://user:pass@host``): they
+    are credentials, never to be printed."""
+    try:
+        parts = urlsplit(url)
+        return [unquote(v) for v in (parts.username, parts.password) if v] + [
+            v for v in (parts.username, parts.password) if v]
+    except ValueError:
+        return []
+
+
 def _walk(node: Any, fill, where: str) -> Any:
     if isinstance(node, str):
         return fill(node, where)
@@ -399,6 +411,7 @@ def fill(template: Template, vars: Mapping[str, str] | None = None,
     if not block.get("url"):
         raise TemplateError(f'no endpoint: set "{RESERVED_KEY}.url" or pass --url',
                             str(template.path))
+    secrets.extend(_userinfo(block["url"]))
     return Request(
         url=block["url"], headers=dict(block.get("headers", {})), body=body,
         api=template.api,
@@ -454,35 +467,82 @@ def summary(name: str, source: str, path: Path) -> dict[str, Any]:
     return entry
 
 
-def append_messages(path: Path, messages: list[dict[str, Any]]) -> None:
-    """Append MESSAGES to the ``messages`` of the template file PATH, atomically.
-
-    The file is read again (so edits made while the answer streamed are
-    kept), the messages appended, and the result written to a temporary file
-    in the same folder that then replaces PATH; the file's mode is kept.
-    Placeholders are written back unfilled: only the file's own text and the
-    new messages are saved, never filled-in values such as API keys.
+def check_writable(path: Path) -> None:
+    """Make sure ``--save`` can replace the file PATH, before anything is
+    sent: the file must be writable and its folder must take a new file.
 
     Raises:
-        TemplateError: the file no longer parses or its ``messages`` is not a list.
-        OSError: the folder is not writable.
+        TemplateError: it cannot (read-only file or folder, immutable file);
+            the message says so, and that nothing was sent.
     """
     import tempfile
 
-    doc, _ = parse_document(path)
-    conversation = doc.setdefault("messages", [])
-    if not isinstance(conversation, list):
-        raise TemplateError('"messages" is not a list; not saving', str(path))
-    conversation.extend(messages)
-    text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
+        with open(path, "r+b"):
+            pass
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         os.unlink(tmp)
-        raise
+    except OSError as err:
+        raise TemplateError(f"--save cannot write this file or its folder ({err.strerror}); "
+                            "nothing was sent", str(path)) from None
+
+
+def _lock_file(path: Path) -> Path:
+    """The lock file of the conversation file PATH: one per file, in the
+    user's cache folder, so that the chat's own folder stays clean."""
+    import hashlib
+
+    import platformdirs
+
+    folder = Path(platformdirs.user_cache_dir("chatpipe")) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+    return folder / f"{digest[:32]}.lock"
+
+
+def append_messages(path: Path, dialect: Any, messages: list[dict[str, Any]],
+                    answer: str | None) -> None:
+    """Append a turn to the conversation saved in the template file PATH.
+
+    MESSAGES (``{"role", "content"}``) and, if not None, the ANSWER's text
+    are added in DIALECT's own shape and field (``messages``, Gemini's
+    ``contents``, the Responses API's ``input``; see
+    :class:`chatpipe.dialects.base.Dialect`), so that the next request
+    continues the conversation.  The file is locked (``filelock``, a lock
+    file in the user's cache folder) around reading, merging and
+    replacing, so concurrent saves lose nothing; it is
+    read again (edits made while the answer streamed are kept), written to
+    a temporary file in the same folder that then replaces it, with its
+    mode kept.  Placeholders are written back unfilled: only the file's own
+    text and the new turn are saved, never filled-in values such as API keys.
+
+    Raises:
+        TemplateError: the file no longer parses or its conversation field
+            is not a list.
+        OSError: the file or folder cannot be written.
+    """
+    import tempfile
+
+    from filelock import FileLock
+
+    with FileLock(_lock_file(path)):
+        doc, _ = parse_document(path)
+        key = dialect.history_key
+        if not isinstance(doc.get(key, []), (list, str)):
+            raise TemplateError(f'"{key}" is not a list; not saving', str(path))
+        dialect.add_messages(doc, messages)
+        if answer is not None:
+            doc.setdefault(key, []).append(dialect.assistant_message(answer))
+        text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", errors="chatpipe-replace") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise

@@ -7,21 +7,33 @@ returns whatever bytes have arrived, in every framing: chunked, no length with
 wait for n bytes or the end of the body when it is not chunked, so events
 would arrive only at the end.)  ``Accept-Encoding: identity`` asks the server
 not to compress; a server that compresses anyway is decoded by urllib3.
+
+Credentials never leave the template's origin: redirects are not followed by
+requests (which re-sends every header but ``Authorization`` to another
+host, and turns a POST into a GET on 301/302/303); :func:`post` follows only
+307 and 308 on the same scheme, host and port, and stops with a clear error
+otherwise.  Sessions come from :func:`new_session`, whose connections let a
+:class:`Control` cancel a request still waiting for its response headers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
+import http.client
 import json
 import re
 import socket
 import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 import urllib3.exceptions
 
 from chatpipe import __version__
@@ -41,10 +53,98 @@ READ_SIZE = 65536
 #: Bytes of an HTTP error body read at most.
 ERROR_BODY_LIMIT = 1 << 20
 
+#: Redirects followed at most (307 and 308 on the same origin only).
+MAX_REDIRECTS = 5
+
 
 def _host(url: str) -> str:
+    """URL's host and port for messages: never its user name or password."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        return host + (f":{parts.port}" if parts.port else "") or "?"
+    except ValueError:
+        return "?"
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
     parts = urlsplit(url)
-    return parts.netloc or url
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+# ---- connections that a Control can reach -----------------------------------
+
+_sending = threading.local()
+
+
+@contextlib.contextmanager
+def controlled_by(control: "Control | None"):
+    """Within the block, requests this thread sends can be cancelled by
+    CONTROL even before their response headers arrive (sessions from
+    :func:`new_session` only)."""
+    previous = getattr(_sending, "control", None)
+    _sending.control = control
+    try:
+        yield
+    finally:
+        _sending.control = previous
+
+
+class _Reachable:
+    """Mixin for urllib3 connections: tells the sending thread's
+    :class:`Control` which connection carries its request."""
+
+    def request(self, *args, **kwargs):  # urllib3.connection.HTTPConnection.request
+        control = getattr(_sending, "control", None)
+        if control is not None:
+            control.sending(self)
+        return super().request(*args, **kwargs)
+
+
+class _HTTPConnection(_Reachable, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Reachable, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with connections a :class:`Control` can shut."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy, **kwargs):
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if hasattr(manager, "pool_classes_by_scheme"):
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+def new_session() -> requests.Session:
+    """A ``requests.Session`` (proxies and certificates from the
+    environment, connection reuse) whose requests a :class:`Control` can
+    cancel at any point; see :func:`controlled_by`."""
+    session = requests.Session()
+    session.mount("http://", _Adapter())
+    session.mount("https://", _Adapter())
+    return session
 
 
 class Control:
@@ -58,6 +158,20 @@ class Control:
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
         self._response: requests.Response | None = None
+        self._connection: Any = None
+
+    def sending(self, connection: Any) -> None:
+        """Record CONNECTION (a urllib3 connection) as the one a request of
+        this stream is being sent on, so that :meth:`cancel` can shut it
+        while the response headers are awaited.
+
+        Raises:
+            Cancelled: :meth:`cancel` was already called.
+        """
+        with self._lock:
+            self._connection = connection
+            if self.cancelled.is_set():
+                raise Cancelled()
 
     def attach(self, response: requests.Response | None) -> None:
         """Record RESPONSE as the one being read (None when done with it).
@@ -71,29 +185,34 @@ class Control:
                 raise Cancelled()
 
     def cancel(self) -> None:
-        """Cancel the stream: wake its waits and shut its socket."""
+        """Cancel the stream: wake its waits and shut its socket, whether
+        the response is being read or its headers are still awaited."""
         with self._lock:
             self.cancelled.set()
-            response = self._response
-        if response is not None:
-            sock = _socket(response.raw)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            response, connection = self._response, self._connection
+        sock = _socket(response.raw) if response is not None else None
+        sock = sock or getattr(connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def post(session: requests.Session, request: Request) -> requests.Response:
     """Send REQUEST and return the response once its headers have arrived.
 
     The body is not read: iterate :func:`iter_body` for it, and close the
-    response when done.
+    response when done.  A 307 or 308 redirect to the same origin (scheme,
+    host, port) is followed with the same method, body and headers; any
+    other redirect is an error, so that the API key never goes to another
+    host and the request is never changed into a GET.
 
     Raises:
-        StreamError: no connection (retryable), a timeout (retryable), or an
-            HTTP status >= 400 (message from the error body, see
-            :func:`http_error`).
+        StreamError: no connection (retryable unless the host name does not
+            resolve), a timeout (retryable), a redirect not followed, an
+            invalid URL, or an HTTP status >= 400 (message from the error
+            body, see :func:`http_error`).
     """
     headers = {
         "Content-Type": "application/json",
@@ -103,25 +222,22 @@ def post(session: requests.Session, request: Request) -> requests.Response:
         **request.headers,
     }
     data = json.dumps(request.body, ensure_ascii=False).encode("utf-8")
-    try:
-        response = session.post(request.url, data=data, headers=headers, stream=True,
-                                timeout=(request.connect_timeout, request.read_timeout))
-    except requests.exceptions.ConnectTimeout:
-        raise StreamError(f"cannot connect to {_host(request.url)}: no answer within "
-                          f"{request.connect_timeout:g} s (connect_timeout)",
-                          retryable=True) from None
-    except requests.exceptions.ReadTimeout:
-        raise StreamError(f"{_host(request.url)} sent no response headers within "
-                          f"{request.read_timeout:g} s (read_timeout)", retryable=True) from None
-    except requests.exceptions.InvalidURL as err:
-        raise StreamError(f"invalid endpoint URL: {err}") from None
-    except requests.exceptions.MissingSchema:
-        raise StreamError("invalid endpoint URL: it must start with http:// or https://") from None
-    except requests.exceptions.ConnectionError as err:
-        raise StreamError(f"cannot connect to {_host(request.url)}: {_reason(err)}",
-                          retryable=True) from None
-    except requests.exceptions.RequestException as err:
-        raise StreamError(f"request to {_host(request.url)} failed: {_reason(err)}") from None
+    url = request.url
+    for _ in range(MAX_REDIRECTS + 1):
+        response = _send(session, request, url, data, headers)
+        if not response.is_redirect:
+            break
+        response.close()
+        target = urljoin(url, response.headers["location"])
+        if response.status_code not in (307, 308) or _origin(target) != _origin(url):
+            raise StreamError(
+                f"the endpoint redirected (HTTP {response.status_code}) to {_host(target)}"
+                f"{urlsplit(target).path}: chatpipe follows only 307 and 308 redirects "
+                "on the same host, so that the API key stays with it; set the template's "
+                "url to the new address", status=response.status_code)
+        url = target
+    else:
+        raise StreamError(f"the endpoint redirected more than {MAX_REDIRECTS} times")
     if response.status_code >= 400:
         try:
             raise http_error(response)
@@ -130,27 +246,84 @@ def post(session: requests.Session, request: Request) -> requests.Response:
     return response
 
 
-def _reason(err: BaseException) -> str:
-    """The innermost useful reason of a requests/urllib3 error, without the URL.
+def _send(session: requests.Session, request: Request, url: str, data: bytes,
+          headers: dict[str, str]) -> requests.Response:
+    """One POST of :func:`post`, redirects not followed; errors mapped."""
+    host = _host(url)
+    try:
+        return session.post(url, data=data, headers=headers, stream=True,
+                            allow_redirects=False,
+                            timeout=(request.connect_timeout, request.read_timeout))
+    except requests.exceptions.ConnectTimeout:
+        raise StreamError(f"cannot connect to {host}: no answer within "
+                          f"{request.connect_timeout:g} s (connect_timeout)",
+                          retryable=True) from None
+    except requests.exceptions.ReadTimeout:
+        raise StreamError(f"{host} sent no response headers within "
+                          f"{request.read_timeout:g} s (read_timeout)", retryable=True) from None
+    except requests.exceptions.MissingSchema:
+        raise StreamError("invalid endpoint URL: it must start with http:// or https://, "
+                          f"e.g. https://{url}") from None
+    except requests.exceptions.InvalidSchema:
+        raise StreamError(f"invalid endpoint URL: the scheme {urlsplit(url).scheme}:// is not "
+                          "supported; use http:// or https://") from None
+    except (requests.exceptions.InvalidURL, ValueError) as err:
+        raise StreamError(f"invalid endpoint URL ({host}): {_reason(err)}") from None
+    except requests.exceptions.ConnectionError as err:
+        unresolved = _find(err, (socket.gaierror, urllib3.exceptions.NameResolutionError))
+        if unresolved is not None:
+            raise StreamError(f"cannot connect to {host}: the host name does not resolve "
+                              f"({_reason(unresolved)})") from None
+        raise StreamError(f"cannot connect to {host}: {_reason(err)}", retryable=True) from None
+    except requests.exceptions.RequestException as err:
+        raise StreamError(f"request to {host} failed: {_reason(err)}") from None
 
-    For example "Connection refused" or "Name or service not known".
-    """
-    inner = err.args[0] if err.args and isinstance(err.args[0], BaseException) else err
-    inner = getattr(inner, "reason", None) or inner
-    cause: BaseException | None = inner
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
-        cause = cause.__cause__ or cause.__context__
-    return re.sub(r"^\w+\(host=.*?\): ", "", str(inner))
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """ERR and the exceptions inside it (arguments, ``reason``, causes), outermost first."""
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        exc = todo.pop(0)
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        todo.extend(a for a in exc.args if isinstance(a, BaseException))
+        todo.extend(e for e in (getattr(exc, "reason", None), exc.__cause__, exc.__context__)
+                    if isinstance(e, BaseException))
+
+
+def _find(err: BaseException, kinds: tuple[type, ...]) -> BaseException | None:
+    return next((e for e in _causes(err) if isinstance(e, kinds)), None)
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost useful reason of a requests/urllib3 error, as a phrase
+    without the URL: for example "Connection refused", "the server closed
+    the connection in the middle of the response"."""
+    for exc in _causes(err):
+        if isinstance(exc, (http.client.IncompleteRead, urllib3.exceptions.IncompleteRead)):
+            return "the server closed the connection in the middle of the response"
+        if isinstance(exc, http.client.RemoteDisconnected):
+            return "the server closed the connection without answering"
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc.strerror
+    for exc in _causes(err):
+        text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+        if text:
+            return re.sub(r"^\w+\(host=.*?\): |^<.*?>: ", "", text)
+    return type(err).__name__
 
 
 def http_error(response: requests.Response) -> StreamError:
     """Make a :class:`StreamError` for an HTTP error RESPONSE.
 
     The message is the provider's own (see
-    :func:`chatpipe.dialects.base.provider_error`); otherwise it says what
-    the body was (empty, HTML, text) along with the status.
+    :func:`chatpipe.dialects.base.provider_error`), from a JSON body or an
+    error event in a server-sent event body; otherwise the HTTP reason
+    phrase and what the body was (empty, HTML, text).  The status is not
+    repeated in the message: it is the error's ``status``.
     """
     status = response.status_code
     reason = response.reason or ""
@@ -160,23 +333,38 @@ def http_error(response: requests.Response) -> StreamError:
     except Exception:  # the body is only for the message
         raw = b""
     text = raw.decode("utf-8", "replace").strip()
-    try:
-        payload = json.loads(text)
-    except (ValueError, RecursionError):
-        payload = None
-    message, overloaded = provider_error(payload)
+    message, overloaded = provider_error(_error_payload(text))
     if status not in NEVER_RETRIED:
         retryable = retryable or overloaded
+    reason = reason or "error"
     if not message:
         if not text:
-            message = f"HTTP {status} {reason} with an empty body".replace("  ", " ")
+            message = f"{reason} (the response had no body)"
         elif text.lstrip().startswith("<"):
-            message = f"HTTP {status} {reason}: the server answered with an HTML page"
+            message = f"{reason}: the server answered with an HTML page"
         else:
             # Whole: the output cuts long messages after redacting secrets.
-            message = f"HTTP {status} {reason}: {text}"
+            message = f"{reason}: {text}"
     return StreamError(message, status=status, retryable=retryable,
-                       retry_after=retry_after(response.headers, payload))
+                       retry_after=retry_after(response.headers, _error_payload(text)))
+
+
+def _error_payload(text: str) -> Any:
+    """The JSON payload of an error body: the body itself, or the first
+    ``data:`` line of a server-sent event body that holds an error."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    for line in text.splitlines():
+        if line.startswith("data:"):
+            try:
+                payload = json.loads(line[5:])
+            except (ValueError, RecursionError):
+                continue
+            if provider_error(payload)[0]:
+                return payload
+    return None
 
 
 def retry_after(headers: Mapping[str, str], payload: Any = None) -> float | None:
@@ -260,7 +448,7 @@ def iter_body(response: requests.Response, read_timeout: float,
                           f"{read_timeout:g} s (read_timeout)", retryable=True) from None
     except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError,
             urllib3.exceptions.SSLError, OSError) as err:
-        raise StreamError(f"the stream ended early: connection lost ({_reason(err)})",
+        raise StreamError(f"the stream ended early: {_reason(err)}",
                           retryable=True) from None
 
 
