@@ -35,8 +35,13 @@
 ;; text and ends with `chatpipe-aborted-text'; a failed one with
 ;; "[error: MESSAGE]".  These notes are not sent back to the model.
 ;;
-;; All the changes of one answer are one change group, so the answer
-;; undoes in one step.
+;; Undo: the assistant heading is an ordinary undo step of the command
+;; that sends.  The answer is inserted with undo recording off and, when
+;; it ends, recorded as one undo entry that deletes it all (its text,
+;; reasoning block, tool call lines, note and the next user heading); so
+;; one undo removes the answer and only the answer, whatever the user
+;; typed elsewhere meanwhile.  If the user changed nothing while it
+;; streamed, that entry joins the heading's step.
 ;;
 ;; The model's reasoning goes where `chatpipe-reasoning-display' says
 ;; (see chatpipe-reasoning.el).  Each tool call is shown on a line of its
@@ -68,8 +73,9 @@ move along with it; point elsewhere never moves."
   "One answer being streamed into a chat buffer.
 BUFFER is the chat buffer, STREAM the answer's `chatpipe-stream'.
 MARKER is the end of the answer's text (insertion type t), START
-its start, where a reasoning block goes (insertion type nil).  GROUP
-is the answer's change group.
+its start, where a reasoning block goes (insertion type nil).  UNDO
+is the `buffer-undo-list' after the heading was inserted, to know
+at the end whether the user changed anything meanwhile.
 DISPLAY is the `chatpipe-reasoning-display' of the answer.
 REASONING is the marker where reasoning goes in a block, ESCAPE the
 start of the block's first line not yet checked for escapes.  TOOLS
@@ -79,7 +85,7 @@ non-nil once a blank line separates them from the answer.  TIMER
 is the timer of a pending retry.  PROGRESS is what streamed last
 \(`answer', `reasoning' or `tools'), STATUS-TIME when the status
 last showed it, and STATUS-TIMER the timer that will show it next."
-  buffer stream marker start group start-time (chars 0) usage display
+  buffer stream marker start undo start-time (chars 0) usage display
   reasoning escape (reasoning-chars 0) tools tools-end tools-sep
   finish-reason timer progress (status-time 0.0) status-timer)
 
@@ -170,14 +176,18 @@ That is the end of its tool call lines if any, else of its answer."
 (defmacro chatpipe--edit (job &rest body)
   "Run BODY to insert text for JOB in its buffer, if that is live.
 BODY runs in JOB's buffer as for `chatpipe--following', the end of
-JOB's text (see `chatpipe--job-end') followed."
+JOB's text (see `chatpipe--job-end') followed, and with undo
+recording off: the whole answer is recorded when it ends (see
+`chatpipe--record-undo')."
   (declare (indent 1) (debug (form body)))
   (let ((j (make-symbol "job")))
     `(let ((,j ,job))
        (when (buffer-live-p (chatpipe--job-buffer ,j))
          (with-current-buffer (chatpipe--job-buffer ,j)
-           (chatpipe--following (chatpipe--job-end ,j) (chatpipe--job-end ,j)
-             ,@body))))))
+           (let ((buffer-undo-list t))
+             (chatpipe--following (chatpipe--job-end ,j)
+                 (chatpipe--job-end ,j)
+               ,@body)))))))
 
 (defun chatpipe--insert-answer (job text)
   "Insert TEXT, a piece of JOB's answer, at the end of the answer.
@@ -288,41 +298,69 @@ See `chatpipe-reasoning-display'."
     (when (markerp marker)
       (set-marker marker nil))))
 
+(defun chatpipe--undo-list ()
+  "Return `buffer-undo-list' without the undo boundaries at its head."
+  (let ((list buffer-undo-list))
+    (while (and (consp list) (null (car list)))
+      (setq list (cdr list)))
+    list))
+
+(defun chatpipe--record-undo (job end deleted)
+  "Record JOB's answer, from its start to END, as one undo step.
+The answer was inserted with undo recording off.  DELETED is the
+text that its end replaced (the blank lines after it), or \"\".
+The step deletes the answer and puts DELETED back.  If nothing was
+recorded since the heading was inserted, the step is the heading's
+too, so that one undo undoes the whole send; else it is a step of
+its own, and the user's changes meanwhile stay."
+  (let ((start (marker-position (chatpipe--job-start job)))
+        (prepared (chatpipe--job-undo job)))
+    (when (and (listp buffer-undo-list) prepared (listp prepared))
+      (if (eq (chatpipe--undo-list) prepared)
+          (setq buffer-undo-list prepared)
+        (undo-boundary))
+      (unless (string-empty-p deleted)
+        (push (cons deleted start) buffer-undo-list))
+      (when (< start end)
+        (push (cons start end) buffer-undo-list))
+      (undo-boundary))))
+
 (defun chatpipe--finish (job kind &optional message)
   "End JOB as KIND: `done', `aborted' or `error' with MESSAGE.
 Add the note for an aborted or failed answer, leave one blank line
 after the answer and, at the end of the buffer, add a user heading
-for the next question; close the change group of the answer and
-update the status."
+for the next question; record the answer as one undo step (see
+`chatpipe--record-undo') and update the status."
   (let ((buffer (chatpipe--job-buffer job)))
     (when (buffer-live-p buffer)
       (with-current-buffer buffer
         (let ((seconds (- (float-time) (chatpipe--job-start-time job)))
+              (deleted "")
               end)
-          (chatpipe--following (chatpipe--job-end job) end
-            (when (chatpipe--job-escape job)
-              (let ((reasoning (chatpipe--job-reasoning job)))
-                (chatpipe--escape-reasoning
-                 reasoning (chatpipe--job-escape job) reasoning t)))
-            (goto-char (chatpipe--job-end job))
-            (pcase kind
-              ('aborted (chatpipe--ensure-blank-line)
-                        (insert chatpipe-aborted-text))
-              ('error (chatpipe--ensure-blank-line)
-                      (insert "[error: " (replace-regexp-in-string
-                                          "\n" " " message)
-                              "]")))
-            ;; One blank line between the answer and what follows, if
-            ;; anything; else a user heading for the next question.
-            (delete-region (point) (progn (skip-chars-forward " \t\n")
-                                          (point)))
-            (chatpipe--ensure-blank-line)
-            (when (eobp)
-              (insert (chatpipe--heading 'user) "\n\n"))
-            (setq end (point)))
-          (let ((group (chatpipe--job-group job)))
-            (undo-amalgamate-change-group group)
-            (accept-change-group group))
+          (let ((buffer-undo-list t))
+            (chatpipe--following (chatpipe--job-end job) end
+              (when (chatpipe--job-escape job)
+                (let ((reasoning (chatpipe--job-reasoning job)))
+                  (chatpipe--escape-reasoning
+                   reasoning (chatpipe--job-escape job) reasoning t)))
+              (goto-char (chatpipe--job-end job))
+              (pcase kind
+                ('aborted (chatpipe--ensure-blank-line)
+                          (insert chatpipe-aborted-text))
+                ('error (chatpipe--ensure-blank-line)
+                        (insert "[error: " (replace-regexp-in-string
+                                            "\n" " " message)
+                                "]")))
+              ;; One blank line between the answer and what follows, if
+              ;; anything; else a user heading for the next question.
+              (setq deleted (delete-and-extract-region
+                             (point) (progn (skip-chars-forward " \t\n")
+                                            (point))))
+              (chatpipe--ensure-blank-line)
+              (when (eobp)
+                (insert (chatpipe--heading 'user) "\n\n"))
+              (setq end (point))))
+          (chatpipe--record-undo job end deleted)
           (chatpipe--release job)
           (when (eq chatpipe--job job)
             (setq chatpipe--job nil))
@@ -402,9 +440,9 @@ Events of unknown types are ignored."
 (defun chatpipe--start (messages prepare)
   "Send MESSAGES and stream the answer into the current buffer.
 MESSAGES is a list of (ROLE . CONTENT).  PREPARE is called with no
-arguments inside the answer's change group, after the backend is
-found; it edits the buffer as needed and returns the position where
-the answer goes.  If the request cannot be sent, its edits are undone.
+arguments after the backend is found; it edits the buffer as needed
+\(these edits are one undo step) and returns the position where the
+answer goes.  If the request cannot be sent, its edits are undone.
 Return the new `chatpipe--job'."
   (chatpipe--check-idle)
   (chatpipe--check-last-is-user messages)
@@ -423,8 +461,7 @@ Return the new `chatpipe--job'."
           (let ((pos (funcall prepare)))
             (setq job (chatpipe--job-create
                        :buffer (current-buffer) :marker (copy-marker pos t)
-                       :start (copy-marker pos) :group group
-                       :start-time (float-time)
+                       :start (copy-marker pos) :start-time (float-time)
                        :display chatpipe-reasoning-display))
             (setf (chatpipe--job-stream job)
                   (chatpipe-process-start
@@ -435,6 +472,9 @@ Return the new `chatpipe--job'."
                    :name (format "chatpipe %s" (buffer-name))
                    :handler (lambda (event)
                               (chatpipe--handle-event job event))))
+            (undo-amalgamate-change-group group)
+            (accept-change-group group)
+            (setf (chatpipe--job-undo job) (chatpipe--undo-list))
             (setq chatpipe--job job)
             (chatpipe--clear-reasoning-buffer)
             (chatpipe--set-status "waiting...")

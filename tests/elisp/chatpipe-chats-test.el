@@ -135,7 +135,13 @@
                      (concat "### User\n\nHi\n\n### Assistant\n\n"
                              (chatpipe-test--expected
                               "openai-chat/utf8-multiline-json.sse")
-                             "\n### User\n\nNext question"))))
+                             "\n### User\n\nNext question")))
+      ;; One undo brings the answer it replaced back.
+      (undo-boundary)
+      (let ((last-command nil)) (undo))
+      (should (equal (buffer-string)
+                     (concat "### User\n\nHi\n\n### Assistant\n\n" answer
+                             "\n\n### User\n\nNext question"))))
     (let ((requests (chatpipe-test--requests)))
       (should (= 4 (length requests)))
       (dolist (request requests)

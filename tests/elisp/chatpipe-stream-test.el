@@ -1,9 +1,9 @@
-;;; chatpipe-stream-test.el --- ERT tests: streaming answers, the process filter -*- lexical-binding: t; -*-
+;;; chatpipe-stream-test.el --- ERT tests: streaming answers, the process filter, undo -*- lexical-binding: t; -*-
 
 ;;; Commentary:
 
 ;; Streamed answers through serve and send processes, point and
-;; windows, multi-byte text, the process filter and routing.
+;; windows, multi-byte text, the process filter and routing, undo.
 
 ;;; Code:
 
@@ -79,6 +79,78 @@ process: the shared serve process stays, a send process exits 0."
 (ert-deftest chatpipe-test-stream-answer-send ()
   "A streamed answer through a send process of its own."
   (chatpipe-test--stream-answer 'send))
+
+(defun chatpipe-test--undo (&optional more)
+  "Undo one step as the command `undo' does; with MORE, go on undoing."
+  (let ((last-command (and more 'undo)))
+    (undo-boundary)
+    (undo)))
+
+(ert-deftest chatpipe-test-undo-keeps-user-edits ()
+  "One undo removes the answer and only the answer.
+Text typed before the answer while it streams stays; the next undos
+remove it, then the heading that sending added."
+  (let ((template (chatpipe-test--template
+                   "/replay/openai-chat/text-with-usage.sse?split=300&delay=0.05"))
+        (question "Weather?")
+        (typed 0))
+    (chatpipe-test--with-chat (buffer template)
+      (chatpipe-test--ask question)
+      ;; As the command loop would: a boundary after the command.
+      (undo-boundary)
+      ;; Type twice, as two commands, at the start of the buffer while
+      ;; the answer streams in.
+      (while (and (< typed 2) (chatpipe-busy-p))
+        (accept-process-output nil 0.02)
+        (when (string-search (if (= typed 0) "I'm" "weather")
+                             (buffer-string))
+          (save-excursion
+            (goto-char (point-min))
+            (insert (if (= typed 0) "Notes.\n\n" "More notes.\n")))
+          (undo-boundary)
+          (cl-incf typed)))
+      (should (= typed 2))
+      (chatpipe-test--wait-idle buffer)
+      (let ((chat (concat "### User\n\n" question "\n\n### Assistant\n\n")))
+        (should (equal (buffer-string)
+                       (concat "More notes.\nNotes.\n\n" chat
+                               (chatpipe-test--expected
+                                "openai-chat/text-with-usage.sse")
+                               "\n\n### User\n\n")))
+        (chatpipe-test--undo)
+        (should (equal (buffer-string) (concat "More notes.\nNotes.\n\n" chat)))
+        ;; The next undos, in the same chain, undo the typing, then the
+        ;; assistant heading.
+        (chatpipe-test--undo t)
+        (should (equal (buffer-string) (concat "Notes.\n\n" chat)))
+        (chatpipe-test--undo t)
+        (should (equal (buffer-string) chat))
+        (chatpipe-test--undo t)
+        (should (equal (buffer-string) (concat "### User\n\n" question)))))))
+
+(ert-deftest chatpipe-test-undo-aborted-answer ()
+  "An aborted answer, its reasoning block and its note undo in one step."
+  (let* ((recording "deepseek/reasoner-reasoning-content.sse")
+         (template (chatpipe-test--template
+                    (format "/replay/%s?hold=%d" recording
+                            (chatpipe-test--hold-offset recording 400))))
+         (chatpipe-reasoning-display 'fold))
+    (chatpipe-test--with-chat (buffer template)
+      (unwind-protect
+          (progn
+            (chatpipe-test--ask "Hi")
+            (undo-boundary)
+            (should (chatpipe-test--wait
+                     (lambda () (string-search "</details>\n\n" (buffer-string)))))
+            (goto-char (point-min))
+            (insert "Typed.\n")
+            (undo-boundary)
+            (chatpipe-abort)
+            (should (string-suffix-p "[aborted]\n\n### User\n\n" (buffer-string)))
+            (chatpipe-test--undo)
+            (should (equal (buffer-string)
+                           "Typed.\n### User\n\nHi\n\n### Assistant\n\n")))
+        (chatpipe-test--http "POST" "/release")))))
 
 (ert-deftest chatpipe-test-point-stays ()
   "Point and window away from the end do not move while streaming."
