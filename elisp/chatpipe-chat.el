@@ -23,31 +23,21 @@
 ;;; Commentary:
 
 ;; Streaming answers into chat buffers.  Sending parses the turns into
-;; messages (see chatpipe-turns.el), inserts an assistant heading and
-;; sends a request to the backend (see chatpipe-process.el); each
-;; `delta' is inserted at a marker of insertion type t, inside
-;; `save-excursion', and nothing inserted is parsed or rendered again.
-;; Point and windows at the end of the answer follow it
-;; (`chatpipe--following').  While the answer streams, the status in the
-;; header line is updated at most every `chatpipe--status-interval'
-;; seconds; the final status is exact.  When the answer ends, a user
-;; heading is added for the next question.  An aborted answer keeps its
-;; text and ends with `chatpipe-aborted-text'; a failed one with
-;; "[error: MESSAGE]".  These notes are not sent back to the model.
+;; messages, inserts an assistant heading and sends a request to the
+;; backend; each `delta' is inserted at a marker, and nothing inserted
+;; is parsed again.  Point and windows at the end of the answer follow
+;; it.  The header line status is updated at most every
+;; `chatpipe--status-interval' seconds.  At the end, a user heading is
+;; added for the next question; an aborted or failed answer ends with a
+;; note, which is not sent back.  Tool calls are shown on lines of their
+;; own after the answer, "[tool call: NAME(ARGUMENTS)]".
 ;;
-;; Undo: the assistant heading is an ordinary undo step of the command
-;; that sends.  The answer is inserted with undo recording off and, when
-;; it ends, recorded as one undo entry that deletes it all (its text,
-;; reasoning block, tool call lines, note and the next user heading); so
-;; one undo removes the answer and only the answer, whatever the user
-;; typed elsewhere meanwhile.  If the user changed nothing while it
-;; streamed, that entry joins the heading's step.
-;;
-;; The model's reasoning goes where `chatpipe-reasoning-display' says
-;; (see chatpipe-reasoning.el).  Each tool call is shown on a line of its
-;; own after the answer, "[tool call: NAME(ARGUMENTS)]", its arguments
-;; appended at a marker as they stream; like the notes, these lines are
-;; not sent back.
+;; Undo: the heading is an ordinary undo step of the sending command.
+;; The answer is inserted with undo recording off and, when it ends,
+;; recorded as one undo step that deletes all of it; so one undo removes
+;; the answer and only the answer, whatever the user typed elsewhere
+;; meanwhile.  If nothing was recorded while it streamed, that step
+;; joins the heading's.
 
 ;;; Code:
 

@@ -22,25 +22,16 @@
 
 ;;; Commentary:
 
-;; Sending requests to the `chatpipe' backend and turning its stdout
-;; (one JSON event per line, protocol v1) into calls of each answer's
-;; event handler.  An answer streaming is a `chatpipe-stream'.
-;;
-;; One process layer serves both kinds of backend process:
-;; `chatpipe--start-process' starts one, with its stderr in a buffer,
-;; the filter `chatpipe--filter', the sentinel `chatpipe--sentinel' and
-;; a table of pending streams.  The shared `chatpipe serve' process
-;; (`chatpipe-backend-mode' `serve', the default) has a stream per
-;; request id of ours, which its events carry as `id'; a one-shot
-;; `chatpipe send' process has one stream.  When a process ends, each
-;; of its pending streams ends with an `error' event with the exit
-;; status or signal and the last stderr line.
-;;
-;; The filter appends each read to a hidden input buffer, searches it
-;; for newlines from where the last search stopped and parses each
-;; complete line in place: the work is proportional to the output, and
-;; a partial last line is neither searched nor copied again.
-;; Consecutive text events of one answer in one read are joined.
+;; Requests to the `chatpipe' backend, and its stdout (one JSON event
+;; per line, protocol v1) turned into calls of each answer's handler.
+;; One process layer (`chatpipe--start-process', `chatpipe--filter',
+;; `chatpipe--sentinel', a table of pending `chatpipe-stream's) serves
+;; the shared `chatpipe serve' process, whose events carry our request
+;; id as `id', and one-shot `chatpipe send' processes (one stream each).
+;; A process that ends ends its pending streams with an `error' event.
+;; The filter parses complete lines in place in an input buffer: the
+;; work is proportional to the output; text events of one answer in
+;; one read are joined.
 
 ;;; Code:
 
@@ -429,23 +420,18 @@ TEMPLATE is a template name or a .json file name.  MESSAGES is a
 list of (ROLE . CONTENT) pairs of strings, appended after the
 template's own messages.  MODEL, if non-nil, overrides the
 template's model; VARS is an alist of (NAME . VALUE) strings for
-the template's `${NAME}' placeholders.
+its `${NAME}' placeholders.  The request goes to the shared serve
+process, or to a send process named NAME (see
+`chatpipe-backend-mode'); the API keys the template needs (see
+`chatpipe-template-env') go in the request or the process
+environment, never on a command line.
 
-With `chatpipe-backend-mode' `serve', the request goes to the
-shared `chatpipe serve' process (see `chatpipe-serve-process'),
-with the API keys the template needs (see `chatpipe-template-env')
-in its `env'.  With `send', a `chatpipe send' process is started
-for it, named NAME (its stderr buffer too), with the messages on
-its stdin and the API keys in its environment.  Either way no key
-is ever on a command line.
-
-HANDLER is called in turn with each event, a plist such as
-\(:type \"delta\" :content \"Hi\"), until and including the first
-`done' or `error' event; if the process ends without one, an
-`error' event with its exit status and last stderr line is
-delivered.  After `chatpipe-process-abort', nothing more is
-delivered.  The value is a `chatpipe-stream'.  Signal
-`chatpipe-backend-missing' if there is no backend."
+HANDLER is called with each event, a plist such as \(:type
+\"delta\" :content \"Hi\"), up to the first `done' or `error'
+event; if the process ends without one, an `error' event is
+delivered.  After `chatpipe-process-abort', nothing more is.  The
+value is a `chatpipe-stream'.  Signal `chatpipe-backend-missing'
+if there is no backend."
   (let* ((entry (chatpipe-template-info template))
          (template (chatpipe--template-argument template entry))
          (env (chatpipe--entry-env entry))
