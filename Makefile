@@ -26,7 +26,8 @@ local-server:
 
 ## demo: stream a real answer from the local model into the terminal
 demo: setup local-server
-	scripts/local-server run --port $(PORT) --log local-server.log -- $(VENV)/bin/chatpipe send local -m "$(PROMPT)"
+	scripts/local-server run --port $(PORT) --log local-server.log -- \
+	    $(VENV)/bin/chatpipe send local --url http://127.0.0.1:$(PORT)/v1/chat/completions -m "$(PROMPT)"
 
 ## emacs-deps: emacs-nox and package-lint, installed with apt when root
 emacs-deps:
