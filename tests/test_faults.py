@@ -241,7 +241,7 @@ def test_huge_single_event(server):
     event = json.dumps({"choices": [{"index": 0, "delta": {"content": content}}]}).encode()
     body = b"data: " + event + b"\n\ndata: [DONE]\n\n"
     url = server.add("/huge", Reply(split_every(body, 256 * 1024)))
-    sink, err, elapsed = run(request(url))
+    sink, err, elapsed = run(request(url, max_event_bytes=16 << 20))
     assert err is None
     [delta] = sink.of("delta")
     assert delta["content"] == content

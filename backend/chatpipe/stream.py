@@ -126,9 +126,9 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
         body = transport.iter_body(response, request.read_timeout, deadline,
                                    sink.flush)
         if parser.framing == "ndjson":
-            stream = framing.ndjson_lines(body)
+            stream = framing.ndjson_lines(body, request.max_event_bytes)
         else:
-            stream = framing.sse_events(body)
+            stream = framing.sse_events(body, request.max_event_bytes)
         malformed = None
         for event in stream:
             if malformed is not None:
