@@ -3,86 +3,14 @@
 from __future__ import annotations
 
 import json
-import queue
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import pytest
 
-from conftest import EXPECTED, FAKE_KEY, ROOT, STREAMS
+from conftest import EXPECTED, FAKE_KEY, STREAMS, req, text_of
 from replay_server import Reply
 
 TEXT = "openai-chat/text-with-usage.sse"
-
-
-class Serve:
-    """A ``chatpipe serve`` subprocess; lines read in a thread."""
-
-    def __init__(self, env):
-        self.proc = subprocess.Popen([sys.executable, "-m", "chatpipe", "serve"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env, cwd=ROOT)
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put((time.monotonic(), json.loads(line)))
-        self.lines.put((time.monotonic(), None))
-
-    def send(self, obj):
-        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode() + b"\n"
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-        return time.monotonic()
-
-    def until(self, pred, timeout=15):
-        """Events read until one matches PRED (inclusive), as (time, event)."""
-        got = []
-        while True:
-            t, event = self.lines.get(timeout=timeout)
-            assert event is not None, f"serve ended: {got}"
-            got.append((t, event))
-            if pred(event):
-                return got
-
-    def finished(self, *ids, timeout=15):
-        """Events until every id in IDS has its done/error; by id."""
-        left, by_id = set(ids), {}
-        while left:
-            t, event = self.lines.get(timeout=timeout)
-            assert event is not None
-            by_id.setdefault(event.get("id"), []).append(event)
-            if event["type"] in ("done", "error"):
-                left.discard(event.get("id"))
-        return by_id
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=15)
-        return self.proc.returncode
-
-
-@pytest.fixture
-def serve(env):
-    s = Serve(env)
-    yield s
-    if s.proc.poll() is None:
-        s.proc.kill()
-        s.proc.wait()
-
-
-def req(rid, url, template="openai", **extra):
-    return {"id": rid, "template": template, "url": url,
-            "messages": [{"role": "user", "content": f"question {rid}"}], **extra}
-
-
-def text_of(events):
-    return "".join(e["content"] for e in events if e["type"] == "delta")
 
 
 def test_streams_at_once_tagged_by_id(server, serve):

@@ -38,7 +38,7 @@ REDACTED = "***"
 #: Error handler that encodes what UTF-8 cannot hold (a lone surrogate from
 #: a provider's ``"\ud800"``) as U+FFFD, so every byte written is valid UTF-8.
 ENCODE_ERRORS = "chatpipe-replace"
-codecs.register_error(ENCODE_ERRORS, lambda err: ("\ufffd", err.end))
+codecs.register_error(ENCODE_ERRORS, lambda err: ("\ufffd".encode() * (err.end - err.start), err.end))
 
 #: C0 and C1 control characters but tab and newline -> U+FFFD (CR is
 #: dropped), so that model text cannot drive the user's terminal.
