@@ -29,8 +29,6 @@ DIALECT = {"anthropic": "anthropic-messages", "gemini": "gemini", "ollama": "oll
 #: Recordings that end with an error, not a done event: their expected error.
 FAILING = {
     "openai-responses/rate-limited-error.sse": "Request too large for gpt-4o",
-    # Gemini without alt=sse: one JSON array, not events (see test below).
-    "gemini/thinking-stream-array.json": "add ?alt=sse",
 }
 
 RECORDINGS = sorted(EXPECTED)

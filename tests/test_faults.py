@@ -189,14 +189,17 @@ def test_gemini_blocked_prompt(server):
     assert err.message == "the prompt was blocked (SAFETY)"
 
 
-def test_gemini_without_alt_sse_is_a_clear_error(server):
+def test_gemini_without_alt_sse_is_read_as_one_document(server):
     name = "gemini/thinking-stream-array.json"
-    url = server.add("/g", Reply([(STREAMS / name).read_bytes()],
+    url = server.add("/g", Reply(split_every((STREAMS / name).read_bytes(), 100),
                                  content_type="application/json"))
     sink, err, _ = run(request(url, api="gemini"))
-    assert err.message == ("the endpoint answered with one JSON document, not a stream of "
-                           "server-sent events: add ?alt=sse to the streamGenerateContent URL")
-    assert sink.events == []
+    assert err is None
+    assert sink.text() == EXPECTED[name]["text"]
+    assert [e["type"] for e in sink.events] == ["start", "reasoning", "delta", "usage", "done"]
+    assert sink.events[-1] == {"type": "done", "finish_reason": "stop",
+                               "raw_finish_reason": "STOP"}
+    assert len(server.requests) == 1
 
 
 @pytest.mark.parametrize("name", ["anthropic/basic.sse", "openai-responses/basic-text.sse",

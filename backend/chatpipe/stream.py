@@ -8,13 +8,15 @@ Front ends do not call this directly: :mod:`chatpipe.runner` does.
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from typing import Any, Iterable
 
 import requests
 
 from chatpipe import PROTOCOL_VERSION, dialects, framing, protocol, transport
-from chatpipe.dialects.base import MalformedEvent, Parser
+from chatpipe.dialects.base import MalformedEvent, Parser, stream_error
 from chatpipe.errors import Cancelled, StreamError
 from chatpipe.protocol import Sink
 from chatpipe.transport import Control
@@ -66,22 +68,26 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None,
     and ``done`` last.  A retryable failure (connection error, HTTP 429 and
     5xx, a provider's overload error) before any content was emitted is
     retried up to ``request.max_retries`` times, with exponential backoff
-    and jitter or the delay the provider asked for, while the waits fit in
-    ``request.retry_budget`` seconds and the answer in ``request.deadline``;
-    each retry is announced with a ``retry`` event.  The HTTP response is
-    closed on return, on error and on interruption.  SESSION (default: a new
-    one) lets requests share connections; CONTROL lets another thread cancel.
+    and jitter or the delay the provider asked for, while the time since the
+    first attempt started plus the next delay fits in
+    ``request.retry_budget`` seconds (failed attempts count, not only the
+    waits: the last attempt starts within the budget, so a server that never
+    answers costs at most ``retry_budget`` plus one ``read_timeout``) and
+    the answer in ``request.deadline``; each retry is announced with a
+    ``retry`` event.  The HTTP response is closed on return, on error and
+    on interruption.  SESSION (default: a new one, from
+    :func:`chatpipe.transport.new_session`) lets requests share
+    connections; CONTROL lets another thread cancel.
 
     Raises:
         StreamError: the last failure (after the events that did arrive).
         Cancelled: CONTROL was cancelled.
     """
     own_session = session is None
-    session = session or requests.Session()
+    session = session or transport.new_session()
     gate = _Gate(sink)
     started = time.monotonic()
     deadline = started + request.deadline
-    waited = 0.0
     attempt = 0
     try:
         while True:
@@ -95,8 +101,8 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None,
                 if not err.retryable or gate.content or attempt > request.max_retries:
                     raise
                 delay = err.retry_after if err.retry_after is not None else backoff(attempt)
-                if (waited + delay > request.retry_budget
-                        or time.monotonic() + delay >= deadline):
+                now = time.monotonic()
+                if now - started + delay > request.retry_budget or now + delay >= deadline:
                     raise
                 gate.emit(protocol.retry(attempt, delay, err.message, err.status))
                 gate.flush()
@@ -104,7 +110,6 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None,
                     time.sleep(delay)
                 elif control.cancelled.wait(delay):
                     raise Cancelled() from None
-                waited += delay
     finally:
         gate.flush()
         if own_session:
@@ -115,16 +120,22 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
               deadline: float, control: Control | None, keep_alive: bool) -> None:
     """One attempt of :func:`run`: POST, stream, close.  With KEEP_ALIVE the
     rest of the body is read after the terminator, so that the session can
-    reuse the connection."""
+    reuse the connection.  An SSE endpoint that answers one JSON document
+    (a request without ``"stream": true``) is read whole and given to the
+    parser's :meth:`~chatpipe.dialects.base.Parser.parse_document`."""
     parser = dialects.get(request.api).parser()
     response = transport.post(session, request)
     try:
         if control is not None:
             control.attach(response)
-        _check_content_type(response, parser)
+        document = _check_content_type(response, parser)
         sink.emit(_start_event(request, response))
         body = transport.iter_body(response, request.read_timeout, deadline,
                                    sink.flush)
+        if document:
+            for out in parser.parse_document(_read_document(response, body, request)):
+                sink.emit(out)
+            return
         if parser.framing == "ndjson":
             stream = framing.ndjson_lines(body, request.max_event_bytes)
         else:
@@ -155,10 +166,70 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
         response.close()
 
 
-def _check_content_type(response: requests.Response, parser: Parser) -> None:
-    """Raise a clear StreamError when an SSE endpoint answers plain JSON
-    (a request without ``stream: true``, Gemini without ``alt=sse``)."""
+#: Content types of a web page: a captive portal or a proxy's login page.
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+
+
+def _check_content_type(response: requests.Response, parser: Parser) -> bool:
+    """Whether RESPONSE (a 200) is one JSON document rather than a stream:
+    ``application/json`` from an SSE endpoint (a request without
+    ``"stream": true``, Gemini without ``alt=sse``).  An NDJSON endpoint's
+    single object is an NDJSON line, read as a stream.
+
+    Raises:
+        StreamError: (not retryable) the server answered with an HTML page.
+    """
     ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
-    if parser.framing == "sse" and ctype == "application/json":
-        raise StreamError("the endpoint answered with one JSON document, not a stream "
-                          f"of server-sent events: {parser.not_streaming_hint}")
+    if ctype in HTML_TYPES:
+        raise StreamError("the server answered with an HTML page, not a stream: "
+                          "a proxy or captive portal may be in the way")
+    return parser.framing == "sse" and ctype == "application/json"
+
+
+def _read_document(response: requests.Response, body: Iterable[bytes],
+                   request: Request) -> Any:
+    """Read BODY (the chunks of RESPONSE's body) whole and parse it as JSON.
+
+    At most ``request.max_event_bytes`` bytes are read (a longer
+    ``Content-Length`` is refused before reading).  A BOM is skipped and
+    invalid UTF-8 becomes U+FFFD, as in streams.
+
+    Returns:
+        The parsed document (any JSON value).
+    Raises:
+        StreamError: the document is larger than ``request.max_event_bytes``
+            (not retryable); it is not JSON (retryable when it is cut off,
+            i.e. the text ends inside the value); the provider reported an
+            error in it (``{"error": ...}``, through
+            :func:`chatpipe.dialects.base.stream_error`: retryable when its
+            type says so); or reading failed (see
+            :func:`chatpipe.transport.iter_body`).
+    """
+    limit = request.max_event_bytes
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise framing.too_large("a JSON document", limit)
+    parts: list[bytes] = []
+    size = 0
+    for chunk in body:
+        size += len(chunk)
+        if size > limit:
+            raise framing.too_large("a JSON document", limit)
+        parts.append(chunk)
+    text = b"".join(parts).decode("utf-8-sig", "replace")
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise StreamError("the server answered with a JSON document nested too deeply") from None
+    except json.JSONDecodeError as err:
+        if not text.strip():
+            raise StreamError("the server answered with an empty body, not a stream or a "
+                              "JSON document", retryable=True) from None
+        if err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string"):
+            raise StreamError("the server's JSON answer ended early: it is cut off",
+                              retryable=True) from None
+        raise StreamError(f"the server's answer is not valid JSON: {text[:200]}") from None
+    first = doc[0] if isinstance(doc, list) and doc else doc
+    if isinstance(first, dict) and first.get("error"):
+        raise stream_error(first)
+    return doc

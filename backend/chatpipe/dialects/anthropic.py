@@ -14,8 +14,18 @@ Named server-sent events, each with a JSON payload carrying its own ``type``::
 
 ``text_delta`` is text, ``thinking_delta`` reasoning, ``input_json_delta``
 a fragment of a tool call's arguments; ``signature_delta`` is ignored.
-``message_stop`` ends the stream.  An ``error`` event can come on an HTTP
-200 stream (e.g. ``overloaded_error``).
+``message_stop`` ends the stream; a ``message_stop`` after no content and
+no ``stop_reason`` is an error.  An ``error`` event can come on an HTTP 200
+stream (e.g. ``overloaded_error``).
+
+Without ``"stream": true`` the answer is one Message object
+(https://docs.anthropic.com/en/api/messages#response)::
+
+    {"id": "msg_1", "type": "message", "role": "assistant", "model": "...",
+     "content": [{"type": "thinking", "thinking": "...", "signature": "..."},
+                 {"type": "text", "text": "Hi"},
+                 {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"x": 1}}],
+     "stop_reason": "tool_use", "usage": {"input_tokens": 9, "output_tokens": 20}}
 
 Request shape: https://docs.anthropic.com/en/api/messages (the system
 prompt is the top-level ``system``, not a message).
@@ -23,11 +33,13 @@ prompt is the top-level ``system``, not a message).
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 from chatpipe import protocol
 from chatpipe.dialects import base
 from chatpipe.dialects.base import SYSTEM_ROLES, parse_json
+from chatpipe.errors import StreamError
 
 #: Anthropic ``stop_reason`` -> OpenAI ``finish_reason``.
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
@@ -50,7 +62,8 @@ class Parser(base.Parser):
 
         Raises:
             StreamError: an ``error`` event (retryable for overload, rate
-                limit and API errors).
+                limit and API errors); a ``message_stop`` with no content
+                and no ``stop_reason`` before it.
             MalformedEvent: data that is not a JSON object.
         """
         payload = parse_json(event.data)
@@ -59,15 +72,20 @@ class Parser(base.Parser):
             delta = payload.get("delta") or {}
             dtype = delta.get("type")
             if dtype == "text_delta":
-                return [protocol.delta(delta["text"])] if delta.get("text") else []
-            if dtype == "thinking_delta":
-                return [protocol.reasoning(delta["thinking"])] if delta.get("thinking") else []
-            if dtype == "input_json_delta":
-                return self.tool_call(payload.get("index"), delta.get("partial_json") or "")
-            return []
+                out = [protocol.delta(delta["text"])] if delta.get("text") else []
+            elif dtype == "thinking_delta":
+                out = [protocol.reasoning(delta["thinking"])] if delta.get("thinking") else []
+            elif dtype == "input_json_delta":
+                out = self.tool_call(payload.get("index"), delta.get("partial_json") or "")
+            else:
+                return []
+            if out:
+                self.content = True
+            return out
         if kind == "content_block_start":
             block = payload.get("content_block") or {}
             if block.get("type") in ("tool_use", "server_tool_use"):
+                self.content = True
                 return self.tool_call(payload.get("index"), "", block.get("id"), block.get("name"))
             return []
         if kind == "message_start":
@@ -78,14 +96,49 @@ class Parser(base.Parser):
             self._add_usage(payload.get("usage"))
             return []
         if kind == "message_stop":
-            self.done = True
-            out = [self.usage_event()] if self.usage else []
-            out.append(protocol.done(FINISH.get(self.stop_reason, self.stop_reason),
-                                     self.stop_reason))
-            return out
+            if not self.content and self.stop_reason is None:
+                raise self.empty_answer()
+            return self._finish([])
         if kind == "error":
             raise base.stream_error(payload)
         return []  # ping, content_block_stop, and types added later
+
+    def _finish(self, out: list[dict]) -> list[dict]:
+        """OUT, then ``usage`` (if reported) and ``done``; the answer is done."""
+        self.done = True
+        if self.usage:
+            out.append(self.usage_event())
+        out.append(protocol.done(FINISH.get(self.stop_reason, self.stop_reason),
+                                 self.stop_reason))
+        return out
+
+    def parse_document(self, doc: Any) -> list[dict]:
+        """Return the protocol events for a Message object DOC (see the
+        module docstring): the thinking and the text as one event each, one
+        ``tool_call`` per ``tool_use`` block (its ``input`` as a JSON text),
+        ``usage``, ``done``.
+
+        Raises:
+            StreamError: DOC is not a Message, or has no content and no
+                ``stop_reason``.
+        """
+        if not isinstance(doc, dict) or not isinstance(doc.get("content", []), list):
+            raise StreamError("the server's JSON answer is not a Messages API message: "
+                              f"{json.dumps(doc, ensure_ascii=False)[:200]}")
+        blocks = [b for b in doc.get("content") or () if isinstance(b, dict)]
+        out = self.document_events(
+            ("reasoning", b.get("thinking")) if b.get("type") == "thinking" else
+            ("delta", b.get("text")) if b.get("type") == "text" else ("delta", None)
+            for b in blocks)
+        for i, block in enumerate(blocks):
+            if block.get("type") in ("tool_use", "server_tool_use"):
+                arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
+                out.extend(self.tool_call(i, arguments, block.get("id"), block.get("name")))
+        self.stop_reason = doc.get("stop_reason")
+        if not out and self.stop_reason is None:
+            raise self.empty_answer()
+        self._add_usage(doc.get("usage"))
+        return self._finish(out)
 
     def _add_usage(self, usage: dict | None) -> None:
         for key, value in (usage or {}).items():

@@ -28,6 +28,10 @@ RETRYABLE_ERRORS = frozenset({
     "api_error", "timeout", "service_unavailable", "internal_server_error",
     "UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL"})
 
+#: The text events of a non-streaming answer, in the order they are emitted.
+_TEXT_EVENTS = (("reasoning", protocol.reasoning), ("delta", protocol.delta),
+                ("refusal", protocol.refusal))
+
 #: Roles of the messages that set the system prompt.
 SYSTEM_ROLES = ("system", "developer")
 
@@ -120,6 +124,9 @@ class Parser:
         not_streaming_hint: advice for an endpoint that did not stream.
         done: True once the stream's terminator has been seen; the caller
             stops reading then.
+        content: True once content (text, reasoning, refusal, a tool call)
+            was seen, for the dialects that refuse an empty answer
+            (:meth:`empty_answer`).
     """
 
     framing = "sse"
@@ -128,6 +135,7 @@ class Parser:
 
     def __init__(self) -> None:
         self.done = False
+        self.content = False
         self._tool_indexes: dict[Hashable, int] = {}
 
     def parse(self, event: Any) -> Iterable[dict]:
@@ -142,6 +150,31 @@ class Parser:
             MalformedEvent: the event's data cannot be parsed.
         """
         raise NotImplementedError
+
+    def parse_document(self, doc: Any) -> list[dict]:
+        """Return the protocol events for a whole non-streaming answer DOC
+        (the parsed JSON body of a request sent without ``"stream": true``).
+
+        Dialects give, as their streams would: the whole text as one
+        ``delta``, with ``reasoning``, ``refusal`` and ``tool_call``
+        events, then ``usage``, then ``done``; and set :attr:`done`.  This
+        base version refuses the document.
+
+        Raises:
+            StreamError: always here (not retryable), with
+                :attr:`not_streaming_hint`; in dialects, when DOC is not
+                an answer of the API's shape, or has neither content nor a
+                finish reason (:meth:`empty_answer`).
+        """
+        raise StreamError("the endpoint answered with one JSON document, not a stream "
+                          f"of server-sent events: {self.not_streaming_hint}")
+
+    @staticmethod
+    def empty_answer() -> StreamError:
+        """The (not retryable) error for an answer that ends without any
+        content and without a finish reason: what llama-cpp-python sends to
+        a request that a newer one interrupted, a bare terminator."""
+        return StreamError("the server ended the answer without content or a finish reason")
 
     def end(self) -> Iterable[dict]:
         """Return the last events when the body ends before :attr:`done`.
@@ -166,6 +199,18 @@ class Parser:
         if not (arguments or call_id or name):
             return []
         return [protocol.tool_call(index, arguments, call_id, name)]
+
+    def document_events(self, texts: Iterable[tuple[str, str]]) -> list[dict]:
+        """The content events of a non-streaming answer: TEXTS are
+        ``(kind, text)`` pairs, kind ``"reasoning"``, ``"delta"`` or
+        ``"refusal"``; the texts of each kind are joined (with nothing
+        between them, as a stream's pieces join) into one event, in that
+        order; empty and non-string texts give nothing."""
+        joined: dict[str, list[str]] = {"reasoning": [], "delta": [], "refusal": []}
+        for kind, text in texts:
+            if text and isinstance(text, str):
+                joined[kind].append(text)
+        return [make("".join(joined[kind])) for kind, make in _TEXT_EVENTS if joined[kind]]
 
     @property
     def has_tool_calls(self) -> bool:

@@ -12,9 +12,14 @@ Parts with ``"thought": true`` are reasoning; ``functionCall`` parts are
 whole tool calls (``args`` is an object).  ``usageMetadata`` is cumulative:
 the last one is emitted.  ``promptFeedback.blockReason`` means the prompt was
 blocked.  There is no terminator: a stream is complete when a candidate has
-a ``finishReason`` and the body ends.  Without ``alt=sse`` the endpoint
-answers one JSON array instead of events; the transport reports that as an
-error.  The model is part of the URL (``models/NAME:streamGenerateContent``).
+a ``finishReason`` and the body ends.  The model is part of the URL
+(``models/NAME:streamGenerateContent``).
+
+Not streamed, the answer is one JSON document (``application/json``):
+``generateContent`` answers one ``GenerateContentResponse``
+(https://ai.google.dev/api/generate-content#v1beta.GenerateContentResponse),
+and ``streamGenerateContent`` without ``alt=sse`` the JSON array of the
+chunks it would have streamed; :meth:`Parser.parse_document` takes both.
 
 Request shape: https://ai.google.dev/api/generate-content#request-body
 (``contents`` with roles ``user`` and ``model``, ``systemInstruction``).
@@ -93,6 +98,30 @@ class Parser(base.Parser):
         if chunk.get("usageMetadata"):
             self.usage = usage_event(chunk["usageMetadata"])
         return out
+
+    def parse_document(self, doc: Any) -> list[dict]:
+        """Return the protocol events for a non-streaming answer DOC: one
+        ``GenerateContentResponse``, or the JSON array of them that
+        ``streamGenerateContent`` gives without ``alt=sse``, each element
+        parsed as a chunk.  The reasoning and the text come as one event
+        each, then the tool calls, ``usage`` and ``done``.
+
+        Raises:
+            StreamError: an element is not an object, or is an error or a
+                blocked prompt; no candidate has a ``finishReason``.
+        """
+        events: list[dict] = []
+        for chunk in doc if isinstance(doc, list) else [doc]:
+            if not isinstance(chunk, dict):
+                raise StreamError("the server's JSON answer is not a GenerateContentResponse: "
+                                  f"{json.dumps(chunk, ensure_ascii=False)[:200]}")
+            events.extend(self._parse(chunk))
+        if self.finish_reason is None:
+            raise StreamError("the server's JSON answer has no candidate with a finishReason")
+        out = self.document_events((e["type"], e["content"]) for e in events
+                                   if e["type"] != "tool_call")
+        out.extend(e for e in events if e["type"] == "tool_call")
+        return out + list(self.end())
 
     def end(self) -> Iterable[dict]:
         """At the end of the body: ``usage`` and ``done`` if a candidate

@@ -11,8 +11,14 @@ One JSON object per line::
 
 ``message.content`` is text, ``message.thinking`` reasoning; tool calls come
 whole, with ``arguments`` as an object.  The ``done: true`` line ends the
-stream and carries the token counts.  Errors can come as an ``error`` line
-on an HTTP 200 response.  Messages use the OpenAI ``{"role", "content"}`` shape.
+stream and carries the token counts; a ``done: true`` line with no
+``done_reason`` after no content is an error.  Errors can come as an
+``error`` line on an HTTP 200 response.  Messages use the OpenAI
+``{"role", "content"}`` shape.
+
+With ``"stream": false`` the answer is one such object with ``done: true``
+and the whole message (``application/json``): it is read as a one-line
+stream, or by :meth:`Parser.parse_document`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, Iterable
 from chatpipe import protocol
 from chatpipe.dialects import base
 from chatpipe.dialects.base import parse_json
+from chatpipe.errors import StreamError
 
 #: Ollama ``done_reason`` -> OpenAI ``finish_reason``.
 FINISH = {"stop": "stop", "length": "length"}
@@ -42,10 +49,29 @@ class Parser(base.Parser):
         """Return the protocol events for one NDJSON line.
 
         Raises:
-            StreamError: an ``error`` line.
+            StreamError: an ``error`` line; a ``done`` line without a
+                ``done_reason`` after no content.
             MalformedEvent: a line that is not a JSON object.
         """
-        line = parse_json(event.data)
+        return self._parse(parse_json(event.data))
+
+    def parse_document(self, doc: Any) -> list[dict]:
+        """Return the protocol events for a non-streaming answer DOC: one
+        ``/api/chat`` object with ``done: true``, parsed as a line.
+
+        Raises:
+            StreamError: DOC is not an object, is an error, is not done, or
+                has no content and no ``done_reason``.
+        """
+        if not isinstance(doc, dict):
+            raise StreamError("the server's JSON answer is not an /api/chat object: "
+                              f"{json.dumps(doc, ensure_ascii=False)[:200]}")
+        out = self._parse(doc)
+        if not self.done:
+            raise StreamError('the server\'s JSON answer is not done ("done": true missing)')
+        return out
+
+    def _parse(self, line: dict) -> list[dict]:
         if "error" in line:
             raise base.stream_error(line)
         out = []
@@ -62,9 +88,13 @@ class Parser(base.Parser):
                                        ensure_ascii=False)
             out.extend(self.tool_call(self.calls, arguments, call.get("id"), function.get("name")))
             self.calls += 1
+        if out:
+            self.content = True
         if line.get("done"):
-            self.done = True
             raw = line.get("done_reason")
+            if raw is None and not self.content:
+                raise self.empty_answer()
+            self.done = True
             normalised = FINISH.get(raw, "stop")
             if normalised == "stop" and self.has_tool_calls:
                 normalised = "tool_calls"

@@ -14,7 +14,21 @@ Named server-sent events whose JSON payload repeats the ``type``::
     event: error                            {"code", "message"} or {"error": {"code", "message"}}
 
 There is no ``[DONE]``: ``response.completed`` or ``response.incomplete``
-ends a complete stream; ``response.failed`` and ``error`` end it with an error.
+ends a complete stream; ``response.failed`` and ``error`` end it with an error,
+and so does a ``response.completed`` without a status after no content.
+
+Without ``"stream": true`` the answer is one Response object
+(https://platform.openai.com/docs/api-reference/responses/object)::
+
+    {"id": "resp_1", "object": "response", "status": "completed",
+     "incomplete_details": null, "error": null,
+     "output": [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "..."}]},
+                {"type": "message", "role": "assistant", "content": [
+                    {"type": "output_text", "text": "Hi", "annotations": []},
+                    {"type": "refusal", "refusal": "..."}]},
+                {"type": "function_call", "call_id": "call_1", "name": "f",
+                 "arguments": "{\\"x\\": 1}"}],
+     "usage": {"input_tokens": 9, "output_tokens": 2, "total_tokens": 11}}
 
 Request shape: https://platform.openai.com/docs/api-reference/responses/create
 (the conversation is ``input``, a string or a list of items).
@@ -22,11 +36,13 @@ Request shape: https://platform.openai.com/docs/api-reference/responses/create
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 from chatpipe import protocol
 from chatpipe.dialects import base
 from chatpipe.dialects.base import parse_json
+from chatpipe.errors import StreamError
 
 _REASONING = ("response.reasoning_summary_text.delta", "response.reasoning_text.delta")
 
@@ -43,43 +59,108 @@ class Parser(base.Parser):
         """Return the protocol events for one server-sent event.
 
         Raises:
-            StreamError: ``error`` or ``response.failed``.
+            StreamError: ``error`` or ``response.failed``; a
+                ``response.completed`` without a status after no content.
             MalformedEvent: data that is not a JSON object.
         """
         payload = parse_json(event.data)
         kind = payload.get("type") or event.event
         text = payload.get("delta")
         if kind == "response.output_text.delta":
-            return [protocol.delta(text)] if text else []
-        if kind in _REASONING:
-            return [protocol.reasoning(text)] if text else []
-        if kind == "response.refusal.delta":
-            return [protocol.refusal(text)] if text else []
-        if kind == "response.function_call_arguments.delta":
-            return self.tool_call(payload.get("output_index"), text or "")
-        if kind == "response.output_item.added":
+            out = [protocol.delta(text)] if text else []
+        elif kind in _REASONING:
+            out = [protocol.reasoning(text)] if text else []
+        elif kind == "response.refusal.delta":
+            out = [protocol.refusal(text)] if text else []
+        elif kind == "response.function_call_arguments.delta":
+            out = self.tool_call(payload.get("output_index"), text or "")
+        elif kind == "response.output_item.added":
             item = payload.get("item") or {}
-            if item.get("type") == "function_call":
-                return self.tool_call(payload.get("output_index"), item.get("arguments") or "",
-                                      item.get("call_id"), item.get("name"))
-            return []
-        if kind in ("response.completed", "response.incomplete"):
-            self.done = True
+            if item.get("type") != "function_call":
+                return []
+            out = self.tool_call(payload.get("output_index"), item.get("arguments") or "",
+                                 item.get("call_id"), item.get("name"))
+        elif kind in ("response.completed", "response.incomplete"):
             response = payload.get("response") or {}
-            status = response.get("status") or kind.rsplit(".", 1)[1]
+            status = response.get("status")
+            if status is None and not self.content:
+                raise self.empty_answer()
             if kind == "response.incomplete":
-                reason = (response.get("incomplete_details") or {}).get("reason")
-                done = protocol.done(INCOMPLETE.get(reason, "length"), reason or status)
-            else:
-                done = protocol.done("tool_calls" if self.has_tool_calls else "stop", status)
-            usage = response.get("usage")
-            return ([usage_event(usage)] if usage else []) + [done]
-        if kind == "response.failed":
+                status = "incomplete"
+            return self._finish(response, status or "completed")
+        elif kind == "response.failed":
             err = (payload.get("response") or {}).get("error") or {}
             raise base.stream_error({"error": err}, "the response failed")
-        if kind == "error":
+        elif kind == "error":
             raise base.stream_error(payload)
-        return []
+        else:
+            return []
+        if out:
+            self.content = True
+        return out
+
+    def _finish(self, response: dict, status: str) -> list[dict]:
+        """``usage`` (if RESPONSE has it) and ``done`` for a response whose
+        STATUS is ``completed`` or ``incomplete``; the answer is done."""
+        self.done = True
+        if status == "incomplete":
+            reason = (response.get("incomplete_details") or {}).get("reason")
+            done = protocol.done(INCOMPLETE.get(reason, "length"), reason or status)
+        else:
+            done = protocol.done("tool_calls" if self.has_tool_calls else "stop", status)
+        usage = response.get("usage")
+        return ([usage_event(usage)] if usage else []) + [done]
+
+    def parse_document(self, doc: Any) -> list[dict]:
+        """Return the protocol events for a Response object DOC (see the
+        module docstring): the reasoning (summaries and reasoning text), the
+        ``output_text`` and the refusals as one event each, one
+        ``tool_call`` per ``function_call`` item, ``usage``, ``done``.
+
+        Raises:
+            StreamError: DOC is not a Response; its status is ``failed``
+                (the provider's message), or not finished (``queued``,
+                ``in_progress``, ``cancelled``); it has no status and no
+                content.
+        """
+        if not isinstance(doc, dict) or not isinstance(doc.get("output", []), list):
+            raise StreamError("the server's JSON answer is not a Responses API response: "
+                              f"{json.dumps(doc, ensure_ascii=False)[:200]}")
+        status = doc.get("status")
+        if status == "failed":
+            raise base.stream_error({"error": doc.get("error") or {}}, "the response failed")
+        if status not in (None, "completed", "incomplete"):
+            raise StreamError(f"the response is not finished: its status is {status}")
+        texts: list[tuple[str, Any]] = []
+        calls = []
+        for item in doc.get("output") or ():
+            if not isinstance(item, dict):
+                continue
+            kind = item.get("type")
+            if kind == "message":
+                for part in item.get("content") or ():
+                    if not isinstance(part, dict):
+                        continue
+                    if part.get("type") == "output_text":
+                        texts.append(("delta", part.get("text")))
+                    elif part.get("type") == "refusal":
+                        texts.append(("refusal", part.get("refusal")))
+            elif kind == "reasoning":
+                for part in (item.get("summary") or []) + (item.get("content") or []):
+                    if isinstance(part, dict):
+                        texts.append(("reasoning", part.get("text")))
+            elif kind == "function_call":
+                calls.append(item)
+        out = self.document_events(texts)
+        for i, call in enumerate(calls):
+            arguments = call.get("arguments")
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments if arguments is not None else {},
+                                       ensure_ascii=False)
+            out.extend(self.tool_call(i, arguments, call.get("call_id"), call.get("name")))
+        if not out and status is None:
+            raise self.empty_answer()
+        return out + self._finish(doc, status or "completed")
 
 
 def usage_event(usage: dict) -> dict:
