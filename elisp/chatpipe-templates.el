@@ -114,18 +114,22 @@ problems at their line.  Return the file's buffer.  Signal a
 (defun chatpipe-template-check ()
   "Check the template file of this buffer with `chatpipe templates check'.
 Underline each problem at its line and column, show the first in
-the echo area, and return them as a list of (LINE COLUMN MESSAGE)."
+the echo area, and return them as a list of (LINE COLUMN MESSAGE).
+Warnings (such as streaming being off) are shown, not returned."
   (interactive)
   (let* ((file (or buffer-file-name (user-error "Buffer has no file")))
          (result (chatpipe-call "templates" "check" file))
-         (errors nil))
+         (errors nil)
+         (warnings nil))
     (dolist (line (split-string (cdr result) "\n" t))
       (when (string-match "\\`.*?:\\([0-9]+\\):\\([0-9]+\\): \\(.*\\)\\'"
                           line)
-        (push (list (string-to-number (match-string 1 line))
-                    (string-to-number (match-string 2 line))
-                    (match-string 3 line))
-              errors)))
+        (if (string-prefix-p "warning: " (match-string 3 line))
+            (push (match-string 3 line) warnings)
+          (push (list (string-to-number (match-string 1 line))
+                      (string-to-number (match-string 2 line))
+                      (match-string 3 line))
+                errors))))
     (setq errors (nreverse errors))
     (when (and (/= (car result) 0) (null errors))
       (setq errors (list (list 1 1 (string-trim (cdr result))))))
@@ -150,8 +154,9 @@ the echo area, and return them as a list of (LINE COLUMN MESSAGE)."
         (message "%s:%d:%d: %s" (file-name-nondirectory file)
                  (nth 0 (car errors)) (nth 1 (car errors))
                  (nth 2 (car errors)))
-      (message "chatpipe: template %s is valid"
-               (file-name-nondirectory file)))
+      (message "chatpipe: template %s is valid%s"
+               (file-name-nondirectory file)
+               (if warnings (concat " (" (string-join warnings "; ") ")") "")))
     errors))
 
 ;;;###autoload

@@ -24,7 +24,7 @@ def write(path, doc):
     return path
 
 
-BASIC = {"chatpipe": {"url": "http://127.0.0.1:1/v1/chat/completions"}, "model": "m",
+BASIC = {"chatpipe": {"url": "http://127.0.0.1:1/v1/chat/completions"}, "model": "m", "stream": True,
          "messages": []}
 
 
@@ -212,3 +212,23 @@ def test_templates_check(chatpipe, tmp_path):
     proc = chatpipe("templates", "check", str(bad))
     assert proc.returncode == 1
     assert proc.stdout == f"{bad}:3:3: invalid JSON: Expecting ',' delimiter\n"
+
+
+@pytest.mark.parametrize("doc, warned", [
+    ({"chatpipe": {"url": "http://x/"}, "model": "m"}, 'add "stream": true'),
+    ({"chatpipe": {"url": "http://x/"}, "model": "m", "stream": True}, None),
+    ({"chatpipe": {"api": "gemini", "url": "http://x/v1beta/models/g:generateContent"}},
+     "streamGenerateContent?alt=sse"),
+    ({"chatpipe": {"api": "ollama", "url": "http://x/api/chat"}, "stream": False},
+     'remove "stream": false'),
+])
+def test_templates_check_warns_when_streaming_is_off(chatpipe, tmp_path, doc, warned):
+    path = write(tmp_path / "t.json", doc)
+    proc = chatpipe("templates", "check", str(path))
+    assert proc.returncode == 0
+    warnings = [line for line in proc.stdout.splitlines() if ": warning: " in line]
+    if warned:
+        assert len(warnings) == 1 and warned in warnings[0]
+        assert warnings[0].startswith(f"{path}:1:1: warning: streaming is off")
+    else:
+        assert warnings == []

@@ -237,7 +237,8 @@ def cmd_templates_check(args, ctx: "_Context") -> int:
     """``chatpipe templates check FILE...``: 0 if all are valid, else 1.
 
     Each problem is printed as ``file:line:column: message`` (stdout), the
-    format Emacs' compilation mode and flymake understand.
+    format Emacs' compilation mode and flymake understand; a valid template
+    may also get ``file:1:1: warning: ...`` lines (e.g. streaming is off).
     """
     from chatpipe import templates
     from chatpipe.errors import TemplateError
@@ -253,7 +254,10 @@ def cmd_templates_check(args, ctx: "_Context") -> int:
             print(err if err.path else f"{spec}:1:1: {err}")
             status = 1
         else:
+            template = templates.load_file(path, source)
             print(f"{path}: ok")
+            for warning in template.warnings():
+                print(f"{path}:1:1: warning: {warning}")
     return status
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import requests
 
-from chatpipe import protocol, stream, templates, transport
+from chatpipe import conversation, protocol, stream, transport
 from chatpipe.errors import Aborted, Cancelled, ChatpipeError, OutputClosed, StreamError
 from chatpipe.prepare import prepare
 from chatpipe.protocol import Output, Recorder
@@ -107,7 +107,7 @@ def run(build: Callable[[], Job], output: Output, *,
                                              variables=job.variables, model=job.model,
                                              url=job.url, env=job.env)
         if job.save:
-            templates.check_writable(template.path)
+            conversation.check_writable(template.path)
     except OutputClosed:
         raise
     except Exception as err:
@@ -143,7 +143,7 @@ def _save(path, dialect, messages: list[dict], recorder: Recorder, secrets: list
     answer = protocol.redact(recorder.text(), secrets) if recorder.completed else None
     try:
         if messages or answer is not None:
-            templates.append_messages(path, dialect, messages, answer)
+            conversation.append_messages(path, dialect, messages, answer)
     except (OSError, ChatpipeError) as err:
         message = getattr(err, "strerror", None) or str(err)
         _warn(f"cannot save the answer to {path}: {message}", secrets)

@@ -1,0 +1,97 @@
+"""Conversations saved in template files (``chatpipe send FILE --save``).
+
+A request.json doubles as a conversation: each ``--save`` appends the new
+messages and the answer to its conversation field, in the API's own shape,
+under a lock, by an atomic replace.  See :func:`append_messages`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from chatpipe.errors import TemplateError
+from chatpipe.templates import parse_document
+
+
+def check_writable(path: Path) -> None:
+    """Make sure ``--save`` can replace the file PATH, before anything is
+    sent: the file must be writable and its folder must take a new file.
+
+    Raises:
+        TemplateError: it cannot (read-only file or folder, immutable file);
+            the message says so, and that nothing was sent.
+    """
+    import tempfile
+
+    try:
+        with open(path, "r+b"):
+            pass
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise TemplateError(f"--save cannot write this file or its folder ({err.strerror}); "
+                            "nothing was sent", str(path)) from None
+
+
+def _lock_file(path: Path) -> Path:
+    """The lock file of the conversation file PATH: one per file, in the
+    user's cache folder, so that the chat's own folder stays clean."""
+    import hashlib
+
+    import platformdirs
+
+    folder = Path(platformdirs.user_cache_dir("chatpipe")) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+    return folder / f"{digest[:32]}.lock"
+
+
+def append_messages(path: Path, dialect: Any, messages: list[dict[str, Any]],
+                    answer: str | None) -> None:
+    """Append a turn to the conversation saved in the template file PATH.
+
+    MESSAGES (``{"role", "content"}``) and, if not None, the ANSWER's text
+    are added in DIALECT's own shape and field (``messages``, Gemini's
+    ``contents``, the Responses API's ``input``; see
+    :class:`chatpipe.dialects.base.Dialect`), so that the next request
+    continues the conversation.  The file is locked (``filelock``, a lock
+    file in the user's cache folder) around reading, merging and
+    replacing, so concurrent saves lose nothing; it is
+    read again (edits made while the answer streamed are kept), written to
+    a temporary file in the same folder that then replaces it, with its
+    mode kept.  Placeholders are written back unfilled: only the file's own
+    text and the new turn are saved, never filled-in values such as API keys.
+
+    Raises:
+        TemplateError: the file no longer parses or its conversation field
+            is not a list.
+        OSError: the file or folder cannot be written.
+    """
+    import tempfile
+
+    from filelock import FileLock
+
+    with FileLock(_lock_file(path)):
+        doc, _ = parse_document(path)
+        key = dialect.history_key
+        if not isinstance(doc.get(key, []), (list, str)):
+            raise TemplateError(f'"{key}" is not a list; not saving', str(path))
+        dialect.add_messages(doc, messages)
+        if answer is not None:
+            doc.setdefault(key, []).append(dialect.assistant_message(answer))
+        text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", errors="chatpipe-replace") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
