@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fill the ${NAME} placeholders (repeatable)")
     send.add_argument("--model", help="override the template's model")
     send.add_argument("--url", help="override the template's endpoint URL")
+    send.add_argument("--temperature", type=float, metavar="T",
+                      help="sampling temperature, 0 to 2 (set in the API's own field)")
+    send.add_argument("--max-tokens", type=int, metavar="N",
+                      help="the most output tokens the answer may have")
     send.add_argument("--output", choices=("text", "ndjson"), default="text",
                       help="text: the answer as plain text (default); ndjson: one JSON "
                            "event per line (docs/protocol.md)")
@@ -73,6 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="at the end of stdin, how long running streams may take to "
                             "finish before they are cancelled (default 30)")
     serve.set_defaults(func=cmd_serve)
+
+    models = commands.add_parser(
+        "models", help="list the models of a template's endpoint",
+        description="List the models the endpoint of TEMPLATE offers (its model list, asked "
+                    "with the template's headers and API key), one id per line, sorted; "
+                    "cached for an hour.")
+    models.add_argument("template", metavar="TEMPLATE",
+                        help="a template name (see `chatpipe templates list`) or a .json file path")
+    models.add_argument("--json", action="store_true",
+                        help='print a JSON array of {"id", "created", "owned_by", "display_name"} '
+                             "objects (those given); an error is also a JSON line on stdout")
+    models.add_argument("--refresh", action="store_true",
+                        help="ask the endpoint even if its list is cached")
+    models.add_argument("--url", help="override the template's endpoint URL")
+    models.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                        help="fill the ${NAME} placeholders of the template's URL and headers")
+    models.set_defaults(func=cmd_models)
 
     templates = commands.add_parser("templates", help="list, show and check templates")
     sub = templates.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -163,7 +184,9 @@ def cmd_send(args, ctx: "_Context") -> int:
                              f"not the name {args.template!r}")
         return runner.Job(template=args.template, messages=_new_messages(args, sys.stdin),
                           variables=parse_vars(args.var), model=args.model, url=args.url,
-                          save=args.save)
+                          save=args.save, params={k: v for k, v in (
+                              ("temperature", args.temperature),
+                              ("max_tokens", args.max_tokens)) if v is not None})
 
     return runner.run(build, ctx.output)
 
@@ -173,6 +196,15 @@ def cmd_serve(args, ctx: "_Context") -> int:
     from chatpipe import serve
 
     return serve.main(eof_grace=args.eof_grace)
+
+
+def cmd_models(args, ctx: "_Context") -> int:
+    """``chatpipe models TEMPLATE``: see :mod:`chatpipe.models`."""
+    from chatpipe import models
+
+    ctx.output = models.output(args.json)
+    return models.command(args.template, url=args.url, variables=parse_vars(args.var),
+                          as_json=args.json, refresh=args.refresh, output=ctx.output)
 
 
 # ---- templates ------------------------------------------------------------

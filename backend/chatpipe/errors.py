@@ -13,9 +13,14 @@ class ChatpipeError(Exception):
 
     Attributes:
         exit_code: process exit status the CLI returns for this error.
+        details: machine-readable fields for the ``error`` event, so that
+            an editor can give its own hint: ``{"kind": "missing_env",
+            "variable": NAME}``, ``{"kind": "placeholder", "placeholder":
+            NAME}``, ``{"kind": "connect", "host": "HOST:PORT"}``.
     """
 
     exit_code = 1
+    details: dict = {}
 
 
 class UsageError(ChatpipeError):
@@ -36,11 +41,13 @@ class TemplateError(ChatpipeError):
     exit_code = 2
 
     def __init__(self, message: str, path: str | None = None,
-                 line: int | None = None, column: int | None = None) -> None:
+                 line: int | None = None, column: int | None = None,
+                 details: dict | None = None) -> None:
         self.message = message
         self.path = path
         self.line = line
         self.column = column
+        self.details = details or {}
         super().__init__(self.location() + message)
 
     def location(self) -> str:
@@ -64,11 +71,13 @@ class StreamError(ChatpipeError):
     """
 
     def __init__(self, message: str, *, status: int | None = None,
-                 retryable: bool = False, retry_after: float | None = None) -> None:
+                 retryable: bool = False, retry_after: float | None = None,
+                 details: dict | None = None) -> None:
         self.message = message
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.details = details or {}
         super().__init__(message)
 
 

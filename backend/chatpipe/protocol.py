@@ -148,16 +148,18 @@ def done(finish_reason: str | None, raw_finish_reason: str | None = None) -> dic
 
 
 def error(message: str, status: int | None = None, retryable: bool = False,
-          aborted: bool = False) -> dict:
+          aborted: bool = False, **details: Any) -> dict:
     """``error``: the stream failed with MESSAGE (the provider's own where
     there is one); STATUS only for HTTP errors; ABORTED when stopped by a
-    signal or a cancel."""
+    signal or a cancel.  DETAILS are machine-readable fields (``kind`` and
+    its own fields, see :attr:`chatpipe.errors.ChatpipeError.details`)."""
     event: dict[str, Any] = {"type": "error", "message": message}
     if status is not None:
         event["status"] = status
     event["retryable"] = retryable
     if aborted:
         event["aborted"] = True
+    event.update(details)
     return event
 
 
@@ -331,7 +333,9 @@ class TextView(Output):
     """The events as a person reads them: the answer's text on OUT as it
     streams; at the end a newline and one ``[tool call: NAME(ARGUMENTS)]``
     line per tool call; ``retry`` and ``error`` on ERR as ``chatpipe: ...``
-    lines.  Reasoning is not shown.  Control characters other than tab and
+    lines, and a note there when the answer was cut off at the token limit
+    or stopped by a content filter.  Reasoning is not shown.  Control
+    characters other than tab and
     newline (terminal escape sequences) are neutralised: see :func:`plain`.
 
     Args:
@@ -376,6 +380,11 @@ class TextView(Output):
             for name, arguments in self._calls.values():
                 self._text(f"[tool call: {name}({arguments})]\n")
             self._calls.clear()
+            if kind == "done" and event.get("finish_reason") == "length":
+                self._note("the answer was cut off: it reached the token limit "
+                           "(finish_reason length)")
+            elif kind == "done" and event.get("finish_reason") == "content_filter":
+                self._note("the answer was stopped by the provider's content filter")
             if kind == "error":
                 status = f"HTTP {event['status']}: " if event.get("status") else ""
                 self._note(f"error: {status}{event['message']}")

@@ -37,6 +37,8 @@ class Job:
         url: overrides the template's endpoint.
         env: environment for ``${env:NAME}`` (default ``os.environ``).
         save: append the new messages and the answer to the template file.
+        params: request parameters (``temperature``, ``max_tokens``), set in
+            each API's own fields (see :meth:`Dialect.set_params`).
     """
 
     template: str
@@ -46,6 +48,7 @@ class Job:
     url: str | None = None
     env: Mapping[str, str] | None = None
     save: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 def error_for(err: BaseException) -> tuple[dict, int]:
@@ -54,15 +57,17 @@ def error_for(err: BaseException) -> tuple[dict, int]:
     The one mapping from exceptions to errors: a :class:`StreamError`
     keeps its HTTP status and retryability; :class:`Aborted` (a signal) and
     :class:`Cancelled` are ``aborted``; any other :class:`ChatpipeError`
-    gives its message and exit code; anything else is a bug, reported in
+    gives its message and exit code; an error's ``details`` (``kind`` and
+    its fields) are added to the event; anything else is a bug, reported in
     one line as an internal error (exit 1).
     """
     if isinstance(err, StreamError):
-        return protocol.error(err.message, err.status, err.retryable), err.exit_code
+        return protocol.error(err.message, err.status, err.retryable,
+                              **err.details), err.exit_code
     if isinstance(err, (Aborted, Cancelled)):
         return protocol.error(str(err), aborted=True), err.exit_code
     if isinstance(err, ChatpipeError):
-        return protocol.error(str(err)), err.exit_code
+        return protocol.error(str(err), **err.details), err.exit_code
     return protocol.error(f"internal error: {type(err).__name__}: {err} "
                           "(set CHATPIPE_DEBUG=1 for the traceback)"), 1
 
@@ -105,7 +110,7 @@ def run(build: Callable[[], Job], output: Output, *,
         job = build()
         template, request, dialect = prepare(job.template, job.messages,
                                              variables=job.variables, model=job.model,
-                                             url=job.url, env=job.env)
+                                             url=job.url, env=job.env, params=job.params)
         if job.save:
             conversation.check_writable(template.path)
     except OutputClosed:

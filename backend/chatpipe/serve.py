@@ -4,7 +4,8 @@ Reads requests as JSON lines on stdin and writes the protocol events of
 docs/protocol.md on stdout, each tagged with its request's ``id``::
 
     stdin:  {"id": "r1", "template": "openai", "messages": [...], "vars": {...},
-             "env": {"OPENAI_API_KEY": "..."}, "model": "...", "url": "..."}
+             "env": {"OPENAI_API_KEY": "..."}, "model": "...", "url": "...",
+             "params": {"temperature": 0.7, "max_tokens": 500}}
     stdin:  {"id": "r1", "cancel": true}
     stdout: {"id":"r1","type":"start","protocol":2,"model":"gpt-4o-mini"}
     stdout: {"id":"r1","type":"delta","content":"Hi"}
@@ -45,7 +46,8 @@ from chatpipe.prepare import check_messages
 from chatpipe.protocol import EventLines, LineWriter
 
 #: The keys a request line may have.
-REQUEST_KEYS = {"id", "template", "messages", "vars", "env", "model", "url", "cancel"}
+REQUEST_KEYS = {"id", "template", "messages", "vars", "env", "model", "url", "params",
+                "cancel"}
 
 #: Default seconds the running streams may take to finish after stdin ends.
 EOF_GRACE = 30.0
@@ -76,7 +78,7 @@ def job_from_request(request: dict) -> runner.Job:
             raise UsageError(f'"{name}" must be a string')
     return runner.Job(template=request["template"], messages=messages, variables=variables,
                       model=request.get("model"), url=request.get("url"),
-                      env={**os.environ, **env})
+                      env={**os.environ, **env}, params=request.get("params") or {})
 
 
 class _Stream:

@@ -360,7 +360,8 @@ def _fill(value: str, vars: Mapping[str, str], where: str, template: Template,
             if not env.get(name):
                 raise TemplateError(
                     f"environment variable {name} is not set; template {template.name!r} "
-                    f"needs it for {where}: set it (export {name}=...)", str(template.path))
+                    f"needs it for {where}: set it (export {name}=...)", str(template.path),
+                    details={"kind": "missing_env", "variable": name})
             mapping[ident] = env[name]
             secrets.append(env[name])
         elif ident in vars:
@@ -368,7 +369,8 @@ def _fill(value: str, vars: Mapping[str, str], where: str, template: Template,
         else:
             how = "--model NAME" if ident == "model" else f"--var {ident}=VALUE"
             raise TemplateError(f"placeholder ${{{ident}}} in {where} is not filled: "
-                                f"pass {how}", str(template.path))
+                                f"pass {how}", str(template.path),
+                                details={"kind": "placeholder", "placeholder": ident})
     return tpl.substitute(mapping)
 
 

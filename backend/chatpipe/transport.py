@@ -257,7 +257,7 @@ def _send(session: requests.Session, request: Request, url: str, data: bytes,
     except requests.exceptions.ConnectTimeout:
         raise StreamError(f"cannot connect to {host}: no answer within "
                           f"{request.connect_timeout:g} s (connect_timeout)",
-                          retryable=True) from None
+                          retryable=True, details={"kind": "connect", "host": host}) from None
     except requests.exceptions.ReadTimeout:
         raise StreamError(f"{host} sent no response headers within "
                           f"{request.read_timeout:g} s (read_timeout)", retryable=True) from None
@@ -274,7 +274,8 @@ def _send(session: requests.Session, request: Request, url: str, data: bytes,
         if unresolved is not None:
             raise StreamError(f"cannot connect to {host}: the host name does not resolve "
                               f"({_reason(unresolved)})") from None
-        raise StreamError(f"cannot connect to {host}: {_reason(err)}", retryable=True) from None
+        raise StreamError(f"cannot connect to {host}: {_reason(err)}", retryable=True,
+                          details={"kind": "connect", "host": host}) from None
     except requests.exceptions.RequestException as err:
         raise StreamError(f"request to {host} failed: {_reason(err)}") from None
 

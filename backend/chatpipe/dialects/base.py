@@ -250,6 +250,17 @@ class Dialect:
         """Return the item that records an answer TEXT in the conversation."""
         return {"role": "assistant", "content": text}
 
+    def set_params(self, body: dict, params: dict) -> None:
+        """Set request PARAMS (``temperature``; ``max_tokens``, in tokens) in
+        BODY, in the API's own fields.  OpenAI chat: ``temperature`` and
+        ``max_tokens`` (``max_completion_tokens`` when the template uses it),
+        https://platform.openai.com/docs/api-reference/chat/create"""
+        if "temperature" in params:
+            body["temperature"] = params["temperature"]
+        if "max_tokens" in params:
+            key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            body[key] = params["max_tokens"]
+
     def set_model(self, request: Any, model: str) -> None:
         """Make REQUEST (a :class:`chatpipe.templates.Request`) ask for MODEL."""
         request.body["model"] = model

@@ -184,6 +184,15 @@ class Dialect(base.Dialect):
         """Return the content that records an answer TEXT."""
         return {"role": "model", "parts": [{"text": text}]}
 
+    def set_params(self, body: dict, params: dict) -> None:
+        """Set PARAMS in ``generationConfig`` (``temperature``,
+        ``maxOutputTokens``): https://ai.google.dev/api/generate-content#generationconfig"""
+        config = body.setdefault("generationConfig", {})
+        if "temperature" in params:
+            config["temperature"] = params["temperature"]
+        if "max_tokens" in params:
+            config["maxOutputTokens"] = params["max_tokens"]
+
     def set_model(self, request: Any, model: str) -> None:
         """Put MODEL in REQUEST's URL (``.../models/MODEL:streamGenerateContent``)."""
         request.url = re.sub(r"/models/[^/:?]+:", f"/models/{model}:", request.url, count=1)

@@ -109,3 +109,12 @@ class Dialect(base.Dialect):
 
     name = "ollama"
     parser = Parser
+
+    def set_params(self, body: dict, params: dict) -> None:
+        """Set PARAMS in ``options`` (``temperature``, ``num_predict``):
+        https://github.com/ollama/ollama/blob/main/docs/modelfile.md#valid-parameters-and-values"""
+        options = body.setdefault("options", {})
+        if "temperature" in params:
+            options["temperature"] = params["temperature"]
+        if "max_tokens" in params:
+            options["num_predict"] = params["max_tokens"]

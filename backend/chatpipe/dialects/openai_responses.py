@@ -178,3 +178,11 @@ class Dialect(base.Dialect):
     name = "openai-responses"
     parser = Parser
     history_key = "input"
+
+    def set_params(self, body: dict, params: dict) -> None:
+        """Set PARAMS as ``temperature`` and ``max_output_tokens``:
+        https://platform.openai.com/docs/api-reference/responses/create"""
+        if "temperature" in params:
+            body["temperature"] = params["temperature"]
+        if "max_tokens" in params:
+            body["max_output_tokens"] = params["max_tokens"]
