@@ -29,15 +29,17 @@ demo: setup local-server
 	scripts/local-server run --port $(PORT) --log local-server.log -- \
 	    $(VENV)/bin/chatpipe send local --url http://127.0.0.1:$(PORT)/v1/chat/completions -m "$(PROMPT)"
 
-## emacs-deps: emacs-nox and package-lint, installed with apt when root
+## emacs-deps: emacs-nox, package-lint and markdown-mode, installed with apt when root
+EMACS_PACKAGES = emacs-nox elpa-package-lint elpa-markdown-mode
 emacs-deps:
 	@if command -v emacs >/dev/null && [ -d /usr/share/emacs/site-lisp/elpa-src ] \
-	    && ls -d /usr/share/emacs/site-lisp/elpa-src/package-lint-* >/dev/null 2>&1; then :; \
+	    && ls -d /usr/share/emacs/site-lisp/elpa-src/package-lint-* >/dev/null 2>&1 \
+	    && ls -d /usr/share/emacs/site-lisp/elpa-src/markdown-mode-* >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-	    echo "installing emacs-nox and elpa-package-lint with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq emacs-nox elpa-package-lint >/dev/null; \
+	    echo "installing $(EMACS_PACKAGES) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(EMACS_PACKAGES) >/dev/null; \
 	else \
-	    echo "The Emacs tests need emacs-nox and elpa-package-lint: sudo apt-get install -y emacs-nox elpa-package-lint" >&2; \
+	    echo "The Emacs tests need $(EMACS_PACKAGES): sudo apt-get install -y $(EMACS_PACKAGES)" >&2; \
 	    exit 1; \
 	fi
 
