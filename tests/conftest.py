@@ -76,6 +76,23 @@ class ListSink:
         return "".join(e["content"] for e in self.of("delta"))
 
 
+def run_stream_in_process(request) -> tuple["ListSink", Exception | None, float]:
+    """Run REQUEST with chatpipe's stream loop in this process.
+
+    Returns (sink with the events, the StreamError raised or None, seconds).
+    """
+    from chatpipe import stream
+    from chatpipe.errors import StreamError
+
+    sink = ListSink()
+    start = time.monotonic()
+    try:
+        stream.run(request, sink)
+    except StreamError as err:
+        return sink, err, time.monotonic() - start
+    return sink, None, time.monotonic() - start
+
+
 def ndjson(stdout: str) -> list[dict]:
     """Parse protocol output: one JSON object per line, every line."""
     return [json.loads(line) for line in stdout.splitlines()]

@@ -14,9 +14,8 @@ import time
 import pytest
 
 from chatpipe import stream, transport
-from chatpipe.errors import StreamError
 from chatpipe.templates import Request
-from conftest import ListSink, EXPECTED, FAKE_KEY, STREAMS, ndjson
+from conftest import run_stream_in_process as run, EXPECTED, FAKE_KEY, STREAMS, ndjson
 from replay_server import Reply, error_reply, split_every
 
 TEXT = "openai-chat/text-with-usage.sse"
@@ -36,16 +35,6 @@ def recording(name=TEXT) -> Reply:
 def json_error(status, payload, headers=None) -> Reply:
     return Reply([json.dumps(payload).encode()], status=status, framing="length",
                  content_type="application/json", headers=headers or {})
-
-
-def run(req) -> tuple[ListSink, StreamError | None, float]:
-    sink = ListSink()
-    start = time.monotonic()
-    try:
-        stream.run(req, sink)
-    except StreamError as err:
-        return sink, err, time.monotonic() - start
-    return sink, None, time.monotonic() - start
 
 
 # ---- retries ---------------------------------------------------------------------
