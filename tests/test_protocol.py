@@ -42,9 +42,31 @@ def test_writer_flushes_before_waiting_and_at_the_end():
     writer.emit(protocol.delta("b"))
     assert out.getvalue() == b""          # queued until the stream waits
     writer.flush()
-    assert out.getvalue().count(b"\n") == 2
+    assert out.getvalue() == b'{"type":"delta","content":"ab"}\n'   # one read, one line
     writer.emit(protocol.done("stop"))   # written at once
     assert out.getvalue().splitlines()[-1] == b'{"type":"done","finish_reason":"stop"}'
+
+
+@given(st.lists(st.tuples(st.sampled_from(["delta", "reasoning", "tool_call", "usage"]),
+                          st.text(min_size=1, max_size=5)), max_size=30),
+       st.sets(st.integers(0, 30)))
+def test_text_from_one_read_is_joined_in_order(items, flush_at):
+    out = io.BytesIO()
+    output = EventLines(LineWriter(out), "r")
+    for i, (kind, text) in enumerate(items):
+        if i in flush_at:
+            output.flush()
+        output.emit(protocol.tool_call(0, text) if kind == "tool_call" else
+                    protocol.usage(1, 2) if kind == "usage" else {"type": kind, "content": text})
+    output.flush()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    # Joined per kind, never across another event or a flush; nothing lost or reordered.
+    assert "".join(e.get("content", "") for e in lines if e["type"] == "delta") == "".join(
+        t for k, t in items if k == "delta")
+    assert [e["type"] for e in lines if e["type"] not in ("delta", "reasoning")] == [
+        k for k, _ in items if k not in ("delta", "reasoning")]
+    for a, b in zip(lines, lines[1:]):
+        assert not (a["type"] == b["type"] and a["type"] in ("delta", "reasoning")) or flush_at
 
 
 def test_request_id_is_the_only_difference_between_front_ends():

@@ -305,6 +305,13 @@ class LineWriter:
 class EventLines(Output):
     """One stream's events as JSON lines in a :class:`LineWriter`.
 
+    Consecutive ``delta`` (or ``reasoning``) events decoded from one network
+    read are joined into one event: the lines are written when chatpipe is
+    about to wait for more bytes (:meth:`flush`), so joining them delays
+    nothing, and a reader such as Emacs parses and inserts once per read
+    instead of once per event.  The joined contents are exactly the pieces'
+    concatenation.
+
     Args:
         writer: the process's line writer.
         request_id: the ``serve`` request id that starts each line, or None
@@ -316,16 +323,36 @@ class EventLines(Output):
         self._writer = writer
         self._head = "{" if request_id is None else (
             '{"id":' + json.dumps(request_id, ensure_ascii=False) + ",")
+        self._text_kind: str | None = None
+        self._text: list[str] = []
 
     def write(self, event: dict) -> None:
-        """Queue EVENT's line; a terminal event is written out at once."""
-        if event["type"] in TERMINAL:
+        """Queue EVENT's line (text joined, see the class docstring); a
+        terminal event is written out at once."""
+        kind = event["type"]
+        if (kind == "delta" or kind == "reasoning") and len(event) == 2:
+            if kind != self._text_kind:
+                self._put_text()
+                self._text_kind = kind
+            self._text.append(event["content"])
+            return
+        self._put_text()
+        if kind in TERMINAL:
             self._writer.write(encode_line(event, self._head))
         else:
             self._writer.put(encode_line(event, self._head))
 
+    def _put_text(self) -> None:
+        if self._text:
+            content = self._text[0] if len(self._text) == 1 else "".join(self._text)
+            self._writer.put(encode_line({"type": self._text_kind, "content": content},
+                                         self._head))
+            self._text.clear()
+        self._text_kind = None
+
     def flush(self) -> None:
-        """Write out the queued lines."""
+        """Write out the queued lines, joined text included."""
+        self._put_text()
         self._writer.flush()
 
 
