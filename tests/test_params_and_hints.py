@@ -93,3 +93,38 @@ def test_text_output_says_when_an_answer_was_cut_off(server, chatpipe):
     assert "chatpipe: the answer was cut off: it reached the token limit" in proc.stderr
     full = chatpipe("send", "openai", "--url", f"{server.url}/replay/{TEXT}", "-m", "hi")
     assert "cut off" not in full.stderr
+
+
+# ---- what an answer cost -------------------------------------------------------------------
+
+def test_usage_says_tokens_and_cost_from_genai_prices(server, chatpipe):
+    from genai_prices import Usage, calc_price
+
+    url = f"{server.url}/replay/{TEXT}"
+    proc = chatpipe("send", "openai", "--url", url, "--model", "gpt-4o-mini", "-m", "hi",
+                    "--usage")
+    assert proc.returncode == 0, proc.stderr
+    price = calc_price(Usage(input_tokens=14, output_tokens=30), model_ref="gpt-4o-mini",
+                       provider_api_url=url.replace(server.url, "https://api.openai.com"))
+    assert f"chatpipe: 14 input + 30 output tokens, ${float(price.total_price):.6f}".rstrip(
+        "0") in proc.stderr
+    lines = ndjson(chatpipe("send", "openai", "--url", url, "--model", "gpt-4o-mini", "-m", "hi",
+                            "--usage", "--output", "ndjson").stdout)
+    usage = next(e for e in lines if e["type"] == "usage")
+    assert usage["cost"] == pytest.approx(float(price.total_price))
+    plain = ndjson(chatpipe("send", "openai", "--url", url, "-m", "hi", "--output",
+                            "ndjson").stdout)
+    assert "cost" not in next(e for e in plain if e["type"] == "usage")   # only when asked
+
+
+def test_an_unknown_model_shows_tokens_never_a_guess(server, chatpipe, env):
+    url = f"{server.url}/replay/{TEXT}"
+    proc = chatpipe("send", "openai", "--url", url, "--model", "gemma3-270m-local", "-m", "hi",
+                    "--usage")
+    assert "chatpipe: 14 input + 30 output tokens\n" in proc.stderr and "$" not in proc.stderr
+    line = json.dumps({"id": 1, "template": "openai", "url": url, "model": "gpt-4o-mini",
+                       "price": True, "messages": [{"role": "user", "content": "hi"}]})
+    serve = subprocess.run([sys.executable, "-m", "chatpipe", "serve"], cwd=ROOT, env=env,
+                           input=line + "\n", capture_output=True, text=True, timeout=30)
+    usage = next(e for e in ndjson(serve.stdout) if e["type"] == "usage")
+    assert usage["cost"] > 0

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sampling temperature, 0 to 2 (set in the API's own field)")
     send.add_argument("--max-tokens", type=int, metavar="N",
                       help="the most output tokens the answer may have")
+    send.add_argument("--usage", action="store_true",
+                      help="say the tokens used and what the answer cost (when the model's "
+                           "price is known) on stderr; with --output ndjson, add its cost "
+                           "to the usage event")
     send.add_argument("--output", choices=("text", "ndjson"), default="text",
                       help="text: the answer as plain text (default); ndjson: one JSON "
                            "event per line (docs/protocol.md)")
@@ -176,7 +180,7 @@ def cmd_send(args, ctx: "_Context") -> int:
 
     stdout = sys.stdout.buffer
     ctx.output = (EventLines(LineWriter(stdout)) if args.output == "ndjson"
-                  else TextView(stdout, sys.stderr.buffer))
+                  else TextView(stdout, sys.stderr.buffer, usage=args.usage))
 
     def build() -> runner.Job:
         if args.save and not templates.looks_like_path(args.template):
@@ -184,7 +188,7 @@ def cmd_send(args, ctx: "_Context") -> int:
                              f"not the name {args.template!r}")
         return runner.Job(template=args.template, messages=_new_messages(args, sys.stdin),
                           variables=parse_vars(args.var), model=args.model, url=args.url,
-                          save=args.save, params={k: v for k, v in (
+                          save=args.save, price=args.usage, params={k: v for k, v in (
                               ("temperature", args.temperature),
                               ("max_tokens", args.max_tokens)) if v is not None})
 

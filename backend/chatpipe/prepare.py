@@ -95,12 +95,10 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
             conversation does not end with a user turn).
     """
     template = templates.load(spec)
-    if url:
-        template.block["url"] = url
     variables = dict(variables)
     if model:
         variables.setdefault("model", model)
-    request = templates.fill(template, variables, env)
+    request = templates.fill(template, variables, env, url=url)
     dialect = dialects.get(request.api)
     if model:
         dialect.set_model(request, model)

@@ -368,12 +368,14 @@ class TextView(Output):
     Args:
         out: binary stream for the text (stdout).
         err: binary stream for messages (stderr).
+        usage: also say the tokens used and the cost on ERR (``--usage``).
     """
 
-    def __init__(self, out: BinaryIO, err: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, err: BinaryIO, usage: bool = False) -> None:
         super().__init__()
         self._out = out
         self._err = err
+        self._usage = usage
         self._last = "\n"
         self._calls: dict[int, list[str]] = {}
 
@@ -397,6 +399,8 @@ class TextView(Output):
         elif kind == "tool_call":
             call = self._calls.setdefault(event["index"], [event.get("name") or "?", ""])
             call[1] += event["arguments"]
+        elif kind == "usage" and self._usage:
+            self._note(usage_text(event))
         elif kind == "retry":
             status = f"HTTP {event['status']}: " if event.get("status") else ""
             self._note(f"retry {event['attempt']} in {event['delay']:.1f} s: "
@@ -418,6 +422,24 @@ class TextView(Output):
 
     def flush(self) -> None:
         """Nothing is queued: text is written as it comes."""
+
+
+def usage_text(event: dict) -> str:
+    """A ``usage`` EVENT for people: e.g. ``14 input + 30 output tokens
+    (12 cached), $0.000021``; the cost only when it is known."""
+    def n(key):
+        value = event.get(key)
+        return "?" if value is None else f"{value:,}"
+
+    text = f"{n('input_tokens')} input + {n('output_tokens')} output tokens"
+    extra = [f"{event[k]:,} {label}" for k, label in (("cached_tokens", "cached"),
+                                                        ("reasoning_tokens", "reasoning"))
+             if event.get(k)]
+    if extra:
+        text += f" ({', '.join(extra)})"
+    if event.get("cost") is not None:
+        text += f", ${event['cost']:.6f}".rstrip("0").rstrip(".")
+    return text
 
 
 class Recorder:

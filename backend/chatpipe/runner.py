@@ -22,6 +22,7 @@ import requests
 from chatpipe import conversation, protocol, stream, transport
 from chatpipe.errors import Aborted, Cancelled, ChatpipeError, OutputClosed, StreamError
 from chatpipe.prepare import prepare
+from chatpipe.pricing import Priced
 from chatpipe.protocol import Output, Recorder
 
 
@@ -39,6 +40,8 @@ class Job:
         save: append the new messages and the answer to the template file.
         params: request parameters (``temperature``, ``max_tokens``), set in
             each API's own fields (see :meth:`Dialect.set_params`).
+        price: add ``cost`` (US dollars) to the ``usage`` event when the
+            model's price is known (see :mod:`chatpipe.pricing`).
     """
 
     template: str
@@ -49,6 +52,7 @@ class Job:
     env: Mapping[str, str] | None = None
     save: bool = False
     params: Mapping[str, Any] = field(default_factory=dict)
+    price: bool = False
 
 
 def error_for(err: BaseException) -> tuple[dict, int]:
@@ -119,11 +123,13 @@ def run(build: Callable[[], Job], output: Output, *,
         return report(err, output)
     output.secrets.extend(request.secrets)
     recorder = Recorder(output)
+    sink = recorder if job.save else output
+    if job.price:
+        sink = Priced(sink, dialect.model_of(request), [request.url, template.url or ""])
     session = sessions(request.url) if sessions is not None else None
     try:
         with transport.controlled_by(control):
-            stream.run(request, recorder if job.save else output, session=session,
-                       control=control)
+            stream.run(request, sink, session=session, control=control)
         code = 0
     except OutputClosed:
         raise

@@ -47,7 +47,7 @@ from chatpipe.protocol import EventLines, LineWriter
 
 #: The keys a request line may have.
 REQUEST_KEYS = {"id", "template", "messages", "vars", "env", "model", "url", "params",
-                "cancel"}
+                "price", "cancel"}
 
 #: Default seconds the running streams may take to finish after stdin ends.
 EOF_GRACE = 30.0
@@ -78,7 +78,8 @@ def job_from_request(request: dict) -> runner.Job:
             raise UsageError(f'"{name}" must be a string')
     return runner.Job(template=request["template"], messages=messages, variables=variables,
                       model=request.get("model"), url=request.get("url"),
-                      env={**os.environ, **env}, params=request.get("params") or {})
+                      env={**os.environ, **env}, params=request.get("params") or {},
+                      price=request.get("price") is True)
 
 
 class _Stream:

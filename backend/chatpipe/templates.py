@@ -396,13 +396,15 @@ def _walk(node: Any, fill, where: str) -> Any:
 
 
 def fill(template: Template, vars: Mapping[str, str] | None = None,
-         env: Mapping[str, str] | None = None) -> Request:
+         env: Mapping[str, str] | None = None, url: str | None = None) -> Request:
     """Fill in TEMPLATE's placeholders and return the :class:`Request` to send.
 
     Args:
         template: from :func:`load`.
         vars: values for ``${name}`` placeholders (``--var name=value``).
         env: the environment for ``${env:NAME}`` (default ``os.environ``).
+        url: the endpoint URL to use instead of the template's (``--url``);
+            the template itself is not changed.
     Raises:
         TemplateError: a placeholder with no value (names the ``--var`` or the
             environment variable to set), or no endpoint URL.
@@ -417,7 +419,7 @@ def fill(template: Template, vars: Mapping[str, str] | None = None,
     def fill_body(value: str, where: str) -> str:
         return _fill(value, vars, where, template, None, secrets)
 
-    block = _walk(template.block, fill_block, RESERVED_KEY)
+    block = _walk({**template.block, **({"url": url} if url else {})}, fill_block, RESERVED_KEY)
     body = {}
     for key, value in template.body.items():
         if key == "messages" and isinstance(value, list):

@@ -261,6 +261,11 @@ class Dialect:
             key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
             body[key] = params["max_tokens"]
 
+    def model_of(self, request: Any) -> str | None:
+        """The model REQUEST asks for (the body's ``model``), or None."""
+        model = request.body.get("model")
+        return model if isinstance(model, str) else None
+
     def set_model(self, request: Any, model: str) -> None:
         """Make REQUEST (a :class:`chatpipe.templates.Request`) ask for MODEL."""
         request.body["model"] = model

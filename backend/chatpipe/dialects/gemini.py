@@ -193,6 +193,11 @@ class Dialect(base.Dialect):
         if "max_tokens" in params:
             config["maxOutputTokens"] = params["max_tokens"]
 
+    def model_of(self, request: Any) -> str | None:
+        """The model in REQUEST's URL (``.../models/NAME:streamGenerateContent``)."""
+        match = re.search(r"/models/([^/:?]+):", request.url)
+        return match.group(1) if match else None
+
     def set_model(self, request: Any, model: str) -> None:
         """Put MODEL in REQUEST's URL (``.../models/MODEL:streamGenerateContent``)."""
         request.url = re.sub(r"/models/[^/:?]+:", f"/models/{model}:", request.url, count=1)
