@@ -64,7 +64,8 @@ def served(replay, tmp_path_factory):
     assert proc.returncode == 0, proc.stderr
     by_id: dict[int, list[dict]] = {}
     for event in ndjson(proc.stdout):
-        by_id.setdefault(event.pop("id"), []).append(event)
+        if event["type"] != "ready":
+            by_id.setdefault(event.pop("id"), []).append(event)
     return {name: by_id.get(i) for i, name in enumerate(sorted(EXPECTED))}
 
 

@@ -63,7 +63,7 @@ def test_serve_takes_params_and_refuses_bad_ones(server, env, tmp_path):
         {"role": "user", "content": "hi"}], **line}) for line in lines) + "\n"
     proc = subprocess.run([sys.executable, "-m", "chatpipe", "serve"], cwd=ROOT, env=env,
                           input=stdin, capture_output=True, text=True, timeout=30)
-    last = {e["id"]: e for e in ndjson(proc.stdout)}
+    last = {e["id"]: e for e in ndjson(proc.stdout) if "id" in e}
     assert last["ok"]["type"] == "done"
     assert last["bad"]["message"].startswith("unknown parameter 'top_k'")
     assert "not valid" in last["worse"]["message"]

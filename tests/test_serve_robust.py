@@ -186,7 +186,37 @@ def test_end_of_input_lets_streams_finish_within_the_grace_then_cancels(server, 
     took = time.monotonic() - started
     assert proc.returncode == 0
     events = [json.loads(line) for line in proc.stdout.splitlines()]
-    last = {e["id"]: e for e in events}
+    last = {e["id"]: e for e in events if "id" in e}
     assert last["quick"]["type"] == "done", last["quick"]  # finished within the grace
     assert last["never"]["type"] == "error" and last["never"]["aborted"] is True
     assert 1.5 <= took < 4.5, took
+
+
+def test_serve_says_ready_with_its_protocol_first(serve):
+    from chatpipe import PROTOCOL_VERSION, __version__
+
+    _, first = serve.lines.get(timeout=10)
+    assert first == {"type": "ready", "protocol": PROTOCOL_VERSION, "version": __version__}
+
+
+def test_preconnect_opens_the_connection_the_first_request_uses(server, serve):
+    accepted = []
+    original = server._httpd.get_request
+
+    def counting():
+        conn = original()
+        accepted.append(time.monotonic())
+        return conn
+
+    server._httpd.get_request = counting
+    serve.send({"id": "p", "template": "openai", "url": f"{server.url}/replay/{TEXT}",
+                "preconnect": True})
+    deadline = time.monotonic() + 5
+    while not accepted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(accepted) == 1 and server.requests == []      # connected, nothing sent
+    serve.send(req("r", f"{server.url}/replay/{TEXT}"))
+    events = [e for _, e in serve.until(lambda e: e.get("id") == "r" and e["type"] == "done")]
+    assert text_of(e for e in events if e.get("id") == "r") == EXPECTED[TEXT]["text"]
+    assert len(accepted) == 1                                 # the request used it
+    assert all(e.get("id") != "p" for e in events)            # a preconnect gets no answer

@@ -163,6 +163,12 @@ def error(message: str, status: int | None = None, retryable: bool = False,
     return event
 
 
+def ready(protocol: int, version: str) -> dict:
+    """``ready`` (``serve`` only, its first line): the server reads requests
+    now; PROTOCOL is the protocol version it speaks, VERSION chatpipe's."""
+    return {"type": "ready", "protocol": protocol, "version": version}
+
+
 def rejected(message: str, request_id: str | int | None = None) -> dict:
     """``rejected`` (``serve`` only): a request line that starts no stream
     (not JSON, no usable ``id``, an ``id`` already streaming).  It carries

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import requests
 
-from chatpipe import conversation, protocol, stream, transport
+from chatpipe import conversation, protocol, stream, templates, transport
 from chatpipe.errors import Aborted, Cancelled, ChatpipeError, OutputClosed, StreamError
 from chatpipe.prepare import prepare
 from chatpipe.pricing import Priced
@@ -140,6 +140,22 @@ def run(build: Callable[[], Job], output: Output, *,
     if job.save:
         code = _save(template.path, dialect, job.messages, recorder, output.secrets) or code
     return code
+
+
+def preconnect(build: Callable[[], Job],
+               sessions: Callable[[str], requests.Session]) -> bool:
+    """Open a connection to the endpoint of the job BUILD gives, in the
+    session SESSIONS gives for it, ahead of its first request (see
+    :func:`chatpipe.transport.preconnect`).  Nothing is sent and nothing is
+    written; any error is left for the real request to report.  Returns
+    True if a connection was opened."""
+    try:
+        job = build()
+        template = templates.load(job.template)
+        request = templates.fill(template, job.variables, job.env, url=job.url)
+    except Exception:
+        return False
+    return transport.preconnect(sessions(request.url), request.url, request.connect_timeout)
 
 
 def _save(path, dialect, messages: list[dict], recorder: Recorder, secrets: list[str]) -> int:

@@ -21,7 +21,12 @@ without a command line).  A cancel ends the stream at once with an
 an ``error``.  A line that cannot start a stream (not JSON, too deep, no
 usable ``id``, an ``id`` already streaming) gets a ``rejected`` event,
 which has no ``id``, so it never looks like the end of a running stream;
-the server goes on, whatever the line.  At the end of stdin the running
+the server goes on, whatever the line.  A request with ``"preconnect":
+true`` sends nothing: it opens a connection to its endpoint (TCP and TLS)
+so that the next request there starts at once, and gets no answer.  The
+first line the server writes is ``ready``, with the protocol version and
+chatpipe's version, so that an editor can check it speaks the same
+protocol.  At the end of stdin the running
 streams have ``eof_grace`` seconds to finish, then are cancelled, and the
 server exits 0; SIGTERM or SIGINT cancels them all at once and exits 143 or
 130.  A stdout that cannot be written ends the server with status 1.  One
@@ -40,14 +45,14 @@ from urllib.parse import urlsplit
 
 import requests
 
-from chatpipe import jsonin, protocol, runner, transport
+from chatpipe import PROTOCOL_VERSION, __version__, jsonin, protocol, runner, transport
 from chatpipe.errors import Aborted, OutputClosed, UsageError
 from chatpipe.prepare import check_messages
 from chatpipe.protocol import EventLines, LineWriter
 
 #: The keys a request line may have.
 REQUEST_KEYS = {"id", "template", "messages", "vars", "env", "model", "url", "params",
-                "price", "cancel"}
+                "price", "cancel", "preconnect"}
 
 #: Default seconds the running streams may take to finish after stdin ends.
 EOF_GRACE = 30.0
@@ -157,6 +162,10 @@ class Server:
             if running is not None:
                 running.cancel()
             return
+        if request.get("preconnect"):
+            threading.Thread(target=runner.preconnect, daemon=True, name=f"preconnect-{rid}",
+                             args=(lambda: job_from_request(request), self.session_for)).start()
+            return
         with self._lock:
             if rid in self.streams:
                 self.reject(f"request id {rid!r} is already streaming", rid)
@@ -220,6 +229,7 @@ def main(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None,
     stdin = stdin or sys.stdin.buffer
     server = Server(stdout or sys.stdout.buffer)
     try:
+        server.writer.write(protocol.encode_line(protocol.ready(PROTOCOL_VERSION, __version__)))
         for line in stdin:
             server.handle_line(line)
         if not server.wait(eof_grace):

@@ -199,6 +199,38 @@ class Control:
                 pass
 
 
+def preconnect(session: requests.Session, url: str, timeout: float) -> bool:
+    """Open a connection (TCP, and TLS for https) to URL's endpoint in
+    SESSION's pool, so that the next request to it skips the handshakes.
+
+    Proxies and certificates are those a request would use.  Returns True
+    if a new connection was opened, False if one was already there or it
+    could not be done (any error is swallowed: the next request reports it).
+    urllib3 has no public call for this; the pool's ``_get_conn`` and
+    ``_put_conn`` are used, and anything unexpected just skips it.
+    """
+    try:
+        settings = session.merge_environment_settings(url, {}, None, None, None)
+        adapter = session.get_adapter(url)
+        prepared = requests.Request("POST", url).prepare()
+        pool = adapter.get_connection_with_tls_context(prepared, settings["verify"],
+                                                       settings["proxies"], settings["cert"])
+        conn = pool._get_conn(timeout=timeout)
+    except Exception:
+        return False
+    try:
+        if getattr(conn, "is_connected", False):
+            return False
+        conn.timeout = timeout
+        conn.connect()
+        return True
+    except Exception:
+        conn.close()
+        return False
+    finally:
+        pool._put_conn(conn)
+
+
 def post(session: requests.Session, request: Request) -> requests.Response:
     """Send REQUEST and return the response once its headers have arrived.
 
