@@ -21,6 +21,10 @@ requests as a JSON array of ``{"path", "headers", "body", "client_port"}``, ``DE
     - ``cut``: stop after this many bytes and drop the connection abruptly.
     - ``hold``: after this many bytes, wait until ``POST /release`` (or 30 s).
 
+``GET /openai-models/v1/models``
+    An OpenAI-style model list (:data:`OPENAI_MODELS`); GETs of registered
+    routes are answered too.  GETs are recorded with ``"method": "GET"``.
+
 ``POST /error/<status>``
     Answers STATUS with an OpenAI-style JSON error body;
     ``?body=html|empty|text`` for other bodies; ``?retry_after=S`` adds a
@@ -52,6 +56,15 @@ ERROR_MESSAGES = {
     429: ("rate_limit_exceeded", "Rate limit reached for gpt-4o in organization org-x on tokens per min."),
     500: ("server_error", "The server had an error while processing your request. Sorry about that!"),
 }
+
+
+#: ``GET /openai-models/v1/models``: a model list in the shape of OpenAI's
+#: ``GET /v1/models`` (https://platform.openai.com/docs/api-reference/models/list).
+OPENAI_MODELS = {"object": "list", "data": [
+    {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"},
+    {"id": "test-model", "object": "model", "created": 1700000000, "owned_by": "replay"},
+    {"id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system"},
+]}
 
 
 @dataclass
@@ -115,9 +128,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/requests":
             data = json.dumps(self.server.owner.requests).encode()
-            self._send_simple(200, data, "application/json")
-        else:
-            self._send_simple(404, b'{"error": "not found"}', "application/json")
+            return self._send_simple(200, data, "application/json")
+        url = urlsplit(self.path)
+        reply = self.server.owner.get_reply_for(url.path)
+        if reply is None:
+            return self._send_simple(404, b'{"error": "not found"}', "application/json")
+        self.server.owner.requests.append(
+            {"method": "GET", "path": self.path, "headers": dict(self.headers.items()),
+             "body": None, "client_port": self.client_address[1]})
+        self._send(reply)
 
     def do_DELETE(self):
         self.server.owner.requests.clear()
@@ -239,6 +258,16 @@ class ReplayServer:
         """
         self.routes[path] = reply if isinstance(reply, list) else [reply]
         return self.url + path
+
+    def get_reply_for(self, path: str) -> Reply | None:
+        """The reply for a GET of PATH: a registered route, or the model list
+        of ``/openai-models/v1/models`` (see :data:`OPENAI_MODELS`)."""
+        if path in self.routes:
+            return self.reply_for(path, {})
+        if path == "/openai-models/v1/models":
+            return Reply([json.dumps(OPENAI_MODELS).encode()], framing="length",
+                         content_type="application/json")
+        return None
 
     def reply_for(self, path: str, query: dict[str, list[str]]) -> Reply | None:
         """The reply for a request to PATH with QUERY (see the module docstring)."""

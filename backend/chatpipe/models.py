@@ -114,13 +114,13 @@ def output(as_json: bool) -> protocol.TextView:
 
 
 def _no_list(listing: Listing, why: str) -> StreamError:
-    """The error for an endpoint without a model list; WHY says what its
-    GET answered."""
+    """The error for an endpoint without a model list (``kind``
+    ``no_model_list``); WHY says what its GET answered."""
     parts = urlsplit(listing.url)
     where = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
     return StreamError(protocol.redact(
         f"the endpoint {transport._host(listing.url)} has no model list (GET {where} {why}): "
-        "type the model name", listing.secrets))
+        "type the model name", listing.secrets), details={"kind": "no_model_list"})
 
 
 def list_url(api: str, url: str) -> str:
@@ -150,7 +150,7 @@ def list_url(api: str, url: str) -> str:
     if base is None:
         raise StreamError(f"the endpoint {transport._host(url)} has no model list chatpipe knows "
                           f"of (its path {parts.path or '/'} is not one of the {api} API): "
-                          "type the model name")
+                          "type the model name", details={"kind": "no_model_list"})
     return urlunsplit((parts.scheme, parts.netloc, base + suffix, query, ""))
 
 
@@ -180,7 +180,8 @@ def listing(spec: str, *, url: str | None = None, variables: Mapping[str, str] |
     try:
         where = list_url(request.api, request.url)
     except StreamError as err:
-        raise StreamError(protocol.redact(err.message, request.secrets)) from None
+        raise StreamError(protocol.redact(err.message, request.secrets),
+                          details=err.details) from None
     return Listing(api=request.api, url=where, headers=headers, secrets=request.secrets,
                    timeout=(request.connect_timeout, min(request.read_timeout, READ_TIMEOUT)))
 
@@ -203,14 +204,16 @@ def _get(session: requests.Session, listing: Listing,
                                    allow_redirects=False, timeout=listing.timeout)
         except requests.exceptions.ConnectTimeout:
             raise StreamError(f"cannot connect to {host}: no answer within "
-                              f"{listing.timeout[0]:g} s (connect_timeout)") from None
+                              f"{listing.timeout[0]:g} s (connect_timeout)",
+                              details={"kind": "connect", "host": host}) from None
         except requests.exceptions.ReadTimeout:
             raise StreamError(f"{host} sent no model list within {listing.timeout[1]:g} s") from None
         except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
                 requests.exceptions.InvalidURL, ValueError) as err:
             raise StreamError(f"invalid endpoint URL ({host}): {transport._reason(err)}") from None
         except requests.exceptions.ConnectionError as err:
-            raise StreamError(f"cannot connect to {host}: {transport._reason(err)}") from None
+            raise StreamError(f"cannot connect to {host}: {transport._reason(err)}",
+                              details={"kind": "connect", "host": host}) from None
         except requests.exceptions.RequestException as err:
             raise StreamError(f"request to {host} failed: {transport._reason(err)}") from None
         if not response.is_redirect:
