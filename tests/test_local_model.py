@@ -76,4 +76,6 @@ def test_text_output_from_real_model(llama_url, small_template, env):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
     assert proc.stdout.endswith("\n")
-    assert proc.stderr == ""
+    # Nothing on stderr but, for an answer that reached max_tokens, the note saying so.
+    assert proc.stderr in ("", "chatpipe: the answer was cut off: it reached the token limit "
+                               "(finish_reason length)\n")
