@@ -22,6 +22,7 @@
 (defconst chatpipe-test-files
   '("chatpipe-backend.el" "chatpipe-process.el" "chatpipe-turns.el"
     "chatpipe-reasoning.el" "chatpipe-status.el" "chatpipe-chat.el"
+    "chatpipe-install.el"
     "chatpipe-templates.el" "chatpipe-models.el" "chatpipe.el")
   "The package's files, in dependency order.")
 
