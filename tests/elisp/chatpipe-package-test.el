@@ -20,7 +20,8 @@
 (declare-function package-lint-buffer "package-lint")
 
 (defconst chatpipe-test-files
-  '("chatpipe-backend.el" "chatpipe-process.el" "chatpipe-turns.el"
+  '("chatpipe-org-stream.el" "chatpipe-org.el" "chatpipe-backend.el"
+    "chatpipe-process.el" "chatpipe-turns.el"
     "chatpipe-reasoning.el" "chatpipe-status.el" "chatpipe-chat.el"
     "chatpipe-install.el"
     "chatpipe-templates.el" "chatpipe-models.el" "chatpipe.el")
