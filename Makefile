@@ -54,10 +54,27 @@ test-python:
 test-emacs:
 	tests/run-emacs-tests
 
-## bench: throughput, latency and memory figures (benchmarks/results.md); not a test
+## bench: throughput, latency, memory and Emacs figures (benchmarks/results.md); not a test.
+## curl and tmux (and, with Emacs, markdown-mode; with GPTEL_DIR, compat for gptel)
+## are installed with apt when root; a section whose tool is missing is left out.
+## GPTEL_DIR=/path/to/gptel adds gptel beside chatpipe in the Emacs sections.
 bench: setup
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
-	@command -v curl >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq curl >/dev/null; } || echo "curl not found: its column is left out" >&2
+	@missing=""; \
+	for tool in curl tmux; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if command -v emacs >/dev/null; then \
+	    ls -d /usr/share/emacs/site-lisp/elpa/markdown-mode-* >/dev/null 2>&1 || missing="$$missing elpa-markdown-mode"; \
+	    if [ -n "$$GPTEL_DIR" ] && ! ls -d /usr/share/emacs/site-lisp/elpa/compat-* >/dev/null 2>&1; then \
+	        missing="$$missing elpa-compat"; fi; \
+	fi; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing with apt-get"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	        || echo "could not install$$missing: the sections that need them are left out" >&2; \
+	else \
+	    echo "not installed:$$missing (sudo apt-get install -y$$missing): the sections that need them are left out" >&2; \
+	fi
 	$(VENV)/bin/python -m benchmarks
 
 clean:

@@ -14,9 +14,21 @@ Measures, against a local SSE server on 127.0.0.1 (benchmarks/server.py):
 3. Memory: ``chatpipe serve``'s peak RSS with 10 streams at once.
 4. Emacs (when ``emacs`` is on PATH): ``benchmarks/emacs-bench.el`` in
    ``emacs --batch`` through the real package.
+5. First token over TLS with a 50 ms round trip (benchmarks/first_token.py):
+   ``curl -N``, ``chatpipe send``, and ``chatpipe serve`` cold, warm and
+   pre-connected, through a latency-injecting proxy to a local HTTPS server.
+6. Emacs beside gptel (when GPTEL_DIR points at a gptel checkout):
+   N deltas into a buffer, the same wait loop for both
+   (benchmarks/emacs-compare.el).
+7. Emacs' CPU and redisplays while a paced Markdown answer streams into a
+   visible ``emacs -nw`` in tmux (benchmarks/emacs-tty.el), chatpipe and,
+   with GPTEL_DIR, gptel.
 
 Results go to stdout and to benchmarks/results.md.  Options: ``--quick``
-(fewer sizes and repeats), ``--no-write``.
+(fewer sizes and repeats), ``--no-write``, ``--only SECTION ...`` (run
+those sections and print them; results.md is not written).  Each section
+needing a tool that is missing (curl, emacs, tmux, gptel) says so and is
+left out.
 """
 
 from __future__ import annotations
@@ -33,11 +45,17 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks import editors, first_token
 from benchmarks.server import BenchServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 ENV = {**os.environ, "OPENAI_API_KEY": "bench", "PYTHONDONTWRITEBYTECODE": "1"}
+CHATPIPE = str(ROOT / ".venv" / "bin" / "chatpipe")
+if not os.path.exists(CHATPIPE):
+    CHATPIPE = str(Path(PY).parent / "chatpipe")
+
+SECTIONS = ("throughput", "latency", "memory", "profile", "emacs", "tls", "gptel", "tty")
 
 
 def peak_rss(pid: int) -> float:
@@ -56,7 +74,8 @@ def peak_rss(pid: int) -> float:
 
 
 def run_process(cmd: list[str]) -> dict:
-    """Run CMD, read its stdout to the end; wall seconds, peak RSS (MB), lines."""
+    """Run CMD, read its stdout to the end; wall seconds, peak RSS (MB), lines,
+    and how many times "tok " it wrote."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, env=ENV, cwd=ROOT)
@@ -69,9 +88,11 @@ def run_process(cmd: list[str]) -> dict:
 
     threading.Thread(target=watch, daemon=True).start()
     lines = 0
+    chunks = []
     fd = proc.stdout.fileno()
     while data := os.read(fd, 1 << 16):
         lines += data.count(b"\n")
+        chunks.append(data)
     rss[0] = max(rss[0], peak_rss(proc.pid))
     err = proc.stderr.read()
     proc.wait()
@@ -79,7 +100,8 @@ def run_process(cmd: list[str]) -> dict:
     done.set()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed: {err.decode()[-500:]}")
-    return {"wall": wall, "rss": rss[0], "lines": lines, "stderr": err.decode()}
+    return {"wall": wall, "rss": rss[0], "lines": lines, "stderr": err.decode(),
+            "toks": b"".join(chunks).count(b"tok ")}
 
 
 class _Collector:
@@ -167,7 +189,8 @@ def throughput(server: BenchServer, serve: Serve, sizes: list[int], sdk: bool) -
         row: dict = {"n": n}
         send = run_process([PY, "-m", "chatpipe", "send", "openai", "--url", url,
                             "--output", "ndjson", "-m", "hi"])
-        assert send["lines"] == n + 2, send["lines"]
+        # The deltas of one network read come as one line: count the text.
+        assert send["toks"] == n, (send["toks"], send["lines"])
         row["send"] = send
         serve.run(url)  # warm this size's path once
         row["serve"] = min((serve.run(url) for _ in range(3)), key=lambda r: r["wall"])
@@ -272,7 +295,7 @@ def emacs_bench(sizes: list[int], server: BenchServer) -> dict | None:
     proc = subprocess.run(
         [emacs, "--batch", "-Q", "-L", str(ROOT / "elisp"), "-l", str(script),
          "--eval", f"(chatpipe-bench-main {json.dumps(server.url)} "
-                   f"{json.dumps(str(ROOT / '.venv' / 'bin' / 'chatpipe'))} "
+                   f"{json.dumps(CHATPIPE)} "
                    f"'({' '.join(map(str, sizes))}))"],
         capture_output=True, text=True, env=ENV, timeout=600)
     for line in reversed(proc.stdout.splitlines() + proc.stderr.splitlines()):
@@ -305,22 +328,65 @@ def machine() -> str:
     curl = shutil.which("curl")
     curl_version = (subprocess.run([curl, "--version"], capture_output=True, text=True)
                     .stdout.split()[1] if curl else "none")
+    tmux = shutil.which("tmux")
+    tmux_version = (subprocess.run([tmux, "-V"], capture_output=True, text=True).stdout.strip()
+                    if tmux else "no tmux")
     try:
         import openai
         sdk = openai.__version__
     except ImportError:
         sdk = "not installed"
-    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip()
+    return ((f"chatpipe {commit}, " if commit else "")
+            + f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, {emacs_version}, curl {curl_version}, "
-            f"openai SDK {sdk}")
+            f"{tmux_version}, openai SDK {sdk}")
 
 
-def report(rows, latency, delays, memory, emacs, profile, when: str) -> str:
+def report(r: dict, when: str) -> str:
+    """The Markdown of the results R (a section's key missing: not run) and
+    the notes of the sections left out (R["notes"])."""
     out = [f"Run {when} on {machine()}.", ""]
-    out += ["### Throughput: an N-delta answer to protocol lines on a pipe", "",
-            "| N | chatpipe send | chatpipe serve (warm) | curl -N (floor) "
-            "| openai SDK (process / stream only) | serve vs curl | serve vs SDK stream |",
-            "|---:|---:|---:|---:|---:|---:|---:|"]
+    if r.get("notes"):
+        out += [f"- {note}" for note in r["notes"]] + [""]
+    if "rows" in r:
+        out += _throughput_report(r["rows"])
+    if "latency" in r:
+        out += _latency_report(r["latency"], r["delays"])
+    if "memory" in r:
+        memory = r["memory"]
+        out += ["", "### Memory", "",
+                f"- `chatpipe serve` with {memory['streams']} streams at once: "
+                f"{memory['rss']:.1f} MB resident while streaming, peak {memory['peak']:.1f} MB."]
+    if r.get("profile"):
+        out += ["", "### Where the time goes: 20,000 deltas decoded in-process (cProfile, own time)",
+                "", "| function | own time | share |", "|---|---:|---:|"]
+        out += [f"| `{name}` | {own * 1000:.1f} ms | {share:.0%} |" for name, own, share in r["profile"]]
+    emacs = r.get("emacs")
+    if emacs:
+        out += ["", "### Emacs (`emacs --batch`, the real package, `chatpipe serve`)", "",
+                f"- First character in the buffer after `chatpipe-send` (warm): "
+                f"median {emacs['first_ms']:.2f} ms, min {emacs['first_min_ms']:.2f} ms.",
+                "", "| N | whole answer in the buffer | per delta | buffer matches |",
+                "|---:|---:|---:|---|"]
+        for row in emacs["sizes"]:
+            out.append(f"| {row['n']:,} | {row['ms']:.0f} ms | {row['ms'] * 1000 / row['n']:.2f} us | "
+                       f"{'yes' if row['ok'] else 'NO'} |")
+    if r.get("tls"):
+        out += [""] + first_token.report(r["tls"])
+    if r.get("gptel"):
+        out += _gptel_report(r["gptel"], r.get("gptel_version", "gptel"))
+    if r.get("tty"):
+        out += _tty_report(r["tty"], r["tty_n"], r["tty_pace"], r.get("gptel_version"))
+    return "\n".join(out) + "\n"
+
+
+def _throughput_report(rows: list[dict]) -> list[str]:
+    out = ["### Throughput: an N-delta answer to protocol lines on a pipe", "",
+           "| N | chatpipe send | chatpipe serve (warm) | curl -N (floor) "
+           "| openai SDK (process / stream only) | serve vs curl | serve vs SDK stream |",
+           "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         n = r["n"]
 
@@ -334,66 +400,180 @@ def report(rows, latency, delays, memory, emacs, profile, when: str) -> str:
             f"{cell(curl) if curl else '-'} | "
             + (f"{sdk['wall']*1000:.0f} ms / {sdk['stream']*1000:.0f} ms "
                f"({n / sdk['stream']:,.0f}/s), {sdk['rss']:.0f} MB" if sdk else "-")
-            + f" | {r['serve']['wall'] / curl['wall']:.2f}x" if curl else " | -")
+            + (f" | {r['serve']['wall'] / curl['wall']:.2f}x" if curl else " | -"))
         if sdk:
             out[-1] += f" | {sdk['stream'] / r['serve']['wall']:.1f}x faster |"
         else:
             out[-1] += " | - |"
-    out += ["", "### Latency", "",
-            f"- First delta, `chatpipe serve` warm (request written to stdin until the line is read): "
-            f"median {statistics.median(latency['serve'])*1000:.2f} ms, "
-            f"min {min(latency['serve'])*1000:.2f} ms over {len(latency['serve'])} requests.",
-            f"- First delta, `chatpipe send` (process spawned until the line is read): "
-            f"median {statistics.median(latency['send'])*1000:.0f} ms over {len(latency['send'])} runs.",
-            "", "| framing | per-event delay p50 | p99 | max | events |", "|---|---:|---:|---:|---:|"]
+    return out
+
+
+def _latency_report(latency: dict, delays: dict) -> list[str]:
+    out = ["", "### Latency", "",
+           f"- First delta, `chatpipe serve` warm (request written to stdin until the line is read): "
+           f"median {statistics.median(latency['serve'])*1000:.2f} ms, "
+           f"min {min(latency['serve'])*1000:.2f} ms over {len(latency['serve'])} requests.",
+           f"- First delta, `chatpipe send` (process spawned until the line is read): "
+           f"median {statistics.median(latency['send'])*1000:.0f} ms over {len(latency['send'])} runs.",
+           "", "| framing | per-event delay p50 | p99 | max | events |", "|---|---:|---:|---:|---:|"]
     for framing, d in delays.items():
         out.append(f"| {framing} | {d['p50']:.3f} ms | {d['p99']:.3f} ms | {d['max']:.3f} ms | {d['count']} |")
-    out += ["", "### Memory", "",
-            f"- `chatpipe serve` with {memory['streams']} streams at once: "
-            f"{memory['rss']:.1f} MB resident while streaming, peak {memory['peak']:.1f} MB."]
-    if profile:
-        out += ["", "### Where the time goes: 20,000 deltas decoded in-process (cProfile, own time)",
-                "", "| function | own time | share |", "|---|---:|---:|"]
-        out += [f"| `{name}` | {own * 1000:.1f} ms | {share:.0%} |" for name, own, share in profile]
-    if emacs:
-        out += ["", "### Emacs (`emacs --batch`, the real package, `chatpipe serve`)", "",
-                f"- First character in the buffer after `chatpipe-send` (warm): "
-                f"median {emacs['first_ms']:.2f} ms, min {emacs['first_min_ms']:.2f} ms.",
-                "", "| N | whole answer in the buffer | per delta | buffer matches |",
-                "|---:|---:|---:|---|"]
-        for r in emacs["sizes"]:
-            out.append(f"| {r['n']:,} | {r['ms']:.0f} ms | {r['ms'] * 1000 / r['n']:.2f} us | "
-                       f"{'yes' if r['ok'] else 'NO'} |")
-    return "\n".join(out) + "\n"
+    return out
+
+
+#: The issue's target for N deltas into a buffer: chatpipe this many times
+#: faster than gptel at 100,000 deltas.
+GPTEL_TARGET = 5.0
+
+
+def _gptel_report(result: dict, version: str) -> list[str]:
+    sizes = result["sizes"]
+    repeats = len(sizes[0]["chatpipe"]) if sizes else 0
+    out = ["", f"### Emacs beside gptel: N deltas into a buffer (`emacs --batch`, {version})", "",
+           "From the send command (`chatpipe-send` through the warm `chatpipe serve`; "
+           "`gptel-send`, which runs curl) until the buffer holds the whole answer, by one wait "
+           "loop for both (`accept-process-output` on the client's process, then a check of the "
+           f"buffer); {result['mode']} buffers, both packages byte-compiled; median of {repeats} "
+           f"run{'s' if repeats != 1 else ''}. Target: chatpipe at least {GPTEL_TARGET:g}x faster "
+           "than gptel at 100,000 deltas.", "",
+           "| N | chatpipe | gptel | gptel / chatpipe | per delta (chatpipe / gptel) "
+           "| objects allocated per delta | GCs | buffer matches |",
+           "|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row in sizes:
+        n = row["n"]
+        c, g = statistics.median(row["chatpipe"]), statistics.median(row["gptel"])
+        out.append(f"| {n:,} | {c:.0f} ms | {g:.0f} ms | {g / c:.1f}x | "
+                   f"{c * 1000 / n:.1f} / {g * 1000 / n:.1f} us | "
+                   f"{row['chatpipe_conses']:.0f} / {row['gptel_conses']:.0f} | "
+                   f"{row['chatpipe_gcs']} / {row['gptel_gcs']} | "
+                   f"{'yes' if row['chatpipe_ok'] else 'NO'} / {'yes' if row['gptel_ok'] else 'NO'} |")
+    big = next((row for row in sizes if row["n"] == 100000), None)
+    if big:
+        ratio = statistics.median(big["gptel"]) / statistics.median(big["chatpipe"])
+        out += ["", f"Target ({GPTEL_TARGET:g}x at 100,000 deltas): "
+                    f"{'**met**' if ratio >= GPTEL_TARGET else '**not met**'} ({ratio:.1f}x)."]
+    return out
+
+
+def _tty_report(results: dict, n: int, pace: float, gptel_version: str | None) -> list[str]:
+    names = {"chatpipe": "chatpipe (`chatpipe-send`, `chatpipe serve`)",
+             "gptel": "gptel (`gptel-send`, curl), defaults",
+             "gptel-scroll": "gptel + `gptel-auto-scroll` (window follows, as chatpipe's)"}
+    out = ["", "### Emacs' CPU while a real-paced answer streams, redisplay on "
+               f"(`emacs -nw` in tmux, 120x40{', ' + gptel_version if gptel_version else ''})", "",
+           f"{n:,} deltas of Markdown prose (a heading, emphasis, code, a list, a code block), "
+           f"one every {pace:g} ms, into a `markdown-mode` buffer shown alone in the frame, point "
+           "at the end of the question. Emacs' own CPU time (`get-internal-run-time`: user + "
+           "system, not its children: neither `chatpipe serve` nor curl) from the send command "
+           "to the end of the request; redisplays of the chat window (`pre-redisplay-functions`); "
+           "medians. Idle: Emacs' CPU over as long with nothing streaming. Target: chatpipe's "
+           "per-delta Emacs cost no higher than gptel's.", "",
+           "| client | Emacs CPU | per delta | redisplays | wall | idle CPU | runs | buffer matches |",
+           "|---|---:|---:|---:|---:|---:|---:|---|"]
+    summaries = {}
+    for client, result in results.items():
+        if "error" in result:
+            out.append(f"| {names.get(client, client)} | failed: {result['error'][:200]} "
+                       "| | | | | | |")
+            continue
+        t = summaries[client] = editors.tty_summary(result, n)
+        out.append(f"| {names.get(client, client)} | {t['cpu'] * 1000:.0f} ms | "
+                   f"{t['per_delta_us']:.0f} us | {t['redisplays']:.0f} | {t['wall']:.2f} s | "
+                   f"{t['idle_cpu'] * 1000:.0f} ms | {t['runs']} | {'yes' if t['ok'] else 'NO'} |")
+    if "chatpipe" in summaries and "gptel" in summaries:
+        c, g = summaries["chatpipe"]["per_delta_us"], summaries["gptel"]["per_delta_us"]
+        verdict = "**met**" if c <= g else "**not met**"
+        line = (f"Target (chatpipe's per-delta Emacs cost no higher than gptel's): {verdict} "
+                f"({c:.0f} us against {g:.0f} us, {c / g:.2f}x")
+        if "gptel-scroll" in summaries:
+            s = summaries["gptel-scroll"]["per_delta_us"]
+            line += f"; against gptel with its window following the answer, {s:.0f} us, {c / s:.2f}x"
+        out += ["", line + ")."]
+    return out
+
+
+def note(r: dict, message: str) -> None:
+    """Say on stderr, and in the results, why a section or a column is left out."""
+    print(message, file=sys.stderr)
+    r.setdefault("notes", []).append(message)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
     parser.add_argument("--no-write", action="store_true", help="do not write results.md")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
+                        help=f"run only these sections ({', '.join(SECTIONS)}); implies --no-write")
     args = parser.parse_args()
+    run = set(args.only or SECTIONS)
     sizes = [1000, 20000] if args.quick else [1000, 20000, 100000]
-    try:
-        import openai  # noqa: F401
-        sdk = True
-    except ImportError:
-        print("openai SDK not installed: `pip install openai` for its column", file=sys.stderr)
-        sdk = False
+    r: dict = {}
+    sdk = False
+    if "throughput" in run:
+        try:
+            import openai  # noqa: F401
+            sdk = True
+        except ImportError:
+            note(r, "openai SDK not installed (`pip install openai`): its column is left out")
+    if {"throughput", "latency", "tls"} & run and not shutil.which("curl"):
+        note(r, "curl not found: its columns and the TLS first-token target are left out")
+    emacs = shutil.which("emacs")
+    if not emacs and {"emacs", "gptel", "tty"} & run:
+        note(r, "emacs not found: the Emacs sections are left out")
+    gptel_paths = None
+    if emacs and {"gptel", "tty"} & run:
+        gptel_paths, message = editors.gptel_load_path(emacs, ENV)
+        if gptel_paths is None:
+            note(r, message)
+        else:
+            r["gptel_version"] = message
+            print(f"Using {message} from GPTEL_DIR", file=sys.stderr)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with BenchServer() as server:
-        serve = Serve()
-        try:
-            rows = throughput(server, serve, sizes, sdk)
-            latency = first_delta(server, serve, 10 if args.quick else 40)
-            delays = per_event_delay(server, serve, 100 if args.quick else 400)
-        finally:
-            serve.close()
-        memory = memory_with_streams(server, 10)
-        profile = profile_hot_path(server)
-        emacs = emacs_bench(sizes, server)
-    text = report(rows, latency, delays, memory, emacs, profile, when)
+        if {"throughput", "latency"} & run:
+            serve = Serve()
+            try:
+                if "throughput" in run:
+                    r["rows"] = throughput(server, serve, sizes, sdk)
+                if "latency" in run:
+                    r["latency"] = first_delta(server, serve, 10 if args.quick else 40)
+                    r["delays"] = per_event_delay(server, serve, 100 if args.quick else 400)
+            finally:
+                serve.close()
+        if "memory" in run:
+            r["memory"] = memory_with_streams(server, 10)
+        if "profile" in run:
+            r["profile"] = profile_hot_path(server)
+        if emacs and "emacs" in run:
+            r["emacs"] = emacs_bench(sizes, server)
+        if "tls" in run:
+            print("First token over TLS with latency...", file=sys.stderr)
+            try:
+                r["tls"] = first_token.run(PY, ENV, ROOT, 3 if args.quick else 10)
+            except Exception as err:  # one section's failure leaves the others
+                note(r, f"First token over TLS failed: {type(err).__name__}: {err}")
+        if emacs and gptel_paths and "gptel" in run:
+            print("Emacs beside gptel: N deltas into a buffer...", file=sys.stderr)
+            r["gptel"] = editors.emacs_compare(emacs, server.url, CHATPIPE, sizes,
+                                               1 if args.quick else 3, gptel_paths, ENV)
+            if r["gptel"] is None:
+                note(r, "Emacs beside gptel failed: its output is on stderr")
+        if emacs and "tty" in run:
+            if not shutil.which("tmux"):
+                note(r, "tmux not found (apt-get install tmux): Emacs' CPU with redisplay is left out")
+            elif not editors.markdown_mode_dir():
+                note(r, "markdown-mode not found (apt-get install elpa-markdown-mode, or "
+                        "MARKDOWN_MODE_DIR): Emacs' CPU with redisplay is left out")
+            else:
+                clients = ["chatpipe"] + (["gptel", "gptel-scroll"] if gptel_paths else [])
+                print(f"Emacs' CPU with redisplay (emacs -nw in tmux): {', '.join(clients)}...",
+                      file=sys.stderr)
+                r["tty_n"], r["tty_pace"] = 2000, 1
+                r["tty"] = editors.emacs_tty(emacs, server.url, CHATPIPE, clients, r["tty_n"],
+                                             r["tty_pace"], 1 if args.quick else 5, gptel_paths, ENV)
+    text = report(r, when)
     print(text)
-    if not args.no_write:
+    if not args.no_write and not args.only:
         (ROOT / "benchmarks" / "results.md").write_text(
             "# chatpipe benchmark results\n\n`make bench` (python -m benchmarks) wrote this.\n\n"
             + text)

@@ -6,12 +6,16 @@ writes.  ``&pace=MS`` sends one event every MS milliseconds instead, each
 delta's content being the server's ``time.monotonic_ns()`` at the moment
 of writing (CLOCK_MONOTONIC is shared by all processes on Linux), so a
 reader can measure the delay to its stdout.  ``&framing=chunked|close|gzip``
-as in tests/replay_server.py.  Standard library only.
+as in tests/replay_server.py.  ``&text=prose`` makes the deltas the words of
+a short Markdown answer instead (:data:`PROSE`, over and over; paced or
+not): :func:`prose` is the whole text of N such deltas.  Standard library
+only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -20,6 +24,34 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 WRITE_SIZE = 65536
+
+#: A Markdown answer whose words (each with the blanks after it) are the
+#: deltas of ``text=prose``: a heading, emphasis, inline code, a list and a
+#: code block, for the editors' fontification.
+PROSE = """## A short answer
+
+Here is **the idea** in a few words: stream the `delta` events into the \
+buffer as they come, and let the editor *draw* them when it has time.
+
+- First, the request goes out with `"stream": true`.
+- Then each event is parsed and inserted at the marker.
+- Finally, the status line says `done`.
+
+```python
+for event in stream:
+    print(event["content"], end="")
+```
+
+That is all there is to it; the rest is [redisplay](https://www.gnu.org/software/emacs/).
+
+"""
+
+PROSE_TOKENS = re.findall(r"\S+\s*|\s+", PROSE)
+
+
+def prose(n: int) -> str:
+    """The text of the first N deltas of ``text=prose``."""
+    return "".join(PROSE_TOKENS[i % len(PROSE_TOKENS)] for i in range(n))
 
 
 def chunk(content: str | None = None, finish: str | None = None) -> bytes:
@@ -31,9 +63,13 @@ def chunk(content: str | None = None, finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-def body(n: int) -> bytes:
-    """The whole body of an N-delta answer."""
-    return (chunk("") + chunk("tok ") * n + chunk(None, "stop") + b"data: [DONE]\n\n")
+def body(n: int, text: str = "tok") -> bytes:
+    """The whole body of an N-delta answer (TEXT "tok" or "prose")."""
+    if text == "prose":
+        deltas = b"".join(chunk(PROSE_TOKENS[i % len(PROSE_TOKENS)]) for i in range(n))
+    else:
+        deltas = chunk("tok ") * n
+    return chunk("") + deltas + chunk(None, "stop") + b"data: [DONE]\n\n"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -48,6 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
         q = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
         n, framing = int(q.get("n", 1000)), q.get("framing", "chunked")
         pace = float(q["pace"]) / 1000 if "pace" in q else None
+        text = q.get("text", "tok")
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         if framing == "close":
@@ -73,18 +110,19 @@ class _Handler(BaseHTTPRequestHandler):
 
         try:
             if pace is None:
-                data = body(n)
+                data = body(n, text)
                 for i in range(0, len(data), WRITE_SIZE):
                     write(data[i:i + WRITE_SIZE])
             else:
                 write(chunk(""))
                 next_at = time.monotonic()
-                for _ in range(n):
+                for i in range(n):
                     next_at += pace
                     delay = next_at - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                    write(chunk(str(time.monotonic_ns())))
+                    write(chunk(PROSE_TOKENS[i % len(PROSE_TOKENS)] if text == "prose"
+                                else str(time.monotonic_ns())))
                 write(chunk(None, "stop") + b"data: [DONE]\n\n")
             if gz is not None:
                 tail = gz.flush()
