@@ -161,6 +161,9 @@ def emacs_tty(emacs: str, url: str, command: str, clients: list[str], n: int, pa
                     results[client] = {"runs": runs, "idle": idle}
             finally:
                 subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True, timeout=30)
+                # tmux leaves the socket file of a killed server behind.
+                (Path(env.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}" / socket).unlink(
+                    missing_ok=True)
     return results
 
 
