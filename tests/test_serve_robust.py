@@ -220,3 +220,45 @@ def test_preconnect_opens_the_connection_the_first_request_uses(server, serve):
     assert text_of(e for e in events if e.get("id") == "r") == EXPECTED[TEXT]["text"]
     assert len(accepted) == 1                                 # the request used it
     assert all(e.get("id") != "p" for e in events)            # a preconnect gets no answer
+
+
+def test_a_preconnected_tls_connection_survives_its_session_tickets(tmp_path, env):
+    """TLS 1.3 servers send session tickets after the handshake; the idle
+    preconnected socket is then readable, and must still be reused."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from conftest import Serve
+    from replay_server import ReplayServer
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    assert context.num_tickets > 0                     # what real servers do
+    with ReplayServer() as server:
+        server._httpd.socket = context.wrap_socket(server._httpd.socket, server_side=True)
+        url = server.url.replace("http:", "https:") + f"/replay/{TEXT}"
+        accepted = []
+        original = server._httpd.get_request
+        server._httpd.get_request = lambda: (accepted.append(1), original())[1]
+        serve = Serve({**env, "REQUESTS_CA_BUNDLE": str(cert)})
+        try:
+            serve.send({"id": "p", "template": "openai", "url": url, "preconnect": True})
+            deadline = time.monotonic() + 5
+            while not accepted and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)                             # the tickets have arrived
+            serve.send(req("r", url))
+            events = [e for _, e in serve.until(lambda e: e.get("id") == "r"
+                                                and e["type"] in ("done", "error"))]
+            assert events[-1]["type"] == "done", events[-1]
+            assert len(accepted) == 1                   # the request used the preconnection
+        finally:
+            serve.proc.kill()
+            serve.proc.wait()

@@ -25,6 +25,7 @@ import http.client
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
@@ -35,6 +36,7 @@ import requests.adapters
 import urllib3
 import urllib3.connection
 import urllib3.exceptions
+import urllib3.util
 
 from chatpipe import __version__
 from chatpipe.dialects.base import provider_error
@@ -95,13 +97,47 @@ def controlled_by(control: "Control | None"):
 
 class _Reachable:
     """Mixin for urllib3 connections: tells the sending thread's
-    :class:`Control` which connection carries its request."""
+    :class:`Control` which connection carries its request, and keeps an
+    idle TLS connection that only received session tickets."""
 
     def request(self, *args, **kwargs):  # urllib3.connection.HTTPConnection.request
         control = getattr(_sending, "control", None)
         if control is not None:
             control.sending(self)
         return super().request(*args, **kwargs)
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the connection is open and has nothing unread.
+
+        urllib3 takes a readable idle socket for a dropped connection.  A
+        TLS 1.3 server sends session tickets after the handshake, which
+        make the socket readable with no data for the application, so a
+        connection opened ahead (:func:`preconnect`) would be thrown away.
+        A non-blocking TLS read consumes such records: only an end of file
+        or real data means the connection is done with.
+        """
+        sock = self.sock
+        if sock is None:
+            return False
+        if not urllib3.util.wait_for_read(sock, timeout=0.0):
+            return True
+        if not isinstance(sock, ssl.SSLSocket):
+            return False
+        timeout = sock.gettimeout()
+        try:
+            sock.settimeout(0.0)
+            sock.recv(1)               # data or end of file: not reusable
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return not urllib3.util.wait_for_read(sock, timeout=0.0)
+        except OSError:
+            pass
+        finally:
+            try:
+                sock.settimeout(timeout)
+            except OSError:
+                pass
+        return False
 
 
 class _HTTPConnection(_Reachable, urllib3.connection.HTTPConnection):
