@@ -156,10 +156,35 @@ The program is an absolute file name.  Signal
                        (executable-find program)))))
     (unless found
       (signal 'chatpipe-backend-missing
-              (list (format "`%s' not found: install chatpipe (pip install \
-chatpipe) or set `chatpipe-command' or `chatpipe-python-venv'"
-                            (or program "chatpipe")))))
+              (list (chatpipe--backend-missing-text (or program "chatpipe")))))
     (cons found (cdr argv))))
+
+(defun chatpipe--checkout-dir ()
+  "Return the chatpipe checkout this package was loaded from, or nil.
+That is the folder above the package's folder, if it has the
+backend's pyproject.toml and scripts/local-server."
+  (let* ((library (locate-library "chatpipe"))
+         (dir (and library (file-name-directory
+                            (directory-file-name
+                             (file-name-directory library))))))
+    (and dir
+         (file-exists-p (expand-file-name "pyproject.toml" dir))
+         (file-exists-p (expand-file-name "scripts/local-server" dir))
+         (abbreviate-file-name dir))))
+
+(defun chatpipe--backend-missing-text (program)
+  "Return what to say when the backend PROGRAM cannot be found.
+It says how to install the backend from Emacs."
+  (let ((venv (format "set `chatpipe-python-venv' to a venv with chatpipe \
+installed (python3 -m venv DIR && DIR/bin/pip install %s)"
+                      (or (chatpipe--checkout-dir) "/path/to/chatpipe"))))
+    (format "the chatpipe backend `%s' was not found: %s" program
+            (cond ((fboundp 'chatpipe-install-backend)
+                   "M-x chatpipe-install-backend installs it")
+                  (chatpipe-command
+                   (concat "set `chatpipe-command' to the chatpipe program, \
+or set it to nil and " venv))
+                  (t venv)))))
 
 (defun chatpipe--local-directory ()
   "Return a local, existing directory to run the backend in."
@@ -206,6 +231,14 @@ JSON null and false are nil."
     (pcase-dolist (`(,name . ,value) alist)
       (puthash name value table))
     table))
+
+(defun chatpipe--param-options (params)
+  "Return PARAMS, an alist of (NAME . NUMBER), as `chatpipe send' options.
+For example ((max_tokens . 500)) gives (\"--max-tokens\" \"500\")."
+  (mapcan (lambda (param)
+            (list (concat "--" (string-replace "_" "-" (symbol-name (car param))))
+                  (number-to-string (cdr param))))
+          params))
 
 (defun chatpipe--messages-vector (messages)
   "Return MESSAGES, (ROLE . CONTENT) pairs, as a vector for JSON."

@@ -23,15 +23,14 @@
 ;;; Commentary:
 
 ;; Requests to the `chatpipe' backend, and its stdout (one JSON event
-;; per line, protocol v1) turned into calls of each answer's handler.
+;; per line, protocol v2) turned into calls of each answer's handler.
 ;; One process layer (`chatpipe--start-process', `chatpipe--filter',
 ;; `chatpipe--sentinel', a table of pending `chatpipe-stream's) serves
 ;; the shared `chatpipe serve' process, whose events carry our request
 ;; id as `id', and one-shot `chatpipe send' processes (one stream each).
 ;; A process that ends ends its pending streams with an `error' event.
-;; The filter parses complete lines in place in an input buffer: the
-;; work is proportional to the output; text events of one answer in
-;; one read are joined.
+;; The filter parses complete lines in place, in linear time; text
+;; events of one answer in one read are joined.
 
 ;;; Code:
 
@@ -59,8 +58,7 @@ once it was aborted: nothing more is delivered then."
 
 (defun chatpipe-stream-live-p (stream)
   "Return non-nil if STREAM may still deliver events.
-That is until its `done' or `error' event, its abort, or the end of
-its process."
+That is until its `done' or `error' event, abort or process end."
   (and (not (chatpipe-stream-finished stream))
        (process-live-p (chatpipe-stream-process stream))))
 
@@ -246,8 +244,7 @@ Kill PROC's input buffer."
 (defun chatpipe--delete-stderr (proc)
   "Delete the stderr pipe of the backend process PROC, if it is live."
   (let ((stderr (process-get proc 'chatpipe-stderr)))
-    (when (process-live-p stderr)
-      (delete-process stderr))))
+    (when (process-live-p stderr) (delete-process stderr))))
 
 ;;;; Processes
 
@@ -346,8 +343,7 @@ complete")
     (chatpipe--delete-stderr proc)))
 
 (defun chatpipe--maybe-close (proc)
-  "Close the stdin of the serve process PROC if it is retired and idle.
-It then ends: no stream is waiting for it."
+  "Close the stdin of the serve process PROC if retired and idle (it ends)."
   (when (and (process-get proc 'chatpipe-retired)
              (zerop (hash-table-count (process-get proc 'chatpipe-streams)))
              (process-live-p proc))
@@ -396,8 +392,7 @@ new process.  Return the number of processes stopped."
       (delete-process proc)
       (chatpipe--delete-stderr proc))
     (when (called-interactively-p 'interactive)
-      (message "chatpipe: stopped %d backend process%s"
-               (length procs) (if (= (length procs) 1) "" "es")))
+      (message "chatpipe: stopped %d backend process(es)" (length procs)))
     (length procs)))
 
 (defun chatpipe--kill-on-exit ()
@@ -413,15 +408,17 @@ delivered any more."
 
 ;;;; Requests
 
-(cl-defun chatpipe-process-start (&key template messages model vars name
-                                       handler)
+(cl-defun chatpipe-process-start (&key template messages model vars params
+                                       name handler)
   "Start streaming an answer to MESSAGES with TEMPLATE; return its stream.
 TEMPLATE is a template name or a .json file name.  MESSAGES is a
 list of (ROLE . CONTENT) pairs of strings, appended after the
-template's own messages.  MODEL, if non-nil, overrides the
-template's model; VARS is an alist of (NAME . VALUE) strings for
-its `${NAME}' placeholders.  The request goes to the shared serve
-process, or to a send process named NAME (see
+template's own (a system message replaces their system prompt).
+MODEL, if non-nil, overrides the template's model; VARS is an alist
+of (NAME . VALUE) strings for its `${NAME}' placeholders; PARAMS an
+alist such as ((temperature . 0.7) (max_tokens . 500)), given as
+the request's \"params\" or as options.  The request goes to the
+shared serve process, or to a send process named NAME (see
 `chatpipe-backend-mode'); the API keys the template needs (see
 `chatpipe-template-env') go in the request or the process
 environment, never on a command line.
@@ -449,7 +446,8 @@ if there is no backend."
                               (mapcan (lambda (var)
                                         (list "--var" (format "%s=%s" (car var)
                                                               (cdr var))))
-                                      vars))
+                                      vars)
+                              (chatpipe--param-options params))
                       (get-buffer-create (format " *%s stderr*" name)))))
           (chatpipe--request
            (chatpipe--stream-create :process proc :handler handler)
@@ -464,6 +462,7 @@ if there is no backend."
                     (messages . ,json-messages)
                     ,@(and model `((model . ,model)))
                     ,@(and vars `((vars . ,(chatpipe--string-table vars))))
+                    ,@(and params `((params . ,params)))
                     ,@(and env `((env . ,(chatpipe--string-table env))))))
                  "\n"))))))
 
