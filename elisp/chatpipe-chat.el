@@ -26,11 +26,10 @@
 ;; messages, inserts an assistant heading and sends a request to the
 ;; backend; each `delta' is inserted at a marker, and nothing inserted
 ;; is parsed again.  Point and windows at the end of the answer follow
-;; it.  The header line status is updated at most every
-;; `chatpipe--status-interval' seconds.  At the end, a user heading is
-;; added for the next question; an aborted or failed answer ends with a
-;; note, which is not sent back.  Tool calls are shown on lines of their
-;; own after the answer, "[tool call: NAME(ARGUMENTS)]".
+;; it.  The status is updated at most every `chatpipe--status-interval'
+;; seconds.  At the end, a user heading is added for the next question;
+;; an aborted, failed, truncated or empty answer ends with a note, not
+;; sent back.  Tool calls follow the answer, "[tool call: NAME(ARGS)]".
 ;;
 ;; Undo: the heading is an ordinary undo step of the sending command.
 ;; The answer is inserted with undo recording off and, when it ends,
@@ -48,15 +47,6 @@
 (require 'chatpipe-turns)
 (require 'chatpipe-reasoning)
 (require 'chatpipe-status)
-
-;;;; Customization
-
-(defcustom chatpipe-auto-scroll t
-  "Whether point follows the answer while it streams.
-When non-nil, point and windows that are at the end of the answer
-move along with it; point elsewhere never moves."
-  :type 'boolean
-  :group 'chatpipe)
 
 (cl-defstruct (chatpipe--job (:constructor chatpipe--job-create)
                              (:copier nil))
@@ -125,38 +115,6 @@ a timer when that time has passed."
               (run-at-time wait nil #'chatpipe--show-progress job))))))
 
 ;;;; Streaming into the buffer
-
-(defun chatpipe--windows-at (pos)
-  "Return the windows on the current buffer whose point is at POS."
-  (let ((windows nil))
-    (dolist (window (get-buffer-window-list nil nil t))
-      (when (= (window-point window) pos)
-        (push window windows)))
-    windows))
-
-(defmacro chatpipe--following (at end &rest body)
-  "Run BODY in `save-excursion'; point and windows at AT follow to END.
-AT is evaluated before BODY and END after it: positions in the
-current buffer.  When `chatpipe-auto-scroll' is non-nil, point, if
-it was at AT, moves to END, and so does the point of each window
-on the buffer that was at AT; other windows and point stay.
-`inhibit-read-only' is t in BODY.  Return nil."
-  (declare (indent 2) (debug (form form body)))
-  (let ((pos (make-symbol "pos"))
-        (follow (make-symbol "follow"))
-        (windows (make-symbol "windows"))
-        (to (make-symbol "to")))
-    `(let* ((,pos ,at)
-            (,follow (and chatpipe-auto-scroll (= (point) ,pos)))
-            (,windows (and chatpipe-auto-scroll (chatpipe--windows-at ,pos)))
-            (inhibit-read-only t))
-       (save-excursion ,@body)
-       (when (or ,follow ,windows)
-         (let ((,to ,end))
-           (when ,follow (goto-char ,to))
-           (dolist (window ,windows)
-             (set-window-point window ,to))))
-       nil)))
 
 (defun chatpipe--job-end (job)
   "Return the marker at the end of what JOB has inserted so far.
@@ -258,6 +216,19 @@ See `chatpipe-reasoning-display'."
 
 ;;;; The end of an answer
 
+(defun chatpipe--job-done-kind (job)
+  "Return how JOB, which ended with `done', went; see `chatpipe--done-kind'."
+  (chatpipe--done-kind (chatpipe--job-finish-reason job)
+                       (chatpipe--job-chars job) (chatpipe--job-tools job)))
+
+(defun chatpipe--insert-done-note (job)
+  "Insert at point the note of JOB's answer if it is truncated or empty.
+See `chatpipe--done-notes'."
+  (let ((note (alist-get (chatpipe--job-done-kind job) chatpipe--done-notes)))
+    (when note
+      (chatpipe--ensure-blank-line)
+      (insert note))))
+
 (defun chatpipe--cancel-timer (job)
   "Cancel the retry timer of JOB, if any."
   (when (chatpipe--job-timer job)
@@ -317,7 +288,8 @@ its own, and the user's changes meanwhile stay."
 
 (defun chatpipe--finish (job kind &optional message)
   "End JOB as KIND: `done', `aborted' or `error' with MESSAGE.
-Add the note for an aborted or failed answer, leave one blank line
+Add the note for an aborted, failed, truncated or empty answer (see
+`chatpipe--done-notes'), leave one blank line
 after the answer and, at the end of the buffer, add a user heading
 for the next question; record the answer as one undo step (see
 `chatpipe--record-undo') and update the status."
@@ -340,15 +312,15 @@ for the next question; record the answer as one undo step (see
                 ('error (chatpipe--ensure-blank-line)
                         (insert "[error: " (replace-regexp-in-string
                                             "\n" " " message)
-                                "]")))
+                                "]"))
+                ('done (chatpipe--insert-done-note job)))
               ;; One blank line between the answer and what follows, if
               ;; anything; else a user heading for the next question.
               (setq deleted (delete-and-extract-region
                              (point) (progn (skip-chars-forward " \t\n")
                                             (point))))
               (chatpipe--ensure-blank-line)
-              (when (eobp)
-                (insert (chatpipe--heading 'user) "\n\n"))
+              (chatpipe--open-next-turn)
               (setq end (point))))
           (chatpipe--record-undo job end deleted)
           (chatpipe--release job)
@@ -359,10 +331,8 @@ for the next question; record the answer as one undo step (see
              (let ((reason (chatpipe--job-finish-reason job))
                    (usage (chatpipe--usage-text (chatpipe--job-usage job))))
                (chatpipe--set-status
-                "done%s: %s%.1f s"
-                (if (and (stringp reason) (not (equal reason "stop")))
-                    (format " (%s)" reason)
-                  "")
+                "%s: %s%.1f s"
+                (chatpipe--done-label (chatpipe--job-done-kind job) reason)
                 (if usage (concat usage ", ") "")
                 seconds)))
             ('aborted (chatpipe--set-status "aborted after %d chars"
@@ -456,9 +426,10 @@ Return the new `chatpipe--job'."
             (setf (chatpipe--job-stream job)
                   (chatpipe-process-start
                    :template (or chatpipe-template chatpipe-default-template)
-                   :messages messages
+                   :messages (chatpipe--with-system messages)
                    :model chatpipe-model
                    :vars chatpipe-template-vars
+                   :params (chatpipe--params)
                    :name (format "chatpipe %s" (buffer-name))
                    :handler (lambda (event)
                               (chatpipe--handle-event job event))))

@@ -140,9 +140,14 @@ the block's own last line, and the prefix is a comma, as in Org's
 source blocks.  In other buffers, they are the lines that look like
 the block's first or last line, and the prefix is a backslash,
 which keeps Markdown from taking them for HTML."
-  (if (derived-mode-p 'org-mode)
+  (chatpipe--reasoning-escape-for (derived-mode-p 'org-mode)))
+
+(defun chatpipe--reasoning-escape-for (org)
+  "Return how reasoning lines are escaped in Org buffers if ORG, else in others.
+See `chatpipe--reasoning-escape'."
+  (if org
       '("\\*+\\(?:[ \t]\\|$\\)\\|[ \t]*#\\+" . ",")
-    (let ((delimiters (chatpipe--reasoning-delimiters)))
+    (let ((delimiters chatpipe-reasoning-delimiters))
       (cons (concat "\\(?:" (regexp-quote (car delimiters)) "\\|"
                     (regexp-quote (cdr delimiters)) "\\)[ \t]*$")
             "\\"))))

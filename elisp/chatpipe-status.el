@@ -22,9 +22,12 @@
 
 ;;; Commentary:
 
-;; The settings of a chat buffer (its template, model and template
-;; variables) and its status, shown in the header line: the template,
-;; the model, and how the last answer went.
+;; The settings of a chat buffer (its template, model, template
+;; variables, temperature, token limit and system prompt) and its
+;; status, shown in the header line: the template, the model, the
+;; parameters and how the last answer went.  Also the hints that the
+;; backend's `error' events get, by their `kind': how to add a missing
+;; API key, start the local server or choose a model.
 
 ;;; Code:
 
@@ -53,12 +56,49 @@
                                        (stringp (cdr x))))
                       value))))
 
+(defvar-local chatpipe-temperature nil
+  "The sampling temperature of this chat, 0 to 2, or nil for the template's.")
+(put 'chatpipe-temperature 'safe-local-variable
+     (lambda (value) (and (numberp value) (<= 0 value 2))))
+
+(defvar-local chatpipe-max-tokens nil
+  "The most tokens an answer of this chat may have, or nil for the template's.")
+(put 'chatpipe-max-tokens 'safe-local-variable
+     (lambda (value) (and (natnump value) (> value 0))))
+
+(defvar-local chatpipe-system nil
+  "The system prompt of this chat, a string, or nil for the template's.
+It is sent as a system message before the chat's turns; a system
+turn in the buffer (\"### System\") wins over it.  See
+`chatpipe-directives'.")
+(put 'chatpipe-system 'safe-local-variable #'stringp)
+
+(dolist (var '(chatpipe-temperature chatpipe-max-tokens chatpipe-system
+               chatpipe-template-vars))
+  (put var 'permanent-local t))
+
 (defvar-local chatpipe--status nil
   "The status shown in the header line, a string, or nil.")
 
 (defvar-local chatpipe--model-seen nil
   "The model named by the backend's last `start' event, or nil.")
 
+(dolist (var '(chatpipe--status chatpipe--model-seen))
+  (put var 'permanent-local t))
+
+(defcustom chatpipe-directives
+  '(("concise" . "You are a helpful assistant.  Answer concisely.")
+    ("programmer" . "You are a careful programmer.  Answer with working \
+code and a short explanation; put code in fenced blocks that name the \
+language.")
+    ("writer" . "You are a writing assistant.  Make the text clearer and \
+shorter; keep the author's voice and meaning.")
+    ("tutor" . "You are a patient tutor.  Explain step by step, with a \
+small example, and end with a question that checks understanding."))
+  "Named system prompts for chats: an alist of (NAME . PROMPT).
+\\[chatpipe-set-system-prompt] (or the menu) chooses one for a chat."
+  :type '(alist :key-type (string :tag "Name") :value-type (string :tag "Prompt"))
+  :group 'chatpipe)
 (defun chatpipe--current-template ()
   "Return the template of the current buffer."
   (or chatpipe-template chatpipe-default-template))
@@ -70,13 +110,48 @@
   (setq chatpipe--status (apply #'format format-string args))
   (force-mode-line-update))
 
+(defun chatpipe--system-name (prompt)
+  "Return a short name for the system PROMPT: its directive's, or \"custom\"."
+  (or (car (rassoc prompt chatpipe-directives)) "custom"))
+
+(defun chatpipe--settings-text ()
+  "Return the chat's parameters and system prompt as a short text, or nil."
+  (let ((parts (delq nil (list (and chatpipe-temperature
+                                    (format "temperature %s" chatpipe-temperature))
+                               (and chatpipe-max-tokens
+                                    (format "max %s tokens" chatpipe-max-tokens))
+                               (and chatpipe-system
+                                    (concat "system: " (chatpipe--system-name
+                                                        chatpipe-system)))))))
+    (and parts (string-join parts ", "))))
+
 (defun chatpipe-header-line ()
-  "Return the text of the chat header line: template, model and status."
-  (let ((model (or chatpipe-model chatpipe--model-seen)))
+  "Return the text of the chat header line.
+It shows the template, the model, the parameters and system prompt
+set for this chat, and the status."
+  (let ((model (or chatpipe-model chatpipe--model-seen))
+        (settings (chatpipe--settings-text)))
     (concat (propertize "chatpipe" 'face 'bold) " "
             (or chatpipe-template chatpipe-default-template)
             (if model (format " [%s]" model) "")
+            (if settings (format " (%s)" settings) "")
             (if chatpipe--status (concat " | " chatpipe--status) ""))))
+
+(defun chatpipe--params ()
+  "Return the request parameters set for this chat, an alist for the backend."
+  (delq nil (list (and chatpipe-temperature
+                       (cons 'temperature chatpipe-temperature))
+                  (and chatpipe-max-tokens
+                       (cons 'max_tokens chatpipe-max-tokens)))))
+
+(defun chatpipe--with-system (messages)
+  "Return MESSAGES with the chat's system prompt first, if it has one.
+MESSAGES is a list of (ROLE . CONTENT); if it has a system message
+already (a system turn in the buffer), it is returned as it is."
+  (if (and chatpipe-system (not (string-blank-p chatpipe-system))
+           (not (assoc "system" messages)))
+      (cons (cons "system" chatpipe-system) messages)
+    messages))
 
 (defun chatpipe--usage-text (usage)
   "Return a short text for USAGE, a `usage' event plist, or nil.
@@ -115,10 +190,85 @@ For example \"retrying in 2.5 s (attempt 1): HTTP 429: Too many\"."
             (if (string-empty-p why) "" (concat ": " why)))))
 
 (defun chatpipe--error-text (event)
-  "Return the message of the `error' EVENT, with the HTTP status if any."
+  "Return the message of the `error' EVENT, with the HTTP status if any.
+An error of a known `kind' gets a hint instead; see `chatpipe--hint'."
   (let ((status (plist-get event :status))
         (message (or (plist-get event :message) "unknown error")))
-    (if status (format "HTTP %s: %s" status message) message)))
+    (or (chatpipe--hint event)
+        (if status (format "HTTP %s: %s" status message) message))))
+
+(defun chatpipe--local-server-p (template entry)
+  "Return non-nil if TEMPLATE, with the backend's ENTRY, is the local model's.
+That is the bundled `local' template, or one that names
+scripts/local-server (such as a copy of it)."
+  (or (equal template "local")
+      (string-search "local-server" (or (plist-get entry :description) ""))))
+
+(defun chatpipe--hint (event)
+  "Return what to do about the `error' EVENT, or nil if its kind is unknown.
+The backend gives the kind: `missing_env' (a variable the template
+needs is not set), `connect' (no connection to the server) and
+`placeholder' (a `${NAME}' without a value)."
+  (let* ((template (chatpipe--current-template))
+         (entry (ignore-errors (chatpipe-template-info template)))
+         (host (plist-get entry :host))
+         (checkout (chatpipe--checkout-dir)))
+    (pcase (plist-get event :kind)
+      ("missing_env"
+       (let ((var (plist-get event :variable)))
+         (when (stringp var)
+           (concat
+            (format "%s is not set (template %s needs it): " var template)
+            (if (stringp host)
+                (format "add the key to auth-source (a line \"machine %s \
+login %s password YOUR-KEY\" in ~/.authinfo.gpg) or " host
+                        chatpipe-auth-source-user)
+              "")
+            (format "set the variable: (setenv \"%s\" \"...\")" var)))))
+      ("connect"
+       (let* ((where (or (plist-get event :host) host "the server"))
+              (port (and (string-match ":\\([0-9]+\\)\\'" where)
+                         (match-string 1 where))))
+         (if (chatpipe--local-server-p template entry)
+             (format "cannot connect to %s: the local model server is not \
+running; start it with \"scripts/local-server serve --port %s\" in %s (or \
+\"make demo\")" where (or port "8080")
+                     (if checkout (concat "the chatpipe checkout " checkout)
+                       "the chatpipe checkout"))
+           (format "cannot connect to %s: is the server running, and is the \
+template's URL right? (M-x chatpipe-edit-template)" where))))
+      ("placeholder"
+       (let ((name (plist-get event :placeholder)))
+         (when (stringp name)
+           (if (equal name "model")
+               (format "template %s names no model: choose one with M-x \
+chatpipe-set-model" template)
+             (format "template %s needs a value for ${%s}: set it with M-x \
+chatpipe-set-template-var" template name))))))))
+
+(defun chatpipe--done-kind (reason chars tools)
+  "Return how an answer that ended with `done' went, if not normally.
+REASON is its finish reason, CHARS the length of its text, TOOLS
+non-nil if it made tool calls.  The value is a key of
+`chatpipe--done-notes', or nil for a normal answer."
+  (let ((empty (and (= chars 0) (null tools)))
+        (filtered (equal reason "content_filter")))
+    (cond ((equal reason "length") 'length)
+          ((and empty filtered) 'empty-filtered)
+          (empty 'empty)
+          (filtered 'filtered))))
+
+(defun chatpipe--done-label (kind reason)
+  "Return the status word for an answer done as KIND with finish REASON.
+KIND is as for `chatpipe--done-kind'."
+  (pcase kind
+    ('length "truncated at the token limit")
+    ('empty "empty answer")
+    ('empty-filtered "empty answer (content filter)")
+    ('filtered "stopped by the content filter")
+    (_ (if (and (stringp reason) (not (equal reason "stop")))
+           (format "done (%s)" reason)
+         "done"))))
 
 (provide 'chatpipe-status)
 ;;; chatpipe-status.el ends here

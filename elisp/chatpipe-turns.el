@@ -32,8 +32,10 @@
 ;; Reasoning blocks (between the lines of `chatpipe-reasoning-delimiters',
 ;; or `chatpipe-org-reasoning-delimiters' in Org buffers) are never sent,
 ;; and headings inside them start no turn; nor are the notes that end
-;; some answers (`chatpipe-aborted-text', "[error: ...]") and the tool
-;; call lines, "[tool call: NAME(ARGUMENTS)]".
+;; some answers (`chatpipe-aborted-text', "[error: ...]", "[truncated:
+;; ...]", "[empty answer: ...]", "[stopped: ...]") and the tool call
+;; lines, "[tool call: NAME(ARGUMENTS)]".  A file's Local Variables
+;; block (where a saved chat keeps its settings) ends the chat.
 
 ;;; Code:
 
@@ -69,6 +71,19 @@ for trailing spaces) starts a turn of ROLE."
   :type 'string
   :group 'chatpipe)
 
+(defconst chatpipe--done-notes
+  '((length . "[truncated: the token limit was reached]")
+    (empty . "[empty answer: the model sent no text]")
+    (empty-filtered . "[empty answer: the provider's content filter \
+stopped it]")
+    (filtered . "[stopped: the provider's content filter]"))
+  "The notes that end a finished answer that is not a normal one.
+An alist (KIND . NOTE): `length' for an answer cut at the token
+limit, `empty' for one with no text and no tool call,
+`empty-filtered' for one stopped so by a content filter, `filtered'
+for one with text stopped by a content filter.  Notes are never
+sent back.")
+
 (defcustom chatpipe-reasoning-delimiters
   '("<details><summary>Reasoning</summary>" . "</details>")
   "The lines around reasoning blocks in buffers other than Org buffers.
@@ -86,6 +101,13 @@ like BEGIN or END get a backslash in front."
 See `chatpipe-reasoning-delimiters'.  Lines of the reasoning that
 Org would take for headlines or block lines get a comma in front."
   :type '(cons (string :tag "First line") (string :tag "Last line"))
+  :group 'chatpipe)
+
+(defcustom chatpipe-auto-scroll t
+  "Whether point follows the answer while it streams.
+When non-nil, point and windows that are at the end of the answer
+move along with it; point elsewhere never moves."
+  :type 'boolean
   :group 'chatpipe)
 
 (defface chatpipe-heading
@@ -110,9 +132,11 @@ Each element is (ROLE . HEADING)."
 
 (defun chatpipe--note-regexp ()
   "Return a regexp matching the note lines that end some answers.
-They are the aborted and error notes and the tool call lines."
+They are the aborted, error, truncated, empty and stopped notes (see
+`chatpipe--done-notes') and the tool call lines."
   (concat "^\\(?:" (regexp-quote chatpipe-aborted-text)
-          "\\|\\[error: .*\\]\\|\\[tool call: .*\\]\\)[ \t]*\\'"))
+          "\\|\\[\\(?:error\\|truncated\\|empty answer\\|stopped\\): .*\\]"
+          "\\|\\[tool call: .*\\]\\)[ \t]*\\'"))
 
 (defun chatpipe--reasoning-delimiters ()
   "Return the reasoning block delimiters of the current buffer.
@@ -182,21 +206,76 @@ the end of its last line.  The value is as for
                       (match-beginning 0) (match-end 0) (point-max))))
           (and block (<= pos (nth 2 block)) block))))))
 
+(defun chatpipe--local-variables-start ()
+  "Return the start of the file's Local Variables block, or nil.
+It is looked for where `hack-local-variables' looks: in the last
+3000 characters, after the last form feed.  The block counts only if
+it is whole: each of its lines has the prefix and suffix of its
+first line, the last is \"End:\", and only blank lines follow it."
+  (save-excursion
+    (save-restriction
+      (widen)
+      (goto-char (point-max))
+      (search-backward "\n\^L" (max (- (point-max) 3000) (point-min)) 'move)
+      (let ((case-fold-search t))
+        (when (re-search-forward "^\\(.*\\)Local Variables:\\(.*\\)$" nil t)
+          (let* ((start (match-beginning 0))
+                 (prefix (regexp-quote (match-string-no-properties 1)))
+                 (suffix (regexp-quote (string-trim-right
+                                        (match-string-no-properties 2)))))
+            (forward-line 1)
+            (while (and (not (eobp))
+                        (looking-at (concat prefix ".*" suffix "[ \t]*$"))
+                        (not (looking-at (concat prefix "[ \t]*End:"))))
+              (forward-line 1))
+            (and (looking-at (concat prefix "[ \t]*End:[ \t]*" suffix "[ \t]*$"))
+                 (progn (forward-line 1)
+                        (skip-chars-forward " \t\n")
+                        (eobp))
+                 start)))))))
+
+(defun chatpipe--chat-end ()
+  "Return the end of the chat: the start of the file's Local Variables.
+That is the block where a saved chat keeps its settings (see
+`chatpipe--local-variables-start'); without one, the end of the
+accessible part of the buffer."
+  (let ((start (chatpipe--local-variables-start)))
+    (if start (max (point-min) (min start (point-max))) (point-max))))
+
+(defun chatpipe--at-chat-end-p ()
+  "Return non-nil if only blank space is between point and the chat's end."
+  (save-excursion
+    (skip-chars-forward " \t\n")
+    (>= (point) (chatpipe--chat-end))))
+
+(defun chatpipe--open-next-turn ()
+  "At the end of the chat, insert a user heading for the next question.
+Do nothing elsewhere.  If the file's Local Variables follow, leave a
+blank line before them.  Point ends after the heading's blank line."
+  (when (chatpipe--at-chat-end-p)
+    (insert (chatpipe--heading 'user) "\n\n")
+    (unless (eobp)
+      (save-excursion
+        (delete-region (point) (progn (skip-chars-forward " \t\n") (point)))
+        (insert "\n\n")))))
+
 (defun chatpipe-turns (&optional beg end)
   "Return the list of turn positions between BEG and END (default: all).
 Each turn is a list (ROLE HEADING-START CONTENT-START CONTENT-END),
 ROLE a symbol and the rest buffer positions; a turn's content runs
 to the next heading or END.  Text before the first heading is not
-part of any turn, and a heading inside a reasoning block starts no
-turn."
-  (let ((beg (or beg (point-min)))
-        (end (or end (point-max)))
-        (headings (chatpipe--role-headings))
-        (regexp (concat (chatpipe--heading-regexp) "\\|"
-                        (chatpipe--line-regexp
-                         (car (chatpipe--reasoning-delimiters)))))
-        (case-fold-search nil)
-        turns)
+part of any turn, a heading inside a reasoning block starts no
+turn, and the file's Local Variables are no turn's (see
+`chatpipe--chat-end')."
+  (let* ((chat-end (chatpipe--chat-end))
+         (beg (min (or beg (point-min)) chat-end))
+         (end (min (or end chat-end) chat-end))
+         (headings (chatpipe--role-headings))
+         (regexp (concat (chatpipe--heading-regexp) "\\|"
+                         (chatpipe--line-regexp
+                          (car (chatpipe--reasoning-delimiters)))))
+         (case-fold-search nil)
+         turns)
     (save-excursion
       (goto-char beg)
       (unless (bolp) (forward-line 1))
@@ -243,6 +322,36 @@ empty turns are left out."
            unless (string-empty-p text)
            collect (cons (symbol-name (car turn)) text)))
 
+(defun chatpipe--question-start (beg end)
+  "Return the start of the question in the text from BEG to END.
+The text has no heading.  In Org buffers, the keyword lines (such
+as \"#+title: Notes\") and the property drawer at its start are no
+part of the question."
+  (save-excursion
+    (goto-char beg)
+    (when (derived-mode-p 'org-mode)
+      (while (and (< (point) end)
+                  (cond ((looking-at "[ \t]*\\(?:#\\+\\|$\\)")
+                         (forward-line 1))
+                        ((looking-at "[ \t]*:PROPERTIES:[ \t]*$")
+                         (re-search-forward "^[ \t]*:END:[ \t]*$" end 'move)
+                         (forward-line 1))
+                        (t nil)))))
+    (min (point) end)))
+
+(defun chatpipe--separate-rest (end)
+  "Put the text after END, if any, under a user heading of its own.
+Do nothing if it starts with a heading or is the end of the chat.
+The text after the chat sent then stays a turn of the user's."
+  (save-excursion
+    (goto-char end)
+    (skip-chars-forward " \t\n")
+    (unless (or (>= (point) (chatpipe--chat-end))
+                (let ((case-fold-search nil))
+                  (looking-at (chatpipe--heading-regexp))))
+      (delete-region end (point))
+      (insert "\n\n" (chatpipe--heading 'user) "\n\n"))))
+
 (defun chatpipe--check-last-is-user (messages)
   "Signal a `user-error' unless the last of MESSAGES is the user's."
   (unless (equal (car (car (last messages))) "user")
@@ -259,6 +368,40 @@ Insert nothing at the beginning of the buffer."
                   0)
                  (t 1))))
     (insert (make-string n ?\n))))
+
+;;;; Editing
+
+(defun chatpipe--windows-at (pos)
+  "Return the windows on the current buffer whose point is at POS."
+  (let ((windows nil))
+    (dolist (window (get-buffer-window-list nil nil t))
+      (when (= (window-point window) pos)
+        (push window windows)))
+    windows))
+
+(defmacro chatpipe--following (at end &rest body)
+  "Run BODY in `save-excursion'; point and windows at AT follow to END.
+AT is evaluated before BODY and END after it: positions in the
+current buffer.  When `chatpipe-auto-scroll' is non-nil, point, if
+it was at AT, moves to END, and so does the point of each window
+on the buffer that was at AT; other windows and point stay.
+`inhibit-read-only' is t in BODY.  Return nil."
+  (declare (indent 2) (debug (form form body)))
+  (let ((pos (make-symbol "pos"))
+        (follow (make-symbol "follow"))
+        (windows (make-symbol "windows"))
+        (to (make-symbol "to")))
+    `(let* ((,pos ,at)
+            (,follow (and chatpipe-auto-scroll (= (point) ,pos)))
+            (,windows (and chatpipe-auto-scroll (chatpipe--windows-at ,pos)))
+            (inhibit-read-only t))
+       (save-excursion ,@body)
+       (when (or ,follow ,windows)
+         (let ((,to ,end))
+           (when ,follow (goto-char ,to))
+           (dolist (window ,windows)
+             (set-window-point window ,to))))
+       nil)))
 
 (provide 'chatpipe-turns)
 ;;; chatpipe-turns.el ends here
