@@ -30,14 +30,17 @@
 ;; templates.
 ;;
 ;; M-x chatpipe opens a chat buffer for `chatpipe-default-template' (with
-;; a prefix argument, choose the template).  Type a question under the
-;; "### User" heading and press C-c C-c: the answer streams in under an
-;; "### Assistant" heading.  C-c C-k stops it; M-x chatpipe-retry asks
-;; again.  The chat is plain text: save it to a file, reopen it later,
-;; turn on `chatpipe-mode' (or put "mode: chatpipe" in its local
-;; variables) and go on; earlier turns may be edited before sending.
-;; `chatpipe-mode' works in any text buffer, Markdown or Org (Org buffers
-;; use "* User" headings), so a chat can live in a notes file.
+;; a prefix argument, a new one, for the template you choose).  Type a
+;; question under the "### User" heading and press C-c RET: the chat up
+;; to point is sent, and the answer streams in under an "### Assistant"
+;; heading.  In Org buffers, where Org binds C-c RET, C-c C-c sends
+;; wherever Org has nothing else to do with it.  C-u C-c RET opens the
+;; menu (abort, retry, model, temperature, token limit, system prompt).
+;; The chat is plain text: save it to a file (it keeps its settings),
+;; reopen it later and go on; earlier turns may be edited before
+;; sending.  `chatpipe-mode' works in any text buffer, Markdown or Org
+;; (Org buffers use "* User" headings), so a chat can live in a notes
+;; file.
 ;;
 ;; The model's reasoning, if it sends any, comes before the answer in a
 ;; folded block (TAB on its first line or M-x chatpipe-toggle-reasoning
@@ -46,8 +49,10 @@
 ;; Tool calls are shown after the answer, one line each.
 ;;
 ;; Other commands: `chatpipe-select-template', `chatpipe-set-model',
-;; `chatpipe-edit-template', `chatpipe-send-region' (the region and an
-;; instruction, from any buffer) and the menu `chatpipe-menu'.
+;; `chatpipe-set-temperature', `chatpipe-set-max-tokens',
+;; `chatpipe-set-system-prompt', `chatpipe-edit-template',
+;; `chatpipe-send-region' (the region and an instruction, from any
+;; buffer) and the menu `chatpipe-menu'.
 ;;
 ;; The backend is found on `exec-path', or set `chatpipe-command' or
 ;; `chatpipe-python-venv'.  All chats share one long-lived `chatpipe
@@ -63,15 +68,16 @@
 ;; API keys), chatpipe-process.el (backend processes and their events),
 ;; chatpipe-turns.el (headings, turns, messages), chatpipe-reasoning.el
 ;; (reasoning blocks and buffers), chatpipe-status.el (chat settings,
-;; header line), chatpipe-chat.el (streaming answers into buffers),
-;; chatpipe-templates.el (choosing and editing templates) and this one
-;; (the modes, commands and menu).
+;; header line, error hints), chatpipe-chat.el (streaming answers into
+;; buffers), chatpipe-templates.el (choosing and editing templates),
+;; chatpipe-state.el (chats saved to files), chatpipe-settings.el (the
+;; settings commands and the menu) and this one (the mode and the chat
+;; commands).
 
 ;;; Code:
 
 (require 'cl-lib)
 (require 'subr-x)
-(require 'transient)
 (require 'chatpipe-backend)
 (require 'chatpipe-process)
 (require 'chatpipe-turns)
@@ -79,6 +85,8 @@
 (require 'chatpipe-status)
 (require 'chatpipe-chat)
 (require 'chatpipe-templates)
+(require 'chatpipe-state)
+(require 'chatpipe-settings)
 
 ;;;; Customization
 
@@ -88,15 +96,12 @@ When nil, use `markdown-mode' if it is installed, else `text-mode'."
   :type '(choice (const :tag "Markdown or text" nil) function)
   :group 'chatpipe)
 
-(defcustom chatpipe-buffer-name-format "*chatpipe: %s*"
-  "Format of the names of chat buffers; %s is the template."
-  :type 'string
-  :group 'chatpipe)
-
 ;;;; Variables
 
 (defvar chatpipe-instruction-history nil
   "Minibuffer history of instructions for `chatpipe-send-region'.")
+
+(defvar chatpipe-mode)
 
 (defvar-local chatpipe--saved-header-line nil
   "The header line of the buffer before `chatpipe-mode' was turned on.")
@@ -120,28 +125,65 @@ Else return nil, so that TAB does what it does without
                         (car (chatpipe--reasoning-delimiters))))))
        command))
 
+(defun chatpipe--major-mode-binds-p (key)
+  "Return non-nil if the buffer's major mode (its local map) binds KEY."
+  (let ((binding (and (current-local-map) (lookup-key (current-local-map) key))))
+    (and binding (not (numberp binding)))))
+
+(defun chatpipe--send-key-filter (command)
+  "Return COMMAND unless the major mode binds `C-c RET' itself."
+  (unless (chatpipe--major-mode-binds-p (kbd "C-c RET")) command))
+
 (defvar chatpipe-mode-map
   (let ((map (make-sparse-keymap))
         (tab '(menu-item "" chatpipe-toggle-reasoning
                          :filter chatpipe--reasoning-tab-filter)))
-    (define-key map (kbd "C-c C-c") #'chatpipe-send)
-    (define-key map (kbd "C-c C-k") #'chatpipe-abort)
+    (define-key map (kbd "C-c RET")
+      '(menu-item "" chatpipe-send :filter chatpipe--send-key-filter))
     (define-key map (kbd "TAB") tab)
     (define-key map [tab] tab)
     map)
   "Keymap of `chatpipe-mode'.
+`C-c RET' sends, unless the major mode binds it (as Org does);
 TAB on the first line of a reasoning block folds or unfolds it.")
+
+(defun chatpipe--org-ctrl-c-ctrl-c ()
+  "Run `chatpipe-send' for Org's key (C-c C-c) where Org has no other use.
+A function of `org-ctrl-c-ctrl-c-final-hook': Org calls it only
+when `org-ctrl-c-ctrl-c' does nothing else at point (not on a
+checkbox, a table, a timestamp, a heading...).  Return non-nil if
+it sent."
+  (when chatpipe-mode
+    (call-interactively #'chatpipe-send)
+    t))
 
 ;;;###autoload
 (define-minor-mode chatpipe-mode
   "Minor mode for chats with language models in any text buffer.
 The chat's turns are separated by role headings (see
 `chatpipe-headings' and `chatpipe-org-headings').  The header line
-shows the template, the model and the status of the last answer.
-Turning the mode on folds the reasoning blocks of the buffer (see
-`chatpipe-reasoning-display'); turning it off unfolds them.
+shows the template, the model, the parameters and system prompt set
+for the chat, and the status of the last answer.
 
-\\{chatpipe-mode-map}"
+Keys, which never shadow the major mode's:
+
+`C-c RET' runs `chatpipe-send': it sends the chat up to point (or
+the region); with \\[universal-argument], or while an answer
+streams, it opens `chatpipe-menu' (abort, retry, model,
+temperature...).  Where the major mode binds `C-c RET' itself, as
+Org does, the key stays the major mode's.
+
+In Org buffers, Org's key for `org-ctrl-c-ctrl-c' (C-c C-c) runs
+`chatpipe-send' wherever Org has nothing else to do with it (not on
+a checkbox, a table, a heading...).
+
+`TAB' on the first line of a reasoning block folds or unfolds it.
+
+Turning the mode on folds the reasoning blocks of the buffer (see
+`chatpipe-reasoning-display'); turning it off unfolds them.  Saving
+the buffer saves the chat's settings with it (see
+`chatpipe-save-state'), and the mode stays on when the major mode
+changes, the headings converted to its style."
   :lighter " Chatpipe"
   :group 'chatpipe
   (if chatpipe-mode
@@ -150,6 +192,9 @@ Turning the mode on folds the reasoning blocks of the buffer (see
           (setq chatpipe--saved-header-line header-line-format)
           (setq-local header-line-format chatpipe--header-line-format))
         (add-hook 'kill-buffer-hook #'chatpipe--kill-buffer nil t)
+        (add-hook 'org-ctrl-c-ctrl-c-final-hook #'chatpipe--org-ctrl-c-ctrl-c
+                  nil t)
+        (chatpipe--state-enable)
         (setq chatpipe--font-lock-keywords
               `((,(chatpipe--heading-regexp) 0 'chatpipe-heading)))
         (font-lock-add-keywords nil chatpipe--font-lock-keywords 'append)
@@ -161,6 +206,8 @@ Turning the mode on folds the reasoning blocks of the buffer (see
     (when (equal header-line-format chatpipe--header-line-format)
       (setq-local header-line-format chatpipe--saved-header-line))
     (remove-hook 'kill-buffer-hook #'chatpipe--kill-buffer t)
+    (remove-hook 'org-ctrl-c-ctrl-c-final-hook #'chatpipe--org-ctrl-c-ctrl-c t)
+    (chatpipe--state-disable)
     (font-lock-remove-keywords nil chatpipe--font-lock-keywords)
     (font-lock-flush)
     (save-restriction
@@ -168,51 +215,21 @@ Turning the mode on folds the reasoning blocks of the buffer (see
       (remove-overlays (point-min) (point-max) 'chatpipe-reasoning t))
     (remove-from-invisibility-spec '(chatpipe-reasoning . t))))
 
-;;;; Chat settings
-
-;;;###autoload
-(defun chatpipe-select-template (template)
-  "Use TEMPLATE, a template name or file, for the chat in this buffer.
-Interactively, complete over `chatpipe templates list'.  Outside a
-chat buffer, set `chatpipe-default-template' for this session.
-Return TEMPLATE."
-  (interactive (list (chatpipe-read-template
-                      "Template" (and chatpipe-mode
-                                      (chatpipe--current-template)))))
-  (if chatpipe-mode
-      (progn (setq chatpipe-template template)
-             (setq chatpipe--model-seen nil)
-             (force-mode-line-update))
-    (setq chatpipe-default-template template))
-  (message "chatpipe: template %s" template)
-  template)
-
-;;;###autoload
-(defun chatpipe-set-model (model)
-  "Use MODEL instead of the template's model in this chat buffer.
-An empty MODEL goes back to the template's.  Return MODEL or nil."
-  (interactive (list (read-string
-                      (format-prompt "Model (empty: the template's)"
-                                     chatpipe-model)
-                      nil nil chatpipe-model)))
-  (unless chatpipe-mode (chatpipe-mode 1))
-  (setq chatpipe-model (and model (not (string-empty-p model)) model))
-  (force-mode-line-update)
-  chatpipe-model)
-
 ;;;; Sending
 
 (defun chatpipe-send-turns (&optional beg end)
   "Send the chat between BEG and END and stream the answer after it.
-BEG and END default to the whole buffer.  If the text has no role
-heading, it is the user's question and a user heading is inserted
-before it.  The answer goes after END, under an assistant heading.
-Return the new job."
-  (let* ((beg (copy-marker (or beg (point-min))))
-         (end (copy-marker (or end (point-max))))
+BEG and END default to the whole chat (see `chatpipe--chat-end').
+If the text has no role heading, it is the user's question and a
+user heading is inserted before it.  The answer goes after END,
+under an assistant heading.  Return the new job."
+  (let* ((chat-end (chatpipe--chat-end))
+         (beg (copy-marker (min (or beg (point-min)) chat-end)))
+         (end (copy-marker (min (or end chat-end) chat-end)))
          (messages (chatpipe-messages beg end))
          (headless (null (chatpipe-turns beg end))))
     (when headless
+      (set-marker beg (chatpipe--question-start beg end))
       (let ((text (string-trim (buffer-substring-no-properties beg end))))
         (setq messages (unless (string-empty-p text)
                          (list (cons "user" text))))))
@@ -224,8 +241,9 @@ Return the new job."
 (defun chatpipe--send-preparer (beg end headless)
   "Return a function to make room for an answer after END.
 BEG and END are markers around the chat sent.  If HEADLESS, the
-text has no heading: insert a user heading at BEG.  The function
-returns the position of the answer; see `chatpipe--start'."
+text has no heading: insert a user heading at BEG.  Text after END
+that is not a turn of its own becomes one (a user turn).  The
+function returns the position of the answer; see `chatpipe--start'."
   (lambda ()
     (let* ((text-end (save-excursion
                        (goto-char end)
@@ -238,6 +256,7 @@ returns the position of the answer; see `chatpipe--start'."
           (goto-char beg)
           (skip-chars-forward " \t\n" end)
           (insert (chatpipe--heading 'user) "\n\n")))
+      (chatpipe--separate-rest end)
       (goto-char end)
       (skip-chars-backward " \t\n" beg)
       (delete-region (point) end)
@@ -283,48 +302,85 @@ Return the new job."
   (funcall (or chatpipe-major-mode
                (if (fboundp 'markdown-mode) 'markdown-mode 'text-mode))))
 
-(defun chatpipe--chat-buffer (template)
-  "Return the chat buffer of TEMPLATE, made ready if new."
-  (let* ((name (format chatpipe-buffer-name-format template))
-         (buffer (get-buffer name)))
-    (or buffer
-        (with-current-buffer (generate-new-buffer name)
-          (chatpipe--new-buffer-mode)
-          (visual-line-mode 1)
-          (setq chatpipe-template template)
-          (chatpipe-mode 1)
-          (insert (chatpipe--heading 'user) "\n\n")
-          (current-buffer)))))
+(defun chatpipe--idle-chat-p (buffer template)
+  "Return non-nil if BUFFER is an idle chat of TEMPLATE made by `chatpipe'."
+  (with-current-buffer buffer
+    (and chatpipe--dedicated chatpipe-mode (not buffer-file-name)
+         (equal (chatpipe--current-template) template)
+         (not (chatpipe-busy-p)))))
+
+(defun chatpipe--chat-buffer (template &optional new)
+  "Return a chat buffer of TEMPLATE, made ready if new.
+That is the one used last that no answer is streaming into, or a
+new one, named after `chatpipe-buffer-name-format' (\"*chatpipe:
+local*\", \"*chatpipe: local*<2>\"...).  With NEW, a new one."
+  (or (and (not new)
+           (cl-find-if (lambda (buffer) (chatpipe--idle-chat-p buffer template))
+                       (buffer-list)))
+      (with-current-buffer (generate-new-buffer
+                            (format chatpipe-buffer-name-format template))
+        (chatpipe--new-buffer-mode)
+        (visual-line-mode 1)
+        (setq chatpipe-template template)
+        (setq chatpipe--dedicated t)
+        (chatpipe-mode 1)
+        (insert (chatpipe--heading 'user) "\n\n")
+        (current-buffer))))
 
 ;;;###autoload
-(defun chatpipe (&optional template)
+(defun chatpipe (&optional template new)
   "Open a chat buffer for TEMPLATE and return it.
-TEMPLATE defaults to `chatpipe-default-template'; interactively,
-with a prefix argument, choose it.  If the template's chat buffer
-exists, switch to it; else make one with an empty user turn."
-  (interactive (list (and current-prefix-arg
-                          (chatpipe-read-template
-                           "Template" chatpipe-default-template))))
+TEMPLATE defaults to `chatpipe-default-template'.  Switch to the
+template's chat buffer used last; if there is none, or if an answer
+is streaming into it, or with NEW, make a new one with an empty user
+turn (\"*chatpipe: local*<2>\" for a second chat of `local').
+Interactively, with a prefix argument, choose the template and make
+a new buffer."
+  (interactive (and current-prefix-arg
+                    (list (chatpipe-read-template
+                           "Template" chatpipe-default-template)
+                          t)))
   (let ((buffer (chatpipe--chat-buffer
-                 (or template chatpipe-default-template))))
+                 (or template chatpipe-default-template) new)))
     (pop-to-buffer buffer)
     buffer))
 
 ;;;###autoload
-(defun chatpipe-send (&optional beg end)
-  "Send the chat in this buffer and stream the answer into it.
-Send the text between BEG and END, by default the whole buffer;
-interactively, the region if it is active.  The turns are turned
-into messages; the answer goes after them, under an assistant
-heading, and ends with a user heading for the next question.
-Point moves along with the answer only if it is at the end.
-Turn on `chatpipe-mode' if it is off.  Return the new job."
-  (interactive (if (use-region-p)
-                   (list (region-beginning) (region-end))
-                 (list nil nil)))
-  (unless chatpipe-mode (chatpipe-mode 1))
-  (deactivate-mark)
-  (chatpipe-send-turns beg end))
+(defun chatpipe-new (template)
+  "Open a new chat buffer for TEMPLATE and return it.
+Interactively, choose the template; the default is this chat's."
+  (interactive (list (chatpipe-read-template
+                      "Template" (if chatpipe-mode (chatpipe--current-template)
+                                   chatpipe-default-template))))
+  (chatpipe template t))
+
+;;;###autoload
+(defun chatpipe-send (&optional beg end menu)
+  "Send the chat up to point and stream the answer into the buffer.
+Send the turns between BEG and END: by default from the start of
+the buffer to point (interactively, the region if it is active);
+text after point stays out.  The answer goes at point, under an
+assistant heading.  At the end of the chat a user heading follows
+it for the next question; text after point stays after the answer,
+under a user heading if it had none.  Point moves along with the
+answer if it was at the end of the text sent.  Text without
+headings is the question: a user heading is inserted before it.
+
+The chat's settings go with it (see `chatpipe-menu'); a system
+turn in the chat wins over the system prompt of
+`chatpipe-set-system-prompt'.  Interactively, with a prefix
+argument or while an answer streams into the buffer (MENU
+non-nil), open `chatpipe-menu' instead.  Turn on `chatpipe-mode'
+if it is off.  Return the new job."
+  (interactive (list (if (use-region-p) (region-beginning) (point-min))
+                     (if (use-region-p) (region-end) (point))
+                     (or current-prefix-arg (chatpipe-busy-p))))
+  (if menu
+      (let ((current-prefix-arg nil))
+        (call-interactively #'chatpipe-menu))
+    (unless chatpipe-mode (chatpipe-mode 1))
+    (deactivate-mark)
+    (chatpipe-send-turns (or beg (point-min)) (or end (point)))))
 
 ;;;###autoload
 (defun chatpipe-abort (&optional buffer)
@@ -429,26 +485,6 @@ template.  Return the chat buffer."
         (chatpipe-send-turns)))
     (display-buffer buffer)
     buffer))
-
-;;;; Menu
-
-;;;###autoload (autoload 'chatpipe-menu "chatpipe" nil t)
-(transient-define-prefix chatpipe-menu ()
-  "Show a menu of chatpipe commands: chat, template, model and backend."
-  [["Chat"
-    ("c" "Send" chatpipe-send)
-    ("k" "Abort" chatpipe-abort)
-    ("r" "Retry last answer" chatpipe-retry)
-    ("R" "Send region with instruction" chatpipe-send-region)
-    ("n" "Open chat buffer" chatpipe)]
-   ["Reasoning"
-    ("v" "Fold or unfold" chatpipe-toggle-reasoning)
-    ("V" "Show reasoning buffer" chatpipe-show-reasoning)]
-   ["Template"
-    ("t" "Select template" chatpipe-select-template)
-    ("m" "Set model" chatpipe-set-model)
-    ("e" "Edit template" chatpipe-edit-template)
-    ("S" "Stop the backend process" chatpipe-serve-stop)]])
 
 (provide 'chatpipe)
 ;;; chatpipe.el ends here

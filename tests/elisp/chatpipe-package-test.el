@@ -24,7 +24,8 @@
     "chatpipe-process.el" "chatpipe-turns.el"
     "chatpipe-reasoning.el" "chatpipe-status.el" "chatpipe-chat.el"
     "chatpipe-install.el"
-    "chatpipe-templates.el" "chatpipe-models.el" "chatpipe.el")
+    "chatpipe-templates.el" "chatpipe-models.el" "chatpipe-state.el"
+    "chatpipe-settings.el" "chatpipe.el")
   "The package's files, in dependency order.")
 
 (ert-deftest chatpipe-test-files-listed ()

@@ -1,0 +1,273 @@
+;;; chatpipe-state.el --- Chats saved to files with their settings -*- lexical-binding: t; -*-
+
+;; Copyright (C) 2025 chatpipe developers
+
+;; Author: chatpipe developers
+;; Keywords: comm, tools
+
+;; This file is not part of GNU Emacs.
+
+;; This program is free software: you can redistribute it and/or modify
+;; it under the terms of the GNU General Public License as published by
+;; the Free Software Foundation, either version 3 of the License, or
+;; (at your option) any later version.
+
+;; This program is distributed in the hope that it will be useful,
+;; but WITHOUT ANY WARRANTY; without even the implied warranty of
+;; MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+;; GNU General Public License for more details.
+
+;; You should have received a copy of the GNU General Public License
+;; along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+;;; Commentary:
+
+;; A chat saved to a file comes back with its settings.  Saving a
+;; buffer in `chatpipe-mode' writes them into it first:
+;;
+;; - in Markdown, text and other buffers, as file-local variables at
+;;   the end of the file: `chatpipe-template', `chatpipe-model',
+;;   `chatpipe-temperature', `chatpipe-max-tokens', `chatpipe-system'
+;;   and `chatpipe-template-vars' (the ones set), and
+;;   "eval: (chatpipe-mode 1)", which Emacs deems safe (it asks nothing);
+;; - in Org buffers, as properties of the file (a property drawer at
+;;   its top): CHATPIPE_TEMPLATE, CHATPIPE_MODEL, CHATPIPE_TEMPERATURE,
+;;   CHATPIPE_MAX_TOKENS, CHATPIPE_SYSTEM (line breaks as \n) and
+;;   CHATPIPE_VARS, and "eval: (chatpipe-mode 1)" in its Local Variables.
+;;
+;; Visiting the file turns `chatpipe-mode' on again (the eval entry; a
+;; "mode: chatpipe" entry would be taken for the major mode), which in
+;; Org reads the properties back.  The Local Variables block is no part
+;; of the chat: see `chatpipe--chat-end'.
+;;
+;; When the major mode of a chat changes, for example when C-x C-w
+;; saves a Markdown chat as chat.org, `chatpipe-mode' stays on and the
+;; role headings and reasoning blocks are converted to the new style,
+;; so that "###" and "*" turns never mix.
+
+;;; Code:
+
+(require 'cl-lib)
+(require 'subr-x)
+(require 'chatpipe-turns)
+(require 'chatpipe-reasoning)
+(require 'chatpipe-status)
+(require 'chatpipe-chat)
+
+(defvar chatpipe-mode)
+(declare-function chatpipe-mode "chatpipe")
+(declare-function org-at-heading-p "org")
+(declare-function org-entry-get "org")
+(declare-function org-entry-put "org")
+(declare-function org-entry-delete "org")
+
+(defconst chatpipe--state-properties
+  '((chatpipe-template . "CHATPIPE_TEMPLATE")
+    (chatpipe-model . "CHATPIPE_MODEL")
+    (chatpipe-temperature . "CHATPIPE_TEMPERATURE")
+    (chatpipe-max-tokens . "CHATPIPE_MAX_TOKENS")
+    (chatpipe-system . "CHATPIPE_SYSTEM")
+    (chatpipe-template-vars . "CHATPIPE_VARS"))
+  "The settings saved with a chat: (VARIABLE . ORG-PROPERTY).")
+
+(defvar-local chatpipe--org-style nil
+  "Non-nil if the chat's headings are Org's, when `chatpipe-mode' was on.")
+
+(defvar-local chatpipe--dedicated nil
+  "Non-nil in a chat buffer made by the command `chatpipe'.")
+
+;; A chat stays a chat when its major mode changes.
+(dolist (var '(chatpipe--org-style chatpipe--dedicated chatpipe--job
+               chatpipe--reasoning-buffer))
+  (put var 'permanent-local t))
+
+;;;; Saving
+
+(defun chatpipe--state-value (var)
+  "Return the value of the setting VAR to save, or nil if it is not set."
+  (if (eq var 'chatpipe-template)
+      (chatpipe--current-template)
+    (symbol-value var)))
+
+(defun chatpipe--property-string (var value)
+  "Return VALUE, the value of the setting VAR, as an Org property value."
+  (cond ((eq var 'chatpipe-system)
+         (replace-regexp-in-string
+          "\n" "\\\\n" (replace-regexp-in-string "\\\\" "\\\\\\\\" value)))
+        ((eq var 'chatpipe-template-vars)
+         (let ((print-escape-newlines t)) (prin1-to-string value)))
+        ((numberp value) (number-to-string value))
+        (t value)))
+
+(defun chatpipe--property-value (var text)
+  "Return the value of the setting VAR saved as the Org property TEXT.
+Return nil if TEXT is no valid value of VAR."
+  (let ((value
+         (pcase var
+           ('chatpipe-system
+            (replace-regexp-in-string
+             "\\\\\\(.\\)" (lambda (m) (if (equal (match-string 1 m) "n")
+                                          "\n" (match-string 1 m)))
+             text t t))
+           ('chatpipe-template-vars
+            (ignore-errors (car (read-from-string text))))
+           ((or 'chatpipe-temperature 'chatpipe-max-tokens)
+            (and (string-match-p "\\`[0-9]*\\.?[0-9]+\\'" text)
+                 (string-to-number text)))
+           (_ text))))
+    (and value (funcall (get var 'safe-local-variable) value) value)))
+
+(defun chatpipe--save-org-state ()
+  "Write the chat's settings as properties of the Org file."
+  (goto-char (point-min))
+  (when (org-at-heading-p)
+    (insert "\n"))
+  (pcase-dolist (`(,var . ,property) chatpipe--state-properties)
+    (let ((value (chatpipe--state-value var)))
+      (if value
+          (org-entry-put (point-min) property
+                         (chatpipe--property-string var value))
+        (org-entry-delete (point-min) property)))))
+
+(defun chatpipe--save-local-variables ()
+  "Write the chat's settings as file-local variables."
+  (let ((print-escape-newlines t))
+    (pcase-dolist (`(,var . ,_) chatpipe--state-properties)
+      (let ((value (chatpipe--state-value var)))
+        (cond (value (add-file-local-variable var value))
+              ((chatpipe--local-variables-start)
+               (delete-file-local-variable var)))))))
+
+(defconst chatpipe--mode-form '(chatpipe-mode 1)
+  "The form that turns `chatpipe-mode' on in a saved chat's Local Variables.")
+
+(defun chatpipe--mode-variable-p ()
+  "Return non-nil if the file's Local Variables turn `chatpipe-mode' on."
+  (let ((start (chatpipe--local-variables-start)))
+    (and start
+         (save-excursion
+           (goto-char start)
+           (search-forward (format "eval: %S" chatpipe--mode-form) nil t)))))
+
+(defun chatpipe-save-state ()
+  "Write this chat's settings into the buffer, to be saved with it.
+They are its template, model, parameters, system prompt and
+template variables, as file-local variables or, in Org buffers, as
+properties of the file; and an \"eval: (chatpipe-mode 1)\" local
+variable that turns `chatpipe-mode' on when the file is visited.  Saving a
+buffer in `chatpipe-mode' calls this.  See the commentary of
+chatpipe-state.el.  Return nil."
+  (interactive)
+  (when enable-local-variables
+    (save-excursion
+      (save-restriction
+        (widen)
+        (if (derived-mode-p 'org-mode)
+            (chatpipe--save-org-state)
+          (chatpipe--save-local-variables))
+        (unless (chatpipe--mode-variable-p)
+          (add-file-local-variable 'eval chatpipe--mode-form)))))
+  nil)
+
+(defun chatpipe--restore-org-state ()
+  "Set the chat's settings that are not set yet from the Org file's properties."
+  (when (derived-mode-p 'org-mode)
+    (save-excursion
+      (save-restriction
+        (widen)
+        (pcase-dolist (`(,var . ,property) chatpipe--state-properties)
+          (let ((text (and (null (symbol-value var))
+                           (org-entry-get (point-min) property))))
+            (when text
+              (let ((value (chatpipe--property-value var text)))
+                (when value
+                  (set (make-local-variable var) value))))))))))
+
+;;;; A new major mode
+
+(defun chatpipe--convert-reasoning-line (from to)
+  "Escape the reasoning line at point the TO way instead of the FROM way.
+FROM and TO are escapes as `chatpipe--reasoning-escape' returns."
+  (when (looking-at (concat (regexp-quote (cdr from)) "\\(?:" (car from) "\\)"))
+    (delete-char (length (cdr from))))
+  (when (looking-at (car to))
+    (insert (cdr to))))
+
+(defun chatpipe--convert-chat (from-org to-org)
+  "Convert the chat's headings and reasoning blocks to another style.
+They are in Org's style (`chatpipe-org-headings') if FROM-ORG is
+non-nil, else in the other one (`chatpipe-headings'); make them
+Org's if TO-ORG is non-nil, else the other."
+  (let* ((from (if from-org chatpipe-org-headings chatpipe-headings))
+         (to (if to-org chatpipe-org-headings chatpipe-headings))
+         (from-block (if from-org chatpipe-org-reasoning-delimiters
+                       chatpipe-reasoning-delimiters))
+         (to-block (if to-org chatpipe-org-reasoning-delimiters
+                     chatpipe-reasoning-delimiters))
+         (from-escape (chatpipe--reasoning-escape-for from-org))
+         (to-escape (chatpipe--reasoning-escape-for to-org))
+         (regexp (concat "^\\(?:" (regexp-opt (mapcar #'cdr from) t)
+                         "\\|\\(" (regexp-quote (car from-block)) "\\)\\)[ \t]*$"))
+         (case-fold-search nil))
+    (save-excursion
+      (save-restriction
+        (widen)
+        (let ((end (copy-marker (chatpipe--chat-end))))
+          (goto-char (point-min))
+          (while (re-search-forward regexp end t)
+            (if (match-beginning 1)
+                (replace-match (alist-get (car (rassoc (match-string 1) from)) to)
+                               t t nil 1)
+              (let ((open (copy-marker (match-beginning 2)))
+                    (open-end (match-end 2))
+                    (close (save-excursion
+                             (and (re-search-forward
+                                   (chatpipe--line-regexp (cdr from-block)) end t)
+                                  (copy-marker (match-beginning 0))))))
+                (when close
+                  (delete-region open open-end)
+                  (goto-char open)
+                  (insert (car to-block))
+                  (forward-line 1)
+                  (while (< (point) close)
+                    (chatpipe--convert-reasoning-line from-escape to-escape)
+                    (forward-line 1))
+                  (goto-char close)
+                  (looking-at (regexp-quote (cdr from-block)))
+                  (replace-match (cdr to-block) t t)
+                  (set-marker close nil))
+                (set-marker open nil))))
+          (set-marker end nil))))))
+
+(defun chatpipe--after-major-mode-change ()
+  "Turn `chatpipe-mode' on again after the buffer's major mode changed.
+Convert the chat's headings and reasoning blocks if the new mode
+wants another style (Org's or the other)."
+  (unless chatpipe-mode
+    (let ((org (and (derived-mode-p 'org-mode) t)))
+      (unless (eq org chatpipe--org-style)
+        (with-demoted-errors "chatpipe: cannot convert the chat: %S"
+          (chatpipe--convert-chat chatpipe--org-style org)))
+      (chatpipe-mode 1))))
+(put 'chatpipe--after-major-mode-change 'permanent-local-hook t)
+
+;;;; Turning the mode on and off
+
+(defun chatpipe--state-enable ()
+  "Set up saving and restoring for `chatpipe-mode' in this buffer.
+In Org buffers, take the settings not set yet from the file's
+properties."
+  (setq chatpipe--org-style (and (derived-mode-p 'org-mode) t))
+  (chatpipe--restore-org-state)
+  (add-hook 'before-save-hook #'chatpipe-save-state nil t)
+  (add-hook 'after-change-major-mode-hook
+            #'chatpipe--after-major-mode-change nil t))
+
+(defun chatpipe--state-disable ()
+  "Undo `chatpipe--state-enable' in this buffer."
+  (remove-hook 'before-save-hook #'chatpipe-save-state t)
+  (remove-hook 'after-change-major-mode-hook
+               #'chatpipe--after-major-mode-change t))
+
+(provide 'chatpipe-state)
+;;; chatpipe-state.el ends here
