@@ -73,17 +73,26 @@
     (let ((buffer (find-file-noselect file)))
       (unwind-protect
           (with-current-buffer buffer
-            (chatpipe-mode 1)
+            ;; The file turns `chatpipe-mode' on and names its template.
+            (should chatpipe-mode)
+            (should (equal chatpipe-template template))
+            ;; The next question goes in the empty user turn, before the
+            ;; file's Local Variables, which are no part of the chat.
             (goto-char (point-max))
+            (re-search-backward "^### User\n\n")
+            (goto-char (match-end 0))
             (insert "And tomorrow?")
             (chatpipe-send)
             (chatpipe-test--wait-idle buffer)
-            (should (equal (buffer-string)
-                           (chatpipe-test--chat-text
-                            (cons 'user chatpipe-test--question)
-                            (cons 'assistant answer)
-                            '(user . "And tomorrow?")
-                            (cons 'assistant answer))))
+            (let ((chat (chatpipe-test--chat-text
+                         (cons 'user chatpipe-test--question)
+                         (cons 'assistant answer)
+                         '(user . "And tomorrow?")
+                         (cons 'assistant answer))))
+              (should (string-prefix-p chat (buffer-string)))
+              (should (string-match-p "\\`\n\n.*Local Variables:"
+                                      (substring (buffer-string)
+                                                 (length chat)))))
             (save-buffer)
             (should (equal (with-temp-buffer
                              (insert-file-contents file)

@@ -153,7 +153,8 @@ remove it, then the heading that sending added."
         (chatpipe-test--http "POST" "/release")))))
 
 (ert-deftest chatpipe-test-point-stays ()
-  "Point and window away from the end do not move while streaming."
+  "Point and window away from the end do not move while streaming.
+The chat is sent as a region, point at its start."
   (let ((template (chatpipe-test--template
                    "/replay/openai-chat/text-with-usage.sse?split=512")))
     (chatpipe-test--with-chat (buffer template)
@@ -161,7 +162,7 @@ remove it, then the heading that sending added."
       (set-window-buffer (selected-window) buffer)
       (goto-char (point-min))
       (set-window-start (selected-window) (point-min))
-      (chatpipe-send)
+      (chatpipe-send (point-min) (point-max))
       (chatpipe-test--wait-idle buffer)
       (should (= (point) (point-min)))
       (should (= (window-point (selected-window)) (point-min)))

@@ -53,6 +53,8 @@
 (make-directory chatpipe-test-template-dir t)
 (setq chatpipe-command chatpipe-test-command)
 (setq auth-sources nil)
+;; New chats in text-mode, whether a test has loaded markdown-mode or not.
+(setq chatpipe-major-mode #'text-mode)
 
 (defvar chatpipe-test--server nil "The replay server process.")
 (defvar chatpipe-test--url nil "The replay server's base URL.")
@@ -312,6 +314,18 @@ HANDLER is called with its events."
   (let ((input (process-get proc 'chatpipe-input)))
     (when (buffer-live-p input) (kill-buffer input)))
   (delete-process proc))
+
+(defun chatpipe-test--require-markdown ()
+  "Load markdown-mode, from Debian's elpa-markdown-mode if need be.
+Skip the test if it is not installed."
+  (unless (featurep 'markdown-mode)
+    (dolist (dir (file-expand-wildcards
+                  "/usr/share/emacs/site-lisp/elpa/markdown-mode-*"))
+      (add-to-list 'load-path dir))
+    (require 'markdown-mode nil t))
+  (unless (featurep 'markdown-mode)
+    (ert-skip "markdown-mode is not installed (apt-get install \
+elpa-markdown-mode)")))
 
 (provide 'chatpipe-test-helpers)
 ;;; chatpipe-test-helpers.el ends here
