@@ -30,7 +30,9 @@ requests as a JSON array of ``{"path", "headers", "body", "client_port"}``, ``DE
     ``?body=html|empty|text`` for other bodies; ``?retry_after=S`` adds a
     ``Retry-After`` header.
 
-In-process tests can also register any response with :meth:`ReplayServer.add`.
+In-process tests can also register any response with :meth:`ReplayServer.add`,
+or a function of the request body that returns one (a scripted model that
+checks what it is sent before it answers).
 """
 
 from __future__ import annotations
@@ -156,6 +158,8 @@ class _Handler(BaseHTTPRequestHandler):
             {"path": self.path, "headers": dict(self.headers.items()), "body": body,
              "client_port": self.client_address[1]})
         reply = self.server.owner.reply_for(url.path, parse_qs(url.query))
+        if callable(reply):
+            reply = reply(body)
         if reply is None:
             return self._send_simple(404, b'{"error": {"message": "no such route"}}',
                                      "application/json")
@@ -251,10 +255,12 @@ class ReplayServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def add(self, path: str, reply: "Reply | list[Reply]") -> str:
+    def add(self, path: str, reply: "Reply | Callable | list") -> str:
         """Serve REPLY at PATH from now on; return its full URL.
 
-        A list of replies is served in turn, the last one from then on.
+        A list of replies is served in turn, the last one from then on.  A
+        reply may be a function of the request's parsed body that returns
+        the :class:`Reply`.
         """
         self.routes[path] = reply if isinstance(reply, list) else [reply]
         return self.url + path

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from chatpipe import protocol
-from chatpipe.protocol import EventLines, LineWriter, TextView, encode_line
+from chatpipe.protocol import EventLines, LineWriter, encode_line
+from chatpipe.textview import TextView
 
 
 def dumps(obj):

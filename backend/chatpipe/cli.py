@@ -29,6 +29,7 @@ examples:
   echo "Summarise: $(cat notes.txt)" | chatpipe send openai
   chatpipe send openai --output ndjson --messages chat.json
   chatpipe send ./request.json --save -m "And then?"
+  chatpipe send openai --tools mcp:time -m "What time is it in Tokyo?"
   chatpipe templates list
 """
 
@@ -68,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "event per line (docs/protocol.md)")
     send.add_argument("--save", action="store_true",
                       help="append the new messages and the answer to the template file")
+    send.add_argument("--tools", action="append", default=[], metavar="mcp:NAME",
+                      help="let the model call the tools of the MCP server NAME of "
+                           f"{_MCP_CONFIG} (repeatable; comma-separated names too); "
+                           "each call is confirmed on the terminal")
+    send.add_argument("--yes", action="store_true",
+                      help="run every tool call without asking")
+    send.add_argument("--max-tool-steps", type=int, metavar="N",
+                      help="the most rounds of tool calls (default: the template's "
+                           "max_tool_steps, else 10)")
     send.set_defaults(func=cmd_send)
 
     serve = commands.add_parser(
@@ -172,11 +182,35 @@ def _new_messages(args, stdin) -> list[dict[str, Any]]:
     return messages
 
 
+#: Where the MCP servers are configured, for messages (see :mod:`chatpipe.mcp_host`).
+_MCP_CONFIG = "mcp.json in chatpipe's config folder (e.g. ~/.config/chatpipe/mcp.json)"
+
+
+def parse_tools(values: list[str]) -> list[str]:
+    """The MCP server names of ``--tools mcp:NAME[,mcp:NAME...]`` VALUES.
+
+    Raises:
+        UsageError: a value that is not ``mcp:NAME``.
+    """
+    names = []
+    for value in values:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            if not item.startswith("mcp:") or len(item) == 4:
+                raise UsageError(f"--tools {item!r}: expected mcp:NAME (an MCP server of "
+                                 f"{_MCP_CONFIG})")
+            names.append(item[4:])
+    return names
+
+
 def cmd_send(args, ctx: "_Context") -> int:
-    """``chatpipe send``: stream one answer through :func:`chatpipe.runner.run`;
-    returns the exit code."""
+    """``chatpipe send``: stream one answer through :func:`chatpipe.runner.run`
+    (and, with ``--tools``, run the model's tool calls, confirmed on the
+    terminal: :class:`chatpipe.terminal.TerminalAsker`); returns the exit
+    code."""
     from chatpipe import runner, templates
-    from chatpipe.protocol import EventLines, LineWriter, TextView
+    from chatpipe.protocol import EventLines, LineWriter
+    from chatpipe.terminal import TerminalAsker
+    from chatpipe.textview import TextView
 
     stdout = sys.stdout.buffer
     ctx.output = (EventLines(LineWriter(stdout)) if args.output == "ndjson"
@@ -186,13 +220,24 @@ def cmd_send(args, ctx: "_Context") -> int:
         if args.save and not templates.looks_like_path(args.template):
             raise UsageError("--save needs a template file path (e.g. ./request.json), "
                              f"not the name {args.template!r}")
+        if args.max_tool_steps is not None and args.max_tool_steps < 0:
+            raise UsageError("--max-tool-steps must be 0 or more")
         return runner.Job(template=args.template, messages=_new_messages(args, sys.stdin),
                           variables=parse_vars(args.var), model=args.model, url=args.url,
                           save=args.save, price=args.usage, params={k: v for k, v in (
                               ("temperature", args.temperature),
-                              ("max_tokens", args.max_tokens)) if v is not None})
+                              ("max_tokens", args.max_tokens)) if v is not None},
+                          mcp=parse_tools(args.tools), max_tool_steps=args.max_tool_steps)
 
-    return runner.run(build, ctx.output)
+    if not args.tools:
+        return runner.run(build, ctx.output)
+    from chatpipe.mcp_host import McpHost
+
+    host = McpHost()
+    try:
+        return runner.run(build, ctx.output, asker=TerminalAsker(ctx.output, args.yes), mcp=host)
+    finally:
+        host.close()
 
 
 def cmd_serve(args, ctx: "_Context") -> int:
@@ -334,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         except Exception as err:
             from chatpipe import runner
-            from chatpipe.protocol import TextView
+            from chatpipe.textview import TextView
 
             return runner.report(err, ctx.output or TextView(sys.stdout.buffer,
                                                              sys.stderr.buffer))

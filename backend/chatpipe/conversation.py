@@ -50,14 +50,14 @@ def _lock_file(path: Path) -> Path:
     return folder / f"{digest[:32]}.lock"
 
 
-def append_messages(path: Path, dialect: Any, messages: list[dict[str, Any]],
-                    answer: str | None) -> None:
+def append_messages(path: Path, dialect: Any, messages: list[dict[str, Any]]) -> None:
     """Append a turn to the conversation saved in the template file PATH.
 
-    MESSAGES (``{"role", "content"}``) and, if not None, the ANSWER's text
-    are added in DIALECT's own shape and field (``messages``, Gemini's
-    ``contents``, the Responses API's ``input``; see
-    :class:`chatpipe.dialects.base.Dialect`), so that the next request
+    MESSAGES, in the neutral shape (the new ``{"role", "content"}``
+    messages, then the answers: with their tool calls and the tools'
+    results, if any), are added in DIALECT's own shape and field
+    (``messages``, Gemini's ``contents``, the Responses API's ``input``;
+    see :class:`chatpipe.dialects.base.Dialect`), so that the next request
     continues the conversation.  The file is locked (``filelock``, a lock
     file in the user's cache folder) around reading, merging and
     replacing, so concurrent saves lose nothing; it is
@@ -81,8 +81,6 @@ def append_messages(path: Path, dialect: Any, messages: list[dict[str, Any]],
         if not isinstance(doc.get(key, []), (list, str)):
             raise TemplateError(f'"{key}" is not a list; not saving', str(path))
         dialect.add_messages(doc, messages)
-        if answer is not None:
-            doc.setdefault(key, []).append(dialect.assistant_message(answer))
         text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:

@@ -58,6 +58,7 @@ import requests
 
 from chatpipe import __version__, jsonin, protocol, templates, transport
 from chatpipe.errors import StreamError
+from chatpipe.textview import TextView
 
 #: Seconds a cached list is used.
 CACHE_SECONDS = 3600
@@ -95,7 +96,7 @@ class Listing:
     secrets: list[str]
 
 
-class JsonErrors(protocol.TextView):
+class JsonErrors(TextView):
     """The output of ``chatpipe models --json``: an error is written both
     as a protocol ``error`` line on stdout, for programs, and as a
     ``chatpipe: error: ...`` line on stderr, for people."""
@@ -107,9 +108,9 @@ class JsonErrors(protocol.TextView):
         super().write(event)
 
 
-def output(as_json: bool) -> protocol.TextView:
+def output(as_json: bool) -> TextView:
     """The CLI output of ``chatpipe models`` (its errors): see :class:`JsonErrors`."""
-    kind = JsonErrors if as_json else protocol.TextView
+    kind = JsonErrors if as_json else TextView
     return kind(sys.stdout.buffer, sys.stderr.buffer)
 
 

@@ -17,7 +17,11 @@ def check_messages(messages: Any, where: str) -> list[dict[str, Any]]:
     """Return MESSAGES if it is a list of chat messages, else raise.
 
     Each message is an object with a string ``role`` and a ``content`` that
-    is a string, a list of content parts, or null.
+    is a string, a list of content parts, or null; in the neutral shape of
+    tool turns (see :class:`chatpipe.dialects.base.Dialect`), an
+    assistant's ``tool_calls`` are ``{"id", "name", "arguments"}`` objects
+    of strings, and a ``tool`` message has a string ``tool_call_id``,
+    ``name`` and ``content``.
 
     Raises:
         UsageError: not a list of messages; the message says which item and
@@ -30,6 +34,16 @@ def check_messages(messages: Any, where: str) -> list[dict[str, Any]]:
             raise UsageError(f'{where}: item {i} is not an object with a "role" string')
         if not isinstance(message.get("content"), (str, list, type(None))):
             raise UsageError(f'{where}: item {i}: "content" must be a string or a list')
+        calls = message.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(
+                isinstance(c, dict) and all(isinstance(c.get(k), str) for k in ("id", "name", "arguments"))
+                for c in calls)):
+            raise UsageError(f'{where}: item {i}: "tool_calls" must be a list of '
+                             '{"id", "name", "arguments"} objects of strings')
+        if message["role"] == "tool" and not all(
+                isinstance(message.get(k), str) for k in ("tool_call_id", "name", "content")):
+            raise UsageError(f'{where}: item {i}: a "tool" message needs "tool_call_id", '
+                             '"name" and "content" strings')
     return messages
 
 

@@ -10,7 +10,8 @@ place that redacts secrets and guarantees one terminal event per stream:
 
 - :class:`EventLines`: one compact JSON object per line (``--output ndjson``
   and ``serve``), queued in a shared :class:`LineWriter`;
-- :class:`TextView`: the answer as plain text, errors on stderr.
+- :class:`chatpipe.textview.TextView`: the answer as plain text, errors
+  and tool activity on stderr.
 """
 
 from __future__ import annotations
@@ -97,16 +98,20 @@ def refusal(content: str) -> dict:
 
 
 def tool_call(index: int, arguments: str, call_id: str | None = None,
-              name: str | None = None) -> dict:
+              name: str | None = None, signature: str | None = None) -> dict:
     """``tool_call``: a fragment of the arguments (a JSON text) of call INDEX
-    (0, 1, ... in order of appearance); CALL_ID (the provider's id) and NAME
-    come with a call's first fragment."""
+    (0, 1, ... in order of appearance in the whole request); CALL_ID (the
+    provider's id, or one chatpipe made up), NAME and SIGNATURE (an opaque
+    token to send back with the call: Gemini's thought signature) come
+    with a call's first fragment."""
     event: dict[str, Any] = {"type": "tool_call", "index": index}
     if call_id:
         event["call_id"] = call_id
     if name:
         event["name"] = name
     event["arguments"] = arguments
+    if signature:
+        event["signature"] = signature
     return event
 
 
@@ -137,14 +142,70 @@ def retry(attempt: int, delay: float, reason: str, status: int | None = None) ->
     return event
 
 
-def done(finish_reason: str | None, raw_finish_reason: str | None = None) -> dict:
+def done(finish_reason: str | None, raw_finish_reason: str | None = None, *,
+         steps: int | None = None, stopped: str | None = None) -> dict:
     """``done``: the stream completed.  FINISH_REASON is in the OpenAI
     vocabulary (``stop``, ``length``, ``tool_calls``, ``content_filter``) or
-    None; RAW_FINISH_REASON the provider's own value, kept when it differs."""
+    None; RAW_FINISH_REASON the provider's own value, kept when it differs.
+    With tools, the request's last answer gives them; STEPS is the number
+    of answers when more than one; STOPPED says why tool calls were left
+    unrun (``max_tool_steps``)."""
     event: dict[str, Any] = {"type": "done", "finish_reason": finish_reason}
     if raw_finish_reason is not None and raw_finish_reason != finish_reason:
         event["raw_finish_reason"] = raw_finish_reason
+    if steps is not None and steps > 1:
+        event["steps"] = steps
+    if stopped:
+        event["stopped"] = stopped
     return event
+
+
+def step(number: int, model: str | None = None, response_id: str | None = None) -> dict:
+    """``step``: the model's answer number NUMBER (2, 3, ...) of the same
+    request begins, after the results of the previous answer's tool calls
+    were sent; it stands where a ``start`` would (the response headers
+    arrived), so that a request has one ``start``.  MODEL and RESPONSE_ID
+    as in :func:`start`."""
+    event: dict[str, Any] = {"type": "step", "step": number}
+    if model:
+        event["model"] = model
+    if response_id:
+        event["response_id"] = response_id
+    return event
+
+
+def tool_request(call_id: str, name: str, arguments: str, *, confirm: bool = False,
+                 source: str | None = None) -> dict:
+    """``tool_request`` (``serve``): the client is asked to run its tool
+    NAME with ARGUMENTS (a JSON text) for call CALL_ID and to answer with a
+    ``tool_result`` line; with CONFIRM, to approve or deny running the
+    tool of SOURCE (e.g. ``mcp:time``) with a ``tool_confirm`` line."""
+    event: dict[str, Any] = {"type": "tool_request", "call_id": call_id, "name": name,
+                             "arguments": arguments}
+    if confirm:
+        event["confirm"] = True
+    if source:
+        event["source"] = source
+    return event
+
+
+def tool_result(call_id: str, name: str, content: str, is_error: bool = False,
+                denied: bool = False) -> dict:
+    """``tool_result``: what the tool call CALL_ID (of the tool NAME) gave,
+    CONTENT (a text), sent back to the model; IS_ERROR when the tool
+    failed (or was denied, or not run: DENIED when the user said no)."""
+    event: dict[str, Any] = {"type": "tool_result", "call_id": call_id, "name": name,
+                             "content": content, "is_error": is_error}
+    if denied:
+        event["denied"] = True
+    return event
+
+
+def warning(message: str, **details: Any) -> dict:
+    """``warning``: something went wrong that does not end the stream (an
+    MCP server that failed: the chat goes on without its tools); DETAILS
+    as in :func:`error` (``kind``, e.g. ``mcp`` with ``server``)."""
+    return {"type": "warning", "message": message, **details}
 
 
 def error(message: str, status: int | None = None, retryable: bool = False,
@@ -230,7 +291,7 @@ class Output:
         if self.finished:
             return
         kind = event["type"]
-        if self.secrets or kind in ("error", "retry"):
+        if self.secrets or kind in ("error", "retry", "warning"):
             event = self._clean(event)
         if kind in TERMINAL:
             self.finished = True
@@ -360,120 +421,3 @@ class EventLines(Output):
         """Write out the queued lines, joined text included."""
         self._put_text()
         self._writer.flush()
-
-
-class TextView(Output):
-    """The events as a person reads them: the answer's text on OUT as it
-    streams; at the end a newline and one ``[tool call: NAME(ARGUMENTS)]``
-    line per tool call; ``retry`` and ``error`` on ERR as ``chatpipe: ...``
-    lines, and a note there when the answer was cut off at the token limit
-    or stopped by a content filter.  Reasoning is not shown.  Control
-    characters other than tab and
-    newline (terminal escape sequences) are neutralised: see :func:`plain`.
-
-    Args:
-        out: binary stream for the text (stdout).
-        err: binary stream for messages (stderr).
-        usage: also say the tokens used and the cost on ERR (``--usage``).
-    """
-
-    def __init__(self, out: BinaryIO, err: BinaryIO, usage: bool = False) -> None:
-        super().__init__()
-        self._out = out
-        self._err = err
-        self._usage = usage
-        self._last = "\n"
-        self._calls: dict[int, list[str]] = {}
-
-    def _text(self, text: str) -> None:
-        text = plain(text)
-        if text:
-            write_out(self._out, text)
-            self._last = text[-1:]
-
-    def _note(self, text: str) -> None:
-        try:
-            write_out(self._err, f"chatpipe: {plain(text)}\n")
-        except OutputClosed:
-            pass  # nowhere left to say it
-
-    def write(self, event: dict) -> None:
-        """Show EVENT; see the class docstring."""
-        kind = event["type"]
-        if kind in ("delta", "refusal"):
-            self._text(event["content"])
-        elif kind == "tool_call":
-            call = self._calls.setdefault(event["index"], [event.get("name") or "?", ""])
-            call[1] += event["arguments"]
-        elif kind == "usage" and self._usage:
-            self._note(usage_text(event))
-        elif kind == "retry":
-            status = f"HTTP {event['status']}: " if event.get("status") else ""
-            self._note(f"retry {event['attempt']} in {event['delay']:.1f} s: "
-                       f"{status}{event['reason']}")
-        elif kind in TERMINAL:
-            if self._last != "\n":
-                self._text("\n")
-            for name, arguments in self._calls.values():
-                self._text(f"[tool call: {name}({arguments})]\n")
-            self._calls.clear()
-            if kind == "done" and event.get("finish_reason") == "length":
-                self._note("the answer was cut off: it reached the token limit "
-                           "(finish_reason length)")
-            elif kind == "done" and event.get("finish_reason") == "content_filter":
-                self._note("the answer was stopped by the provider's content filter")
-            if kind == "error":
-                status = f"HTTP {event['status']}: " if event.get("status") else ""
-                self._note(f"error: {status}{event['message']}")
-
-    def flush(self) -> None:
-        """Nothing is queued: text is written as it comes."""
-
-
-def usage_text(event: dict) -> str:
-    """A ``usage`` EVENT for people: e.g. ``14 input + 30 output tokens
-    (12 cached), $0.000021``; the cost only when it is known."""
-    def n(key):
-        value = event.get(key)
-        return "?" if value is None else f"{value:,}"
-
-    text = f"{n('input_tokens')} input + {n('output_tokens')} output tokens"
-    extra = [f"{event[k]:,} {label}" for k, label in (("cached_tokens", "cached"),
-                                                        ("reasoning_tokens", "reasoning"))
-             if event.get(k)]
-    if extra:
-        text += f" ({', '.join(extra)})"
-    if event.get("cost") is not None:
-        text += f", ${event['cost']:.6f}".rstrip("0").rstrip(".")
-    return text
-
-
-class Recorder:
-    """Passes events on to SINK and keeps the answer's text, for ``--save``.
-
-    Attributes:
-        parts: the ``delta`` contents so far; :meth:`text` joins them.
-        completed: True once ``done`` has been emitted.
-    """
-
-    def __init__(self, sink: Sink) -> None:
-        self._sink = sink
-        self.parts: list[str] = []
-        self.completed = False
-
-    def emit(self, event: dict) -> None:
-        """Record EVENT, then pass it on."""
-        kind = event["type"]
-        if kind == "delta":
-            self.parts.append(event["content"])
-        elif kind == "done":
-            self.completed = True
-        self._sink.emit(event)
-
-    def flush(self) -> None:
-        """Flush the sink passed on to."""
-        self._sink.flush()
-
-    def text(self) -> str:
-        """Return the answer's text so far."""
-        return "".join(self.parts)

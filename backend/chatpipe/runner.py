@@ -1,12 +1,14 @@
 """One way to run a request, whatever its front end.
 
 ``chatpipe send`` and ``chatpipe serve`` differ only in where a request
-comes from (the command line, or a JSON line on stdin) and in the
+comes from (the command line, or a JSON line on stdin), in the
 :class:`~chatpipe.protocol.Output` its events go to (whether they carry
-the request ``id``).  Both call :func:`run`, which builds the request,
-streams it (:mod:`chatpipe.stream`), saves the answer when asked, and is
-the one place where an exception becomes an ``error`` event and an exit
-code (:func:`error_for`).
+the request ``id``), and in how tool calls are confirmed and client tools
+run (their :class:`~chatpipe.tools.Asker`).  Both call :func:`run`, which
+builds the request, streams its answers and runs their tool calls
+(:class:`chatpipe.tools.Loop`, over :mod:`chatpipe.stream`), saves the
+answers when asked, and is the one place where an exception becomes an
+``error`` event and an exit code (:func:`error_for`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from typing import Any, Callable, Mapping
 
 import requests
 
-from chatpipe import conversation, protocol, stream, templates, transport
+from chatpipe import conversation, protocol, templates, tools, transport
 from chatpipe.errors import Aborted, Cancelled, ChatpipeError, OutputClosed, StreamError
 from chatpipe.prepare import prepare
 from chatpipe.pricing import Priced
-from chatpipe.protocol import Output, Recorder
+from chatpipe.protocol import Output
 
 
 @dataclass
@@ -42,6 +44,10 @@ class Job:
             each API's own fields (see :meth:`Dialect.set_params`).
         price: add ``cost`` (US dollars) to the ``usage`` event when the
             model's price is known (see :mod:`chatpipe.pricing`).
+        tools: neutral definitions of the client's own tools, and
+            ``mcp:SERVER`` strings (see :func:`chatpipe.tools.toolbox`).
+        mcp: names of MCP servers whose tools the model may call.
+        max_tool_steps: overrides the template's ``max_tool_steps``.
     """
 
     template: str
@@ -53,6 +59,9 @@ class Job:
     save: bool = False
     params: Mapping[str, Any] = field(default_factory=dict)
     price: bool = False
+    tools: list = field(default_factory=list)
+    mcp: list[str] = field(default_factory=list)
+    max_tool_steps: int | None = None
 
 
 def error_for(err: BaseException) -> tuple[dict, int]:
@@ -90,8 +99,13 @@ def report(err: BaseException, output: Output) -> int:
 
 def run(build: Callable[[], Job], output: Output, *,
         sessions: Callable[[str], requests.Session] | None = None,
-        control: transport.Control | None = None) -> int:
+        control: transport.Control | None = None, asker: tools.Asker | None = None,
+        mcp: Any = None) -> int:
     """Build a job, send it and emit its events to OUTPUT; return the exit code.
+
+    When the job has tools, the answers' tool calls are run and the model
+    answers again (see :class:`chatpipe.tools.Loop`), all in this one
+    stream with one terminal event.
 
     Args:
         build: returns the :class:`Job`; it may raise a
@@ -103,6 +117,9 @@ def run(build: Callable[[], Job], output: Output, *,
         sessions: gives the shared ``requests.Session`` for an endpoint URL
             (``serve``); by default each request has a session of its own.
         control: lets another thread cancel the stream.
+        asker: the front end's way to confirm tool calls and run client tools.
+        mcp: the :class:`chatpipe.mcp_host.McpHost` of the job's MCP
+            servers (None: MCP servers cannot be used).
     Returns:
         0 when the stream completed; else the exit code of
         :func:`error_for`.  Every failure, from reading the request to the
@@ -117,19 +134,23 @@ def run(build: Callable[[], Job], output: Output, *,
                                              url=job.url, env=job.env, params=job.params)
         if job.save:
             conversation.check_writable(template.path)
+        output.secrets.extend(request.secrets)
+        toolbox = tools.toolbox(job.tools, job.mcp, asker, mcp, output.emit, output.secrets)
     except OutputClosed:
         raise
     except Exception as err:
         return report(err, output)
-    output.secrets.extend(request.secrets)
-    recorder = Recorder(output)
-    sink = recorder if job.save else output
+    if toolbox:
+        dialect.add_tools(request.body, toolbox.definitions())
+    sink: protocol.Sink = output
     if job.price:
         sink = Priced(sink, dialect.model_of(request), [request.url, template.url or ""])
     session = sessions(request.url) if sessions is not None else None
+    steps = request.max_tool_steps if job.max_tool_steps is None else job.max_tool_steps
+    loop = tools.Loop(request, dialect, sink, toolbox, steps, session, control)
     try:
         with transport.controlled_by(control):
-            stream.run(request, sink, session=session, control=control)
+            loop.run()
         code = 0
     except OutputClosed:
         raise
@@ -138,7 +159,7 @@ def run(build: Callable[[], Job], output: Output, *,
     finally:
         output.flush()
     if job.save:
-        code = _save(template.path, dialect, job.messages, recorder, output.secrets) or code
+        code = _save(template.path, dialect, job.messages, loop, output.secrets) or code
     return code
 
 
@@ -158,27 +179,41 @@ def preconnect(build: Callable[[], Job],
     return transport.preconnect(sessions(request.url), request.url, request.connect_timeout)
 
 
-def _save(path, dialect, messages: list[dict], recorder: Recorder, secrets: list[str]) -> int:
-    """Save the new MESSAGES, and the answer if it completed, to PATH.
+def _save(path, dialect, messages: list[dict], loop: tools.Loop, secrets: list[str]) -> int:
+    """Save the new MESSAGES and the answers that are whole to PATH: each
+    round of tool calls with its results, then the last answer if it
+    completed (LOOP's ``turns``), redacted.
 
-    An answer that did not complete (an error, a cancel, a signal) is not
-    saved, so the next request never sends it back as if it were whole; the
-    question is, so the next ``send --save`` without a message asks it
-    again.  Returns 1 if saving failed (said on stderr), else 0; the
-    stream's own terminal event has already been written either way.
+    An answer that did not complete (an error, a cancel, a signal, during
+    the answer or while its tools ran) is not saved, so the next request
+    never sends it back as if it were whole; the question is, so the next
+    ``send --save`` without a message asks it again.  Returns 1 if saving
+    failed (said on stderr), else 0; the stream's own terminal event has
+    already been written either way.
     """
-    answer = protocol.redact(recorder.text(), secrets) if recorder.completed else None
+    turns = _redacted(loop.turns, secrets)
     try:
-        if messages or answer is not None:
-            conversation.append_messages(path, dialect, messages, answer)
+        if messages or turns:
+            conversation.append_messages(path, dialect, messages + turns)
     except (OSError, ChatpipeError) as err:
         message = getattr(err, "strerror", None) or str(err)
         _warn(f"cannot save the answer to {path}: {message}", secrets)
         return 1
-    if answer is None and recorder.parts:
+    if loop.partial:
         _warn(f"the answer did not complete, so it was not saved to {path} (the question "
               "was: `chatpipe send FILE --save` without a message asks it again)", secrets)
     return 0
+
+
+def _redacted(value: Any, secrets: list[str]) -> Any:
+    """VALUE (JSON data) with SECRETS redacted from every string in it."""
+    if isinstance(value, str):
+        return protocol.redact(value, secrets)
+    if isinstance(value, list):
+        return [_redacted(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v, secrets) for k, v in value.items()}
+    return value
 
 
 def _warn(text: str, secrets: list[str]) -> None:

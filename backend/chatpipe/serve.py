@@ -35,7 +35,9 @@ session per endpoint keeps connections (and TLS sessions) warm.
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import signal
 import sys
 import threading
@@ -45,14 +47,20 @@ from urllib.parse import urlsplit
 
 import requests
 
-from chatpipe import PROTOCOL_VERSION, __version__, jsonin, protocol, runner, transport
-from chatpipe.errors import Aborted, OutputClosed, UsageError
+from chatpipe import PROTOCOL_VERSION, __version__, jsonin, mcp_host, protocol, runner, tools, transport
+from chatpipe.errors import Aborted, Cancelled, OutputClosed, UsageError
 from chatpipe.prepare import check_messages
 from chatpipe.protocol import EventLines, LineWriter
 
 #: The keys a request line may have.
 REQUEST_KEYS = {"id", "template", "messages", "vars", "env", "model", "url", "params",
-                "price", "cancel", "preconnect"}
+                "price", "cancel", "preconnect", "tools", "mcp", "max_tool_steps"}
+
+#: The keys of the lines that answer a running stream's ``tool_request``.
+ANSWER_KEYS = ("tool_result", "tool_confirm")
+
+#: Seconds between two looks at a cancel while a tool answer is awaited.
+POLL = 0.1
 
 #: Default seconds the running streams may take to finish after stdin ends.
 EOF_GRACE = 30.0
@@ -81,26 +89,113 @@ def job_from_request(request: dict) -> runner.Job:
     for name in ("model", "url"):
         if request.get(name) is not None and not isinstance(request[name], str):
             raise UsageError(f'"{name}" must be a string')
+    mcp = request.get("mcp") or []
+    if not (isinstance(mcp, list) and all(isinstance(n, str) and n for n in mcp)):
+        raise UsageError('"mcp" must be a list of MCP server names')
+    steps = request.get("max_tool_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise UsageError('"max_tool_steps" must be a whole number, 0 or more')
     return runner.Job(template=request["template"], messages=messages, variables=variables,
                       model=request.get("model"), url=request.get("url"),
                       env={**os.environ, **env}, params=request.get("params") or {},
-                      price=request.get("price") is True)
+                      price=request.get("price") is True,
+                      tools=tools.check_tools(request.get("tools") or []), mcp=mcp,
+                      max_tool_steps=steps)
 
 
-class _Stream:
-    """One request's stream: its output, its cancel control, its thread."""
+class _Stream(tools.Asker):
+    """One request's stream: its output, its cancel control, its thread;
+    and, as its :class:`~chatpipe.tools.Asker`, the client's side of its
+    tool calls: a ``tool_request`` event, answered by a ``tool_result`` or
+    ``tool_confirm`` line (:meth:`answer`).
 
-    def __init__(self, writer: LineWriter, rid: Any) -> None:
+    Args:
+        always: the tools approved for good, shared by the server's streams.
+    """
+
+    def __init__(self, writer: LineWriter, rid: Any, always: set[str] | None = None) -> None:
+        super().__init__()
         self.id = rid
         self.output = EventLines(writer, rid)
         self.control = transport.Control()
         self.thread: threading.Thread | None = None
+        if always is not None:
+            self.always = always
+        self._answers: queue.Queue = queue.Queue()
+        self._awaited: tuple[str, str] | None = None
+        self._lock = threading.Lock()
 
     def cancel(self) -> None:
         """End the stream now with an aborted ``error``; its thread stops as
-        soon as its socket is shut."""
+        soon as its socket is shut, or its wait for a tool answer ends."""
         self.output.emit(protocol.error("cancelled", aborted=True))
         self.control.cancel()
+        self._answers.put(None)
+
+    def answer(self, key: str, answer: Any) -> str | None:
+        """Take a client's ANSWER line (KEY ``tool_result`` or
+        ``tool_confirm``) for this stream; return why it is rejected, or
+        None when taken."""
+        call_id = answer.get("call_id") if isinstance(answer, dict) else None
+        if self.control.cancelled.is_set():
+            return f"request id {self.id!r} is not streaming"
+        with self._lock:
+            if self._awaited != (key, call_id):
+                return f"request {self.id!r} awaits no {key} for call {call_id!r}"
+            self._awaited = None
+        self._answers.put(answer)
+        return None
+
+    def _ask(self, key: str, event: dict, control: transport.Control | None) -> dict:
+        """Emit EVENT (a ``tool_request``) and wait for its KEY answer.
+
+        Raises:
+            Cancelled: the stream was cancelled meanwhile.
+        """
+        with self._lock:
+            self._awaited = (key, event["call_id"])
+        try:
+            self.output.emit(event)
+            self.output.flush()
+            while True:
+                try:
+                    answer = self._answers.get(timeout=POLL)
+                except queue.Empty:
+                    answer = False
+                if answer is None or self.control.cancelled.is_set():
+                    raise Cancelled()
+                if answer is not False:
+                    return answer
+        finally:
+            with self._lock:
+                self._awaited = None
+
+    def client_tool(self, call: tools.ToolCall, control: Any) -> tools.ToolResult:
+        """Ask the client to run CALL: ``tool_request``, answered by
+        ``{"id", "tool_result": {"call_id", "content", "is_error"}}`` or
+        ``{"call_id", "denied": true, "reason"}``."""
+        answer = self._ask("tool_result", protocol.tool_request(call.id, call.name, call.arguments),
+                           control)
+        if answer.get("denied"):
+            return tools.denial(_text(answer.get("reason")))
+        return tools.ToolResult(_text(answer.get("content")), answer.get("is_error") is True)
+
+    def confirm(self, call: tools.ToolCall, tool: tools.Tool, control: Any) -> tuple[str, str]:
+        """Ask the client whether CALL may run: ``tool_request`` with
+        ``confirm``, answered by ``{"id", "tool_confirm": {"call_id",
+        "decision": "once"|"always"|"deny", "reason"}}``."""
+        answer = self._ask("tool_confirm", protocol.tool_request(
+            call.id, call.name, call.arguments, confirm=True, source=tool.source), control)
+        decision = answer.get("decision")
+        return (decision if decision in ("once", "always") else "deny"), _text(answer.get("reason"))
+
+
+def _text(value: Any) -> str:
+    """A client's VALUE as text: strings as they are, anything else as JSON
+    (nothing for null)."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    return json.dumps(value, ensure_ascii=False)
 
 
 class Server:
@@ -117,6 +212,8 @@ class Server:
         self.output_closed = False
         self._lock = threading.Lock()
         self._sessions: dict[str, requests.Session] = {}
+        self.always: set[str] = set()
+        self.mcp = mcp_host.McpHost()
 
     def session_for(self, url: str) -> requests.Session:
         """The shared session for URL's endpoint (scheme, host and port)."""
@@ -162,6 +259,15 @@ class Server:
             if running is not None:
                 running.cancel()
             return
+        key = next((k for k in ANSWER_KEYS if k in request), None)
+        if key is not None:
+            with self._lock:
+                running = self.streams.get(rid)
+            why = (running.answer(key, request[key]) if running is not None
+                   else f"request id {rid!r} is not streaming")
+            if why:
+                self.reject(why, rid)
+            return
         if request.get("preconnect"):
             threading.Thread(target=runner.preconnect, daemon=True, name=f"preconnect-{rid}",
                              args=(lambda: job_from_request(request), self.session_for)).start()
@@ -170,7 +276,7 @@ class Server:
             if rid in self.streams:
                 self.reject(f"request id {rid!r} is already streaming", rid)
                 return
-            job = self.streams[rid] = _Stream(self.writer, rid)
+            job = self.streams[rid] = _Stream(self.writer, rid, self.always)
         job.thread = threading.Thread(target=self._work, args=(job, request), daemon=True,
                                       name=f"chatpipe-{rid}")
         job.thread.start()
@@ -178,7 +284,7 @@ class Server:
     def _work(self, job: _Stream, request: dict) -> None:
         try:
             runner.run(lambda: job_from_request(request), job.output,
-                       sessions=self.session_for, control=job.control)
+                       sessions=self.session_for, control=job.control, asker=job, mcp=self.mcp)
         except OutputClosed:
             # Nobody reads us any more: stop the server (its main thread).
             self.output_closed = True
@@ -210,9 +316,10 @@ class Server:
             jobs[0].thread.join(left)
 
     def close(self) -> None:
-        """Close the shared sessions."""
+        """Close the shared sessions and stop the MCP servers."""
         for session in self._sessions.values():
             session.close()
+        self.mcp.close()
 
 
 def main(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None,

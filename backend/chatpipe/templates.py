@@ -59,6 +59,7 @@ BLOCK_KEYS = {
     "max_retries": "how many times to retry a failed request (0: never)",
     "retry_budget": "seconds that failed attempts and the waits between retries may add up to",
     "max_event_bytes": "largest server-sent event or NDJSON line accepted, in bytes",
+    "max_tool_steps": "how many rounds of tool calls one request may run (0: none)",
 }
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -67,6 +68,7 @@ DEFAULT_DEADLINE = 1800.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_BUDGET = 60.0
 DEFAULT_MAX_EVENT_BYTES = 8 << 20
+DEFAULT_MAX_TOOL_STEPS = 10
 
 #: Roles whose message text may hold ``${name}`` placeholders.
 _TEMPLATED_ROLES = frozenset({"system", "developer"})
@@ -178,6 +180,8 @@ class Request:
         retry_budget: seconds that failed attempts and the waits between
             retries may add up to.
         max_event_bytes: the largest event (or NDJSON line) accepted, bytes.
+        max_tool_steps: how many rounds of tool calls one request may run
+            (see :mod:`chatpipe.tools`).
         secrets: the values filled from the environment, to redact from any
             message shown to the user.
     """
@@ -192,6 +196,7 @@ class Request:
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_budget: float = DEFAULT_RETRY_BUDGET
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS
     secrets: list[str] = field(default_factory=list)
 
 
@@ -335,7 +340,7 @@ def _check_block(block: dict[str, Any], text: str, where: str) -> None:
         if key == "max_event_bytes" and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1024):
             raise fail(f'"{RESERVED_KEY}.{key}" must be a whole number of bytes, 1024 or more', key)
-        if key == "max_retries" and (
+        if key in ("max_retries", "max_tool_steps") and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise fail(f'"{RESERVED_KEY}.{key}" must be a whole number, 0 or more', key)
         if key == "headers" and not (isinstance(value, dict)
@@ -442,6 +447,7 @@ def fill(template: Template, vars: Mapping[str, str] | None = None,
         max_retries=int(block.get("max_retries", DEFAULT_MAX_RETRIES)),
         retry_budget=float(block.get("retry_budget", DEFAULT_RETRY_BUDGET)),
         max_event_bytes=int(block.get("max_event_bytes", DEFAULT_MAX_EVENT_BYTES)),
+        max_tool_steps=int(block.get("max_tool_steps", DEFAULT_MAX_TOOL_STEPS)),
         secrets=secrets)
 
 

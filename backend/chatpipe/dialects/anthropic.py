@@ -160,16 +160,57 @@ class Parser(base.Parser):
 
 
 class Dialect(base.Dialect):
-    """Anthropic Messages: a system message becomes the top-level ``system``."""
+    """Anthropic Messages: a system message becomes the top-level ``system``.
+
+    Tools (https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/implement-tool-use,
+    https://docs.anthropic.com/en/api/messages): a definition is ``{"name",
+    "description", "input_schema"}``; an answer's calls are ``tool_use``
+    blocks ``{"type": "tool_use", "id", "name", "input": {...}}`` after its
+    text block; the results of one answer go in one user message of
+    ``tool_result`` blocks ``{"type": "tool_result", "tool_use_id",
+    "content", "is_error": true}`` (``is_error`` only on errors).
+    """
 
     name = "anthropic-messages"
     parser = Parser
 
     def add_messages(self, body: dict, messages: list[dict]) -> None:
-        """Append MESSAGES to ``body["messages"]``; a system message becomes
-        the top-level ``system`` prompt, replacing the template's."""
+        """Append MESSAGES (neutral, see :class:`base.Dialect`) to
+        ``body["messages"]``; a system message becomes the top-level
+        ``system`` prompt, replacing the template's."""
         system = [m["content"] for m in messages if m.get("role") in SYSTEM_ROLES]
         if system:
             body["system"] = "\n\n".join(s if isinstance(s, str) else "" for s in system)
-        body.setdefault("messages", []).extend(
-            m for m in messages if m.get("role") not in SYSTEM_ROLES)
+        super().add_messages(body, [m for m in messages if m.get("role") not in SYSTEM_ROLES])
+
+    def assistant_message(self, text: str, tool_calls: list[dict] | None = None) -> list[dict]:
+        """An answer: its TEXT, and its TOOL_CALLS as ``tool_use`` blocks
+        (no text block when the text is empty: the API refuses empty ones)."""
+        if not tool_calls:
+            return [{"role": "assistant", "content": text}]
+        content = [{"type": "text", "text": text}] if text else []
+        content += [{"type": "tool_use", "id": call["id"], "name": call["name"],
+                     "input": base.arguments_object(call["arguments"])} for call in tool_calls]
+        return [{"role": "assistant", "content": content}]
+
+    def add_tool_result(self, conversation: list, result: dict) -> None:
+        """Add a ``tool_result`` block to the user message of results that
+        ends CONVERSATION, or start one."""
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": result["tool_call_id"],
+                                 "content": result.get("content") or ""}
+        if result.get("is_error"):
+            block["is_error"] = True
+        last = conversation[-1] if conversation else None
+        if (isinstance(last, dict) and last.get("role") == "user"
+                and isinstance(last.get("content"), list) and last["content"]
+                and all(isinstance(b, dict) and b.get("type") == "tool_result"
+                        for b in last["content"])):
+            last["content"].append(block)
+        else:
+            conversation.append({"role": "user", "content": [block]})
+
+    def add_tools(self, body: dict, tools: list[dict]) -> None:
+        """Offer TOOLS as ``{"name", "description", "input_schema"}``."""
+        body.setdefault("tools", []).extend(
+            {"name": t["name"], "description": t.get("description", ""),
+             "input_schema": base.parameters(t)} for t in tools)

@@ -7,7 +7,8 @@ A dialect module defines two classes:
   :mod:`chatpipe.framing`) into protocol events built with the
   constructors of :mod:`chatpipe.protocol`;
 - a :class:`Dialect` subclass, which knows the API's request shape: how to
-  append chat messages, record an answer and set the model.
+  append chat messages, record an answer, offer tools and send their
+  results back, and set the model.
 
 Provider error payloads are read in one place, :func:`provider_error`, for
 HTTP error bodies and in-stream errors alike.
@@ -114,6 +115,37 @@ def token_details(output_details: Any, input_details: Any) -> dict:
     return extra
 
 
+#: The start of the call ids chatpipe makes up for calls that come without
+#: one (Gemini, Ollama): such ids are never sent back to the provider.
+LOCAL_CALL_ID = "chatpipe_"
+
+
+def arguments_object(arguments: Any) -> dict:
+    """A neutral call's ARGUMENTS (a JSON text) as the object that some APIs
+    take (Anthropic ``input``, Gemini ``args``, Ollama ``arguments``): ``{}``
+    when empty, not valid JSON or not an object."""
+    try:
+        value = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def error_text(result: dict) -> str:
+    """A neutral tool RESULT's ``content``, as ``Error: CONTENT`` when it is
+    an error, for the APIs whose results have no error flag (OpenAI chat,
+    Responses, Ollama)."""
+    content = result.get("content") or ""
+    return f"Error: {content}" if result.get("is_error") else content
+
+
+def parameters(tool: dict) -> dict:
+    """The JSON Schema of a neutral TOOL's arguments (an object with no
+    properties when it has none)."""
+    schema = tool.get("parameters")
+    return schema if isinstance(schema, dict) and schema else {"type": "object", "properties": {}}
+
+
 class Parser:
     """Turns one response's events into protocol events.
 
@@ -188,17 +220,18 @@ class Parser:
                           f"{self.terminator}", retryable=True)
 
     def tool_call(self, key: Hashable, arguments: str, call_id: str | None = None,
-                  name: str | None = None) -> list[dict]:
+                  name: str | None = None, signature: str | None = None) -> list[dict]:
         """``[tool_call event]`` for a fragment of the arguments of the
         provider's tool call KEY, numbered 0, 1, ... in order of appearance;
         ``[]`` for an empty fragment that brings no id or name either.
-        CALL_ID and NAME come with a call's first fragment."""
+        CALL_ID, NAME and SIGNATURE (Gemini's thought signature) come with a
+        call's first fragment."""
         index = self._tool_indexes.get(key)
         if index is None:
             index = self._tool_indexes[key] = len(self._tool_indexes)
         if not (arguments or call_id or name):
             return []
-        return [protocol.tool_call(index, arguments, call_id, name)]
+        return [protocol.tool_call(index, arguments, call_id, name, signature)]
 
     def document_events(self, texts: Iterable[tuple[str, str]]) -> list[dict]:
         """The content events of a non-streaming answer: TEXTS are
@@ -222,6 +255,27 @@ class Dialect:
     """An API's request shape.  The default is OpenAI chat's: a
     ``messages`` list of ``{"role", "content"}`` objects and a ``model``.
 
+    Front ends speak one neutral shape (docs/protocol.md, "Tools"), which
+    each dialect converts to its API's own in :meth:`add_messages`,
+    :meth:`assistant_message`, :meth:`add_tool_result` and
+    :meth:`add_tools`:
+
+    - a tool definition: ``{"name", "description", "parameters": <JSON Schema>}``;
+    - an answer that calls tools: ``{"role": "assistant", "content": TEXT
+      (may be empty), "tool_calls": [{"id", "name", "arguments": JSON-TEXT}]}``
+      (a call may also carry ``signature``, Gemini's thought signature);
+    - a tool's result: ``{"role": "tool", "tool_call_id", "name", "content":
+      TEXT, "is_error": BOOL}``.
+
+    OpenAI chat (https://platform.openai.com/docs/api-reference/chat/create,
+    https://platform.openai.com/docs/guides/function-calling): tools are
+    ``{"type": "function", "function": {"name", "description",
+    "parameters"}}``; the answer ``{"role": "assistant", "content": TEXT or
+    null, "tool_calls": [{"id", "type": "function", "function": {"name",
+    "arguments"}}]}``; a result ``{"role": "tool", "tool_call_id",
+    "content"}``, which has no error flag, so an error's text starts with
+    ``Error: ``.
+
     Attributes:
         name: the dialect's name (a template's ``chatpipe.api``).
         parser: the :class:`Parser` subclass for its streams.
@@ -232,23 +286,63 @@ class Dialect:
     parser: type[Parser] = Parser
     history_key = "messages"
 
-    def add_messages(self, body: dict, messages: list[dict]) -> None:
-        """Append MESSAGES (``{"role", "content"}`` objects) to the
-        conversation of the request BODY, in the API's shape.  A system (or
-        developer) message among them replaces the template's."""
+    def conversation(self, body: dict) -> list:
+        """The conversation list of the request BODY (made a list if absent,
+        or if it is a string: then its first user message)."""
         key = self.history_key
         conversation = body.get(key)
         if not isinstance(conversation, list):
             conversation = body[key] = [] if conversation is None else [
                 {"role": "user", "content": conversation}]
+        return conversation
+
+    def add_messages(self, body: dict, messages: list[dict]) -> None:
+        """Append MESSAGES, in the neutral shape (see the class docstring:
+        ``{"role", "content"}`` messages, answers with ``tool_calls``, tool
+        results), to the conversation of the request BODY, in the API's
+        shape.  A system (or developer) message among them replaces the
+        template's."""
+        conversation = self.conversation(body)
         if any(m.get("role") in SYSTEM_ROLES for m in messages):
             conversation[:] = [m for m in conversation
                                if not (isinstance(m, dict) and m.get("role") in SYSTEM_ROLES)]
-        conversation.extend(messages)
+        for message in messages:
+            role = message.get("role")
+            if role == "tool":
+                self.add_tool_result(conversation, message)
+            elif role == "assistant" and message.get("tool_calls"):
+                conversation.extend(self.assistant_message(message.get("content") or "",
+                                                           message["tool_calls"]))
+            else:
+                conversation.append(self.message(message))
 
-    def assistant_message(self, text: str) -> dict:
-        """Return the item that records an answer TEXT in the conversation."""
-        return {"role": "assistant", "content": text}
+    def message(self, message: dict) -> dict:
+        """The conversation item for a MESSAGE without tool calls (here:
+        the message itself)."""
+        return message
+
+    def assistant_message(self, text: str, tool_calls: list[dict] | None = None) -> list[dict]:
+        """The conversation items that record an answer: its TEXT and the
+        TOOL_CALLS it made (neutral calls, see the class docstring)."""
+        if not tool_calls:
+            return [{"role": "assistant", "content": text}]
+        return [{"role": "assistant", "content": text or None, "tool_calls": [
+            {"id": call["id"], "type": "function",
+             "function": {"name": call["name"], "arguments": call["arguments"]}}
+            for call in tool_calls]}]
+
+    def add_tool_result(self, conversation: list, result: dict) -> None:
+        """Append a tool's RESULT (a neutral ``role: tool`` message) to CONVERSATION."""
+        conversation.append({"role": "tool", "tool_call_id": result["tool_call_id"],
+                             "content": error_text(result)})
+
+    def add_tools(self, body: dict, tools: list[dict]) -> None:
+        """Offer TOOLS (neutral definitions) to the model: appended to the
+        request BODY's own tools, in the API's shape."""
+        body.setdefault("tools", []).extend(
+            {"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
+                                              "parameters": parameters(t)}}
+            for t in tools)
 
     def set_params(self, body: dict, params: dict) -> None:
         """Set request PARAMS (``temperature``; ``max_tokens``, in tokens) in

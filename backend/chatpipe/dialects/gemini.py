@@ -88,7 +88,7 @@ class Parser(base.Parser):
                     call = part["functionCall"]
                     out.extend(self.tool_call(
                         self.calls, json.dumps(call.get("args") or {}, ensure_ascii=False),
-                        call.get("id"), call.get("name")))
+                        call.get("id"), call.get("name"), part.get("thoughtSignature")))
                     self.calls += 1
                 elif part.get("text"):
                     make = protocol.reasoning if part.get("thought") else protocol.delta
@@ -153,6 +153,11 @@ def usage_event(meta: dict) -> dict:
                           cached_tokens=meta.get("cachedContentTokenCount"))
 
 
+def _provider_id(call_id: Any) -> bool:
+    """Whether CALL_ID is one Gemini gave (not one chatpipe made up)."""
+    return isinstance(call_id, str) and bool(call_id) and not call_id.startswith(base.LOCAL_CALL_ID)
+
+
 def _parts(content: Any) -> list[dict]:
     if isinstance(content, list):
         return [{"text": p.get("text", "")} if isinstance(p, dict) else {"text": str(p)}
@@ -162,27 +167,77 @@ def _parts(content: Any) -> list[dict]:
 
 class Dialect(base.Dialect):
     """Gemini: ``contents`` with roles ``user`` and ``model``, the system
-    prompt in ``systemInstruction``, the model in the URL."""
+    prompt in ``systemInstruction``, the model in the URL.
+
+    Tools (https://ai.google.dev/gemini-api/docs/function-calling,
+    https://ai.google.dev/api/caching#FunctionDeclaration): definitions go
+    in ``tools: [{"functionDeclarations": [{"name", "description",
+    "parametersJsonSchema"}]}]`` (JSON Schema as is); an answer's calls are
+    ``functionCall`` parts ``{"functionCall": {"name", "args", "id"},
+    "thoughtSignature"}`` (the signature sent back as it came, which
+    Gemini 3 requires: https://ai.google.dev/gemini-api/docs/thought-signatures);
+    the results of one answer are ``functionResponse`` parts in one
+    ``user`` content, ``{"functionResponse": {"name", "id", "response":
+    {"output": TEXT}}}``, ``{"error": TEXT}`` for an error
+    (https://ai.google.dev/api/caching#FunctionResponse).  Call ids are
+    sent only when Gemini gave them.
+    """
 
     name = "gemini"
     parser = Parser
     history_key = "contents"
 
     def add_messages(self, body: dict, messages: list[dict]) -> None:
-        """Append MESSAGES to ``body["contents"]`` as Gemini contents (role
-        ``assistant`` becomes ``model``); a system message becomes
-        ``systemInstruction``, replacing the template's."""
-        contents = body.setdefault("contents", [])
+        """Append MESSAGES (neutral, see :class:`base.Dialect`) to
+        ``body["contents"]`` as Gemini contents (role ``assistant`` becomes
+        ``model``); a system message becomes ``systemInstruction``,
+        replacing the template's."""
         for m in messages:
             if m.get("role") in SYSTEM_ROLES:
                 body["systemInstruction"] = {"parts": _parts(m.get("content"))}
-            else:
-                role = "model" if m.get("role") == "assistant" else "user"
-                contents.append({"role": role, "parts": _parts(m.get("content"))})
+        super().add_messages(body, [m for m in messages if m.get("role") not in SYSTEM_ROLES])
 
-    def assistant_message(self, text: str) -> dict:
-        """Return the content that records an answer TEXT."""
-        return {"role": "model", "parts": [{"text": text}]}
+    def message(self, message: dict) -> dict:
+        """A message as a content of role ``user`` or ``model``."""
+        role = "model" if message.get("role") == "assistant" else "user"
+        return {"role": role, "parts": _parts(message.get("content"))}
+
+    def assistant_message(self, text: str, tool_calls: list[dict] | None = None) -> list[dict]:
+        """An answer: its TEXT part (if any, or if there are no calls) and
+        one ``functionCall`` part per call of TOOL_CALLS."""
+        parts: list[dict] = [{"text": text}] if text or not tool_calls else []
+        for call in tool_calls or ():
+            function: dict[str, Any] = {"name": call["name"],
+                                        "args": base.arguments_object(call["arguments"])}
+            if _provider_id(call.get("id")):
+                function["id"] = call["id"]
+            part: dict[str, Any] = {"functionCall": function}
+            if call.get("signature"):
+                part["thoughtSignature"] = call["signature"]
+            parts.append(part)
+        return [{"role": "model", "parts": parts}]
+
+    def add_tool_result(self, conversation: list, result: dict) -> None:
+        """Add a ``functionResponse`` part to the ``user`` content of
+        results that ends CONVERSATION, or start one."""
+        key = "error" if result.get("is_error") else "output"
+        response: dict[str, Any] = {"name": result.get("name") or "",
+                                    "response": {key: result.get("content") or ""}}
+        if _provider_id(result.get("tool_call_id")):
+            response["id"] = result["tool_call_id"]
+        part = {"functionResponse": response}
+        last = conversation[-1] if conversation else None
+        if (isinstance(last, dict) and last.get("role") == "user" and last.get("parts")
+                and all(isinstance(p, dict) and "functionResponse" in p for p in last["parts"])):
+            last["parts"].append(part)
+        else:
+            conversation.append({"role": "user", "parts": [part]})
+
+    def add_tools(self, body: dict, tools: list[dict]) -> None:
+        """Offer TOOLS as one ``functionDeclarations`` tool."""
+        body.setdefault("tools", []).append({"functionDeclarations": [
+            {"name": t["name"], "description": t.get("description", ""),
+             "parametersJsonSchema": base.parameters(t)} for t in tools]})
 
     def set_params(self, body: dict, params: dict) -> None:
         """Set PARAMS in ``generationConfig`` (``temperature``,

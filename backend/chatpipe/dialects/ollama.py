@@ -105,10 +105,33 @@ class Parser(base.Parser):
 
 
 class Dialect(base.Dialect):
-    """Ollama ``/api/chat``: the OpenAI ``messages`` shape."""
+    """Ollama ``/api/chat``: the OpenAI ``messages`` shape.
+
+    Tools (https://github.com/ollama/ollama/blob/main/docs/api.md#chat-request-with-tools):
+    definitions as OpenAI chat's (``{"type": "function", "function": {...}}``);
+    an answer's calls ``{"function": {"name", "arguments": {...}}}`` with
+    the arguments as an object and no id; a result ``{"role": "tool",
+    "content", "tool_name"}`` (no error flag: an error's text starts with
+    ``Error: ``).
+    """
 
     name = "ollama"
     parser = Parser
+
+    def assistant_message(self, text: str, tool_calls: list[dict] | None = None) -> list[dict]:
+        """An answer: its TEXT and TOOL_CALLS (arguments as objects)."""
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls:
+            message["tool_calls"] = [
+                {"function": {"name": call["name"],
+                              "arguments": base.arguments_object(call["arguments"])}}
+                for call in tool_calls]
+        return [message]
+
+    def add_tool_result(self, conversation: list, result: dict) -> None:
+        """Append RESULT as ``{"role": "tool", "content", "tool_name"}``."""
+        conversation.append({"role": "tool", "content": base.error_text(result),
+                             "tool_name": result.get("name") or ""})
 
     def set_params(self, body: dict, params: dict) -> None:
         """Set PARAMS in ``options`` (``temperature``, ``num_predict``):

@@ -173,11 +173,41 @@ def usage_event(usage: dict) -> dict:
 
 class Dialect(base.Dialect):
     """The Responses API: the conversation is ``input`` (a string input
-    becomes the first user message)."""
+    becomes the first user message).
+
+    Tools (https://platform.openai.com/docs/guides/function-calling?api-mode=responses,
+    https://platform.openai.com/docs/api-reference/responses/create): a
+    definition is ``{"type": "function", "name", "description",
+    "parameters", "strict": false}`` (not strict: any JSON Schema is
+    accepted); an answer is its message, then one ``{"type":
+    "function_call", "call_id", "name", "arguments"}`` item per call; a
+    result is ``{"type": "function_call_output", "call_id", "output"}``
+    (no error flag: an error's text starts with ``Error: ``).
+    """
 
     name = "openai-responses"
     parser = Parser
     history_key = "input"
+
+    def assistant_message(self, text: str, tool_calls: list[dict] | None = None) -> list[dict]:
+        """An answer: its message (if it has text, or no calls), then one
+        ``function_call`` item per call of TOOL_CALLS."""
+        items: list[dict] = [{"role": "assistant", "content": text}] if text or not tool_calls else []
+        items += [{"type": "function_call", "call_id": call["id"], "name": call["name"],
+                   "arguments": call["arguments"]} for call in tool_calls or ()]
+        return items
+
+    def add_tool_result(self, conversation: list, result: dict) -> None:
+        """Append RESULT as a ``function_call_output`` item."""
+        conversation.append({"type": "function_call_output", "call_id": result["tool_call_id"],
+                             "output": base.error_text(result)})
+
+    def add_tools(self, body: dict, tools: list[dict]) -> None:
+        """Offer TOOLS as ``{"type": "function", "name", "description",
+        "parameters", "strict": false}``."""
+        body.setdefault("tools", []).extend(
+            {"type": "function", "name": t["name"], "description": t.get("description", ""),
+             "parameters": base.parameters(t), "strict": False} for t in tools)
 
     def set_params(self, body: dict, params: dict) -> None:
         """Set PARAMS as ``temperature`` and ``max_output_tokens``:
