@@ -21,30 +21,9 @@ import time
 
 import pytest
 
-from conftest import FAKE_KEY, ROOT, TESTS, Serve, ndjson
+from conftest import FAKE_KEY, ROOT, Serve, ndjson
 from replay_server import Reply, error_reply
 from test_tool_loop import text_answer, tool_call_answer
-
-FIXTURE = [sys.executable, str(TESTS / "mcp_fixture_server.py")]
-
-
-@pytest.fixture
-def mcp_env(env, tmp_path):
-    """ENV with an mcp.json of the time server, the fixture server (``fx``,
-    with a 2 s call timeout) and a server that cannot start, and a private
-    cache folder (the servers' stderr logs)."""
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    folder = tmp_path / "config" / "chatpipe"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "mcp.json").write_text(json.dumps({"mcpServers": {
-        "time": {"command": sys.executable, "args": ["-m", "mcp_server_time",
-                                                     "--local-timezone", "UTC"]},
-        "fx": {"command": FIXTURE[0], "args": FIXTURE[1:], "timeout": 2,
-               "autoApprove": ["pid"], "env": {"FX_TOKEN": "fx-secret-token-42"}},
-        "broken": {"command": str(tmp_path / "no-such-server")},
-    }}))
-    return env
-
 
 @pytest.fixture
 def mcp_serve(mcp_env):
