@@ -45,6 +45,7 @@
 (require 'chatpipe-backend)
 (require 'chatpipe-process)
 (require 'chatpipe-turns)
+(require 'chatpipe-org)
 (require 'chatpipe-reasoning)
 (require 'chatpipe-status)
 
@@ -64,10 +65,11 @@ call go, TOOLS-END the end of the tool call lines, and TOOLS-SEP
 non-nil once a blank line separates them from the answer.  TIMER
 is the timer of a pending retry.  PROGRESS is what streamed last
 \(`answer', `reasoning' or `tools'), STATUS-TIME when the status
-last showed it, and STATUS-TIMER the timer that will show it next."
+last showed it, and STATUS-TIMER the timer that will show it next.
+ORG is the answer's Markdown to Org converter, in Org buffers only."
   buffer stream marker start undo start-time (chars 0) usage display
   reasoning escape (reasoning-chars 0) tools tools-end tools-sep
-  finish-reason timer progress (status-time 0.0) status-timer)
+  finish-reason timer progress (status-time 0.0) status-timer org)
 
 (defvar-local chatpipe--job nil
   "The `chatpipe--job' streaming into this buffer, or nil.")
@@ -139,12 +141,13 @@ recording off: the whole answer is recorded when it ends (see
 
 (defun chatpipe--insert-answer (job text)
   "Insert TEXT, a piece of JOB's answer, at the end of the answer.
+In an Org buffer, TEXT is converted to Org: see `chatpipe-org-convert'.
 If tool call lines came before any text, a blank line is put
 between the answer and them."
   (chatpipe--edit job
     (let ((marker (chatpipe--job-marker job)))
       (goto-char marker)
-      (insert text)
+      (insert (chatpipe-org-convert (chatpipe--job-org job) text))
       (when (and (chatpipe--job-tools-end job)
                  (not (chatpipe--job-tools-sep job)))
         (insert "\n\n")
@@ -286,6 +289,16 @@ its own, and the user's changes meanwhile stay."
         (push (cons start end) buffer-undo-list))
       (undo-boundary))))
 
+(defun chatpipe--insert-held (job)
+  "Insert, at the end of JOB's answer, what its Org converter held back.
+See `chatpipe-org-finish'.  Do nothing if JOB has no converter."
+  (when (chatpipe--job-org job)
+    (let ((text (chatpipe-org-finish (chatpipe--job-org job))))
+      (unless (string-empty-p text)
+        (chatpipe--edit job
+          (goto-char (chatpipe--job-marker job))
+          (insert text))))))
+
 (defun chatpipe--finish (job kind &optional message)
   "End JOB as KIND: `done', `aborted' or `error' with MESSAGE.
 Add the note for an aborted, failed, truncated or empty answer (see
@@ -293,6 +306,7 @@ Add the note for an aborted, failed, truncated or empty answer (see
 after the answer and, at the end of the buffer, add a user heading
 for the next question; record the answer as one undo step (see
 `chatpipe--record-undo') and update the status."
+  (chatpipe--insert-held job)
   (let ((buffer (chatpipe--job-buffer job)))
     (when (buffer-live-p buffer)
       (with-current-buffer buffer
@@ -422,7 +436,9 @@ Return the new `chatpipe--job'."
             (setq job (chatpipe--job-create
                        :buffer (current-buffer) :marker (copy-marker pos t)
                        :start (copy-marker pos) :start-time (float-time)
-                       :display chatpipe-reasoning-display))
+                       :display chatpipe-reasoning-display
+                       :org (chatpipe-org-maybe-converter
+                             (chatpipe--heading 'assistant))))
             (setf (chatpipe--job-stream job)
                   (chatpipe-process-start
                    :template (or chatpipe-template chatpipe-default-template)

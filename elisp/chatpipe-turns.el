@@ -41,6 +41,7 @@
 
 (require 'cl-lib)
 (require 'subr-x)
+(require 'chatpipe-org)
 
 ;;;; Customization
 
@@ -296,7 +297,8 @@ turn, and the file's Local Variables are no turn's (see
 (defun chatpipe--turn-text (turn)
   "Return the text of TURN as sent: trimmed.
 An assistant turn's text is without its reasoning blocks and
-without the notes and tool call lines at its end."
+without the notes and tool call lines at its end; in an Org buffer,
+it is converted back to Markdown (see `chatpipe-org-to-markdown')."
   (let ((pos (nth 2 turn))
         (end (nth 3 turn))
         (pieces nil))
@@ -310,7 +312,11 @@ without the notes and tool call lines at its end."
         (let ((note (chatpipe--note-regexp)))
           (while (string-match note text)
             (setq text (string-trim-right
-                        (substring text 0 (match-beginning 0)))))))
+                        (substring text 0 (match-beginning 0))))))
+        (when (and chatpipe-org-convert-markdown (derived-mode-p 'org-mode))
+          (setq text (chatpipe-org-to-markdown
+                      text (chatpipe-org-heading-level
+                            (chatpipe--heading 'assistant))))))
       text)))
 
 (defun chatpipe-messages (&optional beg end)
