@@ -31,18 +31,6 @@ def request(url, api="openai-chat", **kw) -> Request:
     return Request(url=url, headers={}, body={"model": "m"}, api=api, connect_timeout=5, **kw)
 
 
-def document(payload, framing="length", split=0) -> Reply:
-    """A 200 ``application/json`` reply with PAYLOAD, in FRAMING, written
-    SPLIT bytes at a time (0: at once)."""
-    data = json.dumps(payload).encode()
-    return Reply(split_every(data, split) if split else [data], framing=framing,
-                 content_type="application/json; charset=utf-8")
-
-
-def kinds(sink: ListSink) -> list[str]:
-    return [e["type"] for e in sink.events]
-
-
 # ---- 5. the retry budget bounds the whole request ------------------------------------------
 
 class _Silent(BaseHTTPRequestHandler):
@@ -298,6 +286,6 @@ def test_real_server_answers_concurrent_requests(llama_url):
 def test_real_server_answers_without_stream(llama_url):
     sink = ListSink()
     stream.run(_local_request(llama_url), sink)
-    assert kinds(sink) == ["start", "delta", "usage", "done"]
+    assert [e["type"] for e in sink.events] == ["start", "delta", "usage", "done"]
     assert sink.events[-1]["finish_reason"] in ("stop", "length")
     assert sink.text().strip()
