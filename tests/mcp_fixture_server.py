@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """A small MCP server for deterministic tests, built with the MCP SDK.
 
-Run over stdio (``python tests/mcp_fixture_server.py``).  Its tools:
+Run over stdio (``python tests/mcp_fixture_server.py``), or over
+streamable HTTP on 127.0.0.1 (``... --http PORT``: the endpoint is
+``http://127.0.0.1:PORT/mcp``).  Its tools:
 
 - ``echo(text)``: returns TEXT;
 - ``slow(seconds)``: returns ``"slept"`` after SECONDS;
@@ -51,4 +53,7 @@ def pid() -> str:
 
 if __name__ == "__main__":
     print("fixture server started", file=sys.stderr, flush=True)
-    server.run()
+    if sys.argv[1:2] == ["--http"]:
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run()

@@ -223,6 +223,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Room for a burst of connections (a serve process starting every
+    # stream at once): the default backlog of 5 resets the rest on a busy machine.
+    request_queue_size = 128
     owner: "ReplayServer"
 
     def handle_error(self, request, client_address):

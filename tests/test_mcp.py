@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import FAKE_KEY, ROOT, Serve, ndjson
+from conftest import FAKE_KEY, FIXTURE, ROOT, Serve, ndjson
 from replay_server import Reply, error_reply
 from test_tool_loop import text_answer, tool_call_answer
 
@@ -244,3 +244,35 @@ def test_sigint_during_a_tool_keeps_the_whole_rounds_in_the_save(server, mcp_env
                                                           "arguments": '{"text": "***"}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "***"}]
     assert "was not saved" in err.decode()
+
+
+def test_a_streamable_http_server_with_headers(server, mcp_env, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    web = subprocess.Popen([*FIXTURE, "--http", str(port)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        config = tmp_path / "config" / "chatpipe" / "mcp.json"
+        config.write_text(json.dumps({"mcpServers": {"web": {
+            "url": f"http://127.0.0.1:{port}/mcp", "headers": {"X-Token": "web-secret-99"}}}}))
+        url = server.add("/m", [tool_call_answer("echo", "c1", '{"text": "web-secret-99 ok"}'),
+                                text_answer("Done.")])
+        proc = send(mcp_env, "openai", "--url", url, "--tools", "mcp:web", "--yes",
+                    "--output", "ndjson", "-m", "go")
+    finally:
+        web.terminate()
+        web.wait(10)
+    assert proc.returncode == 0, proc.stderr
+    result = next(e for e in ndjson(proc.stdout) if e["type"] == "tool_result")
+    assert result["content"] == "*** ok" and not result["is_error"]      # headers are secrets
+    assert "web-secret-99" not in proc.stdout
+    assert server.requests[-1]["body"]["messages"][-1]["content"] == "web-secret-99 ok"
