@@ -56,7 +56,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 
-from chatpipe import __version__, jsonin, protocol, templates, transport
+from chatpipe import __version__, connections, jsonin, protocol, templates, transport
 from chatpipe.errors import StreamError
 from chatpipe.textview import TextView
 
@@ -346,7 +346,7 @@ def fetch(listing: Listing, session: requests.Session | None = None) -> list[dic
     params: dict[str, str] | None = first.get(listing.api, {})
     found: dict[str, dict[str, Any]] = {}
     own = session is None
-    session = session or transport.new_session()
+    session = session or connections.new_session()
     try:
         for _ in range(MAX_PAGES):
             if params is None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 import requests
 
-from chatpipe import conversation, protocol, templates, tools, transport
+from chatpipe import connections, conversation, protocol, templates, tools
 from chatpipe.errors import Aborted, Cancelled, ChatpipeError, OutputClosed, StreamError
 from chatpipe.prepare import prepare
 from chatpipe.pricing import Priced
@@ -99,7 +99,7 @@ def report(err: BaseException, output: Output) -> int:
 
 def run(build: Callable[[], Job], output: Output, *,
         sessions: Callable[[str], requests.Session] | None = None,
-        control: transport.Control | None = None, asker: tools.Asker | None = None,
+        control: connections.Control | None = None, asker: tools.Asker | None = None,
         mcp: Any = None) -> int:
     """Build a job, send it and emit its events to OUTPUT; return the exit code.
 
@@ -149,7 +149,7 @@ def run(build: Callable[[], Job], output: Output, *,
     steps = request.max_tool_steps if job.max_tool_steps is None else job.max_tool_steps
     loop = tools.Loop(request, dialect, sink, toolbox, steps, session, control)
     try:
-        with transport.controlled_by(control):
+        with connections.controlled_by(control):
             loop.run()
         code = 0
     except OutputClosed:
@@ -167,7 +167,7 @@ def preconnect(build: Callable[[], Job],
                sessions: Callable[[str], requests.Session]) -> bool:
     """Open a connection to the endpoint of the job BUILD gives, in the
     session SESSIONS gives for it, ahead of its first request (see
-    :func:`chatpipe.transport.preconnect`).  Nothing is sent and nothing is
+    :func:`chatpipe.connections.preconnect`).  Nothing is sent and nothing is
     written; any error is left for the real request to report.  Returns
     True if a connection was opened."""
     try:
@@ -176,7 +176,7 @@ def preconnect(build: Callable[[], Job],
         request = templates.fill(template, job.variables, job.env, url=job.url)
     except Exception:
         return False
-    return transport.preconnect(sessions(request.url), request.url, request.connect_timeout)
+    return connections.preconnect(sessions(request.url), request.url, request.connect_timeout)
 
 
 def _save(path, dialect, messages: list[dict], loop: tools.Loop, secrets: list[str]) -> int:

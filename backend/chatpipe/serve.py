@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from chatpipe import PROTOCOL_VERSION, __version__, jsonin, mcp_host, protocol, runner, tools, transport
+from chatpipe import PROTOCOL_VERSION, __version__, connections, jsonin, mcp_host, protocol, runner, tools
 from chatpipe.errors import Aborted, Cancelled, OutputClosed, UsageError
 from chatpipe.prepare import check_messages
 from chatpipe.protocol import EventLines, LineWriter
@@ -117,7 +117,7 @@ class _Stream(tools.Asker):
         super().__init__()
         self.id = rid
         self.output = EventLines(writer, rid)
-        self.control = transport.Control()
+        self.control = connections.Control()
         self.thread: threading.Thread | None = None
         if always is not None:
             self.always = always
@@ -146,7 +146,7 @@ class _Stream(tools.Asker):
         self._answers.put(answer)
         return None
 
-    def _ask(self, key: str, event: dict, control: transport.Control | None) -> dict:
+    def _ask(self, key: str, event: dict, control: connections.Control | None) -> dict:
         """Emit EVENT (a ``tool_request``) and wait for its KEY answer.
 
         Raises:
@@ -222,7 +222,7 @@ class Server:
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
-                session = self._sessions[key] = transport.new_session()
+                session = self._sessions[key] = connections.new_session()
             return session
 
     def reject(self, message: str, rid: Any = None) -> None:

@@ -15,11 +15,11 @@ from typing import Any, Iterable
 
 import requests
 
-from chatpipe import PROTOCOL_VERSION, dialects, framing, protocol, transport
+from chatpipe import PROTOCOL_VERSION, connections, dialects, framing, protocol, transport
 from chatpipe.dialects.base import MalformedEvent, Parser, stream_error
 from chatpipe.errors import Cancelled, StreamError
 from chatpipe.protocol import Sink
-from chatpipe.transport import Control
+from chatpipe.connections import Control
 from chatpipe.templates import Request
 
 #: First backoff delay in seconds (doubled at each retry, with jitter).
@@ -76,7 +76,7 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None,
     the answer in ``request.deadline``; each retry is announced with a
     ``retry`` event.  The HTTP response is closed on return, on error and
     on interruption.  SESSION (default: a new one, from
-    :func:`chatpipe.transport.new_session`) lets requests share
+    :func:`chatpipe.connections.new_session`) lets requests share
     connections; CONTROL lets another thread cancel.
 
     Raises:
@@ -84,7 +84,7 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None,
         Cancelled: CONTROL was cancelled.
     """
     own_session = session is None
-    session = session or transport.new_session()
+    session = session or connections.new_session()
     gate = _Gate(sink)
     started = time.monotonic()
     deadline = started + request.deadline

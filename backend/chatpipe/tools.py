@@ -32,7 +32,7 @@ from chatpipe import protocol, stream
 from chatpipe.dialects.base import LOCAL_CALL_ID, Dialect
 from chatpipe.errors import Aborted, Cancelled, OutputClosed, UsageError
 from chatpipe.protocol import Sink
-from chatpipe.transport import Control
+from chatpipe.connections import Control
 
 
 @dataclass
