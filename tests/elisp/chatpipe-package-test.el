@@ -154,10 +154,10 @@ uninstallable in all released Emacs versions" (nth 3 problem)))
                 (message "The local model answered: %S" answer)
                 (should (string-match-p "[[:alpha:]]" answer)))
               ;; llama-cpp-python's server may not send usage; a long
-              ;; answer may end at the template's max_tokens.
+              ;; answer may end at the template's max_tokens, and says so.
               (should (string-match-p
-                       "\\`done\\(?: (length)\\)?: \\([1-9][0-9]* in\\(?: ([0-9]+ \
-cached)\\)?, [1-9][0-9]* out, \\)?[0-9.]+ s\\'"
+                       "\\`\\(?:done\\|truncated at the token limit\\): \
+\\([1-9][0-9]* in\\(?: ([0-9]+ cached)\\)?, [1-9][0-9]* out, \\)?[0-9.]+ s\\'"
                        chatpipe--status)))))
       (when (process-live-p server)
         (signal-process server 'SIGTERM)
