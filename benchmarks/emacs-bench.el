@@ -42,10 +42,16 @@
                                          (error "Put elisp/ in `load-path'"))))
         (dir (make-temp-file "chatpipe-bench-elc" t))
         (byte-compile-verbose nil))
-    (dolist (file '("chatpipe-backend.el" "chatpipe-process.el"
-                    "chatpipe-turns.el" "chatpipe-reasoning.el"
-                    "chatpipe-status.el" "chatpipe-chat.el"
-                    "chatpipe-templates.el" "chatpipe.el"))
+    ;; Every file, each after those it requires: a file required
+    ;; before it is compiled would be loaded from source.
+    (dolist (file '("chatpipe-backend.el" "chatpipe-events.el"
+                    "chatpipe-process.el" "chatpipe-org-stream.el"
+                    "chatpipe-org.el" "chatpipe-turns.el"
+                    "chatpipe-reasoning.el" "chatpipe-status.el"
+                    "chatpipe-chat.el" "chatpipe-templates.el"
+                    "chatpipe-state.el" "chatpipe-settings.el"
+                    "chatpipe-models.el" "chatpipe-install.el"
+                    "chatpipe.el"))
       (copy-file (expand-file-name file source) (expand-file-name file dir))
       (let ((load-path (cons dir load-path))
             (inhibit-message t))

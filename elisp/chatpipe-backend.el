@@ -62,7 +62,9 @@ A string is the program: a file name, or a name to look up in the
 variable `exec-path'.  A list of strings is a program and its first
 arguments, for example (\"python3\" \"-m\" \"chatpipe\").  When nil,
 use the `chatpipe' of `chatpipe-python-venv' if that is set, else
-the `chatpipe' found in the variable `exec-path'."
+the venv `chatpipe-install-backend' makes by default (chatpipe/venv
+in the user's Emacs directory) if it exists, else the `chatpipe'
+found in the variable `exec-path'."
   :type '(choice (const :tag "Find it" nil)
                  (string :tag "Program")
                  (repeat :tag "Program and arguments" string))
@@ -71,7 +73,10 @@ the `chatpipe' found in the variable `exec-path'."
 (defcustom chatpipe-python-venv nil
   "A Python virtual environment where chatpipe is installed, or nil.
 Used when `chatpipe-command' is nil: the backend is then
-VENV/bin/chatpipe."
+VENV/bin/chatpipe.  When nil, the backend is the one in the venv
+`chatpipe-install-backend' makes by default (chatpipe/venv in the
+user's Emacs directory) if it exists, else the `chatpipe' found in
+the variable `exec-path'."
   :type '(choice (const :tag "None" nil) directory)
   :group 'chatpipe)
 
@@ -93,6 +98,17 @@ for the API keys a template needs, which come with each request;
 \\[chatpipe-serve-stop] stops it, and the next answer starts it anew."
   :type '(choice (const :tag "One shared chatpipe serve process" serve)
                  (const :tag "A chatpipe send process per answer" send))
+  :group 'chatpipe)
+
+(defcustom chatpipe-prestart t
+  "Whether a chat buffer gets the backend ready before its first question.
+When non-nil and `chatpipe-backend-mode' is `serve', opening a chat
+buffer (turning `chatpipe-mode' on) starts the shared `chatpipe
+serve' process as soon as Emacs is idle, and has it open a
+connection to the endpoint of the chat's template, so that the
+first answer comes as fast as the next ones.  Nothing is sent to the
+endpoint but the connection's handshakes."
+  :type 'boolean
   :group 'chatpipe)
 
 (defcustom chatpipe-auth-source-user "apikey"
@@ -145,6 +161,9 @@ The program is an absolute file name.  Signal
   (let* ((spec (cond (chatpipe-command chatpipe-command)
                      (chatpipe-python-venv
                       (expand-file-name "bin/chatpipe" chatpipe-python-venv))
+                     ((let ((default (locate-user-emacs-file
+                                      "chatpipe/venv/bin/chatpipe")))
+                        (and (file-executable-p default) default)))
                      (t "chatpipe")))
          (argv (if (stringp spec) (list spec) spec))
          (program (car argv))
@@ -152,7 +171,7 @@ The program is an absolute file name.  Signal
                      (if (file-name-absolute-p program)
                          (and (file-executable-p program)
                               (not (file-directory-p program))
-                              program)
+                              (expand-file-name program))
                        (executable-find program)))))
     (unless found
       (signal 'chatpipe-backend-missing

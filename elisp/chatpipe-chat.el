@@ -387,7 +387,8 @@ Events of unknown types are ignored."
                    (run-at-time (if (numberp delay) (max 0 delay) 0) nil
                                 #'chatpipe--retry-wait job
                                 (plist-get event :attempt)))))
-          ("usage" (setf (chatpipe--job-usage job) event))
+          ("usage" (setf (chatpipe--job-usage job) event)
+                   (chatpipe--add-cost event))
           ("done"
            (setf (chatpipe--job-finish-reason job)
                  (plist-get event :finish_reason))
@@ -444,6 +445,7 @@ Return the new `chatpipe--job'."
                    :template (or chatpipe-template chatpipe-default-template)
                    :messages (chatpipe--with-system messages)
                    :model chatpipe-model
+                   :url chatpipe-url
                    :vars chatpipe-template-vars
                    :params (chatpipe--params)
                    :name (format "chatpipe %s" (buffer-name))

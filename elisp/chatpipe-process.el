@@ -1,4 +1,4 @@
-;;; chatpipe-process.el --- Backend processes and the NDJSON protocol for chatpipe -*- lexical-binding: t; -*-
+;;; chatpipe-process.el --- Backend processes and requests for chatpipe -*- lexical-binding: t; -*-
 
 ;; Copyright (C) 2025 chatpipe developers
 
@@ -22,205 +22,26 @@
 
 ;;; Commentary:
 
-;; Requests to the `chatpipe' backend, and its stdout (one JSON event
-;; per line, protocol v2) turned into calls of each answer's handler.
-;; One process layer (`chatpipe--start-process', `chatpipe--filter',
-;; `chatpipe--sentinel', a table of pending `chatpipe-stream's) serves
+;; Requests to the `chatpipe' backend.  One process layer
+;; (`chatpipe--start-process', `chatpipe--sentinel', a table of pending
+;; `chatpipe-stream's, whose events chatpipe-events.el routes) serves
 ;; the shared `chatpipe serve' process, whose events carry our request
 ;; id as `id', and one-shot `chatpipe send' processes (one stream each).
 ;; A process that ends ends its pending streams with an `error' event.
-;; The filter parses complete lines in place, in linear time; text
-;; events of one answer in one read are joined.
+;;
+;; The shared process can be started ahead of the first question, and
+;; asked to open a connection to a template's endpoint then (a
+;; `preconnect' request), so that the first answer comes as soon as
+;; the next ones: see `chatpipe-process-preconnect'.  Requests ask for
+;; the answer's price (serve's "price", send's --usage), which the
+;; `usage' event then carries as `cost' when the backend knows it.
 
 ;;; Code:
 
 (require 'cl-lib)
 (require 'subr-x)
 (require 'chatpipe-backend)
-
-;;;; Streams
-
-(cl-defstruct (chatpipe-stream (:constructor chatpipe--stream-create)
-                               (:copier nil))
-  "One answer streaming from a backend process.
-ID is its request id on a shared `chatpipe serve' process, or nil
-when it has a `chatpipe send' process of its own; PROCESS is that
-process.  HANDLER is called with each of its events.  FINISHED is
-non-nil once its `done' or `error' event has been delivered, or
-once it was aborted: nothing more is delivered then."
-  id process handler finished)
-
-(defun chatpipe--stream-name (stream)
-  "Return a name for STREAM in diagnostics: its process and its id."
-  (concat (process-name (chatpipe-stream-process stream))
-          (and (chatpipe-stream-id stream)
-               (concat " " (chatpipe-stream-id stream)))))
-
-(defun chatpipe-stream-live-p (stream)
-  "Return non-nil if STREAM may still deliver events.
-That is until its `done' or `error' event, abort or process end."
-  (and (not (chatpipe-stream-finished stream))
-       (process-live-p (chatpipe-stream-process stream))))
-
-(defun chatpipe--deliver (stream event)
-  "Call the event handler of STREAM with EVENT, a plist.
-After a `done' or `error' event, later events are dropped.  An
-error in the handler is logged, not raised (unless `debug-on-error')."
-  (unless (chatpipe-stream-finished stream)
-    (when (member (plist-get event :type) '("done" "error"))
-      (setf (chatpipe-stream-finished stream) t))
-    (condition-case-unless-debug err
-        (funcall (chatpipe-stream-handler stream) event)
-      (error (chatpipe--log "%s: error in event handler: %S"
-                            (chatpipe--stream-name stream) err)
-             (message "chatpipe: %s" (error-message-string err))))))
-
-(defun chatpipe--event-stream (proc event)
-  "Return the pending stream of PROC that EVENT is for, or nil.
-On a `chatpipe serve' process that is the stream EVENT's `id'
-names (the request id: the backend renames an event's own ids);
-on a `chatpipe send' process, its one stream.  A `done' or `error'
-event takes its stream out of PROC's table."
-  (let* ((streams (process-get proc 'chatpipe-streams))
-         (id (and (process-get proc 'chatpipe-serve) (plist-get event :id)))
-         (stream (and streams (gethash id streams))))
-    (when (and stream (member (plist-get event :type) '("done" "error")))
-      (remhash id streams)
-      (chatpipe--maybe-close proc))
-    stream))
-
-(defun chatpipe--text-event-p (event)
-  "Return non-nil if EVENT is text that may be joined to the next.
-That is a `delta' or `reasoning' event with nothing but its type,
-its content and (from `chatpipe serve') its id."
-  (and (member (plist-get event :type) '("delta" "reasoning"))
-       (stringp (plist-get event :content))
-       (= (length event) (if (plist-member event :id) 6 4))))
-
-(defun chatpipe--deliver-run (run)
-  "Deliver RUN, text events joined, as one event.
-RUN is nil or a list (STREAM TYPE . CONTENTS), CONTENTS the texts
-of consecutive events of TYPE for STREAM, newest first."
-  (when run
-    (let ((contents (cddr run)))
-      (chatpipe--deliver (car run)
-                         (list :type (cadr run)
-                               :content (if (cdr contents)
-                                            (apply #'concat (nreverse contents))
-                                          (car contents)))))))
-
-(defun chatpipe--parse-line (proc start end)
-  "Return the event on the line from START to END, or nil.
-The line, one line of PROC's stdout, is in the current buffer; the
-event is a plist with a string :type.  Move point to END.  A line
-that is not an event is logged, but for blank lines."
-  (let ((event nil))
-    (narrow-to-region start end)
-    (goto-char start)
-    (skip-chars-forward " \t\r")
-    (unless (eobp)
-      (setq event (condition-case nil
-                      (json-parse-buffer :object-type 'plist
-                                         :null-object nil
-                                         :false-object nil)
-                    (error nil)))
-      (skip-chars-forward " \t\r")
-      (unless (and (eobp) (stringp (plist-get event :type)))
-        (setq event nil)
-        (chatpipe--log "%s: not a protocol event: %s" (process-name proc)
-                       (buffer-substring-no-properties start end))))
-    (widen)
-    (goto-char end)
-    event))
-
-(defun chatpipe--input-buffer (proc)
-  "Return the buffer where PROC's stdout is parsed, making it if needed.
-It holds the output not parsed yet: a partial last line."
-  (let ((buffer (process-get proc 'chatpipe-input)))
-    (unless (buffer-live-p buffer)
-      (setq buffer (generate-new-buffer
-                    (format " *%s input*" (process-name proc)) t))
-      (with-current-buffer buffer
-        (setq buffer-undo-list t))
-      (process-put proc 'chatpipe-input buffer)
-      (process-put proc 'chatpipe-scanned nil))
-    buffer))
-
-(defun chatpipe--read-lines (proc)
-  "Deliver the events of the complete lines in PROC's input buffer.
-Delete them from the buffer, which is current.  Consecutive text
-events of one stream (see `chatpipe--text-event-p') are joined
-into one event, so that a fast stream is inserted in a few pieces
-per read.  The newline search goes on from where it stopped the
-last time, so that a long line is searched once."
-  (let ((input (current-buffer))
-        (start (point-min))
-        (run nil)
-        (done nil)
-        end)
-    (unwind-protect
-        (progn
-          (goto-char (or (process-get proc 'chatpipe-scanned) start))
-          (while (setq end (search-forward "\n" nil t))
-            (let* ((event (chatpipe--parse-line proc start (1- end)))
-                   (stream (and event (chatpipe--event-stream proc event))))
-              (cond ((null event))
-                    ((null stream)
-                     (chatpipe--log "%s: event for no stream: %s"
-                                    (process-name proc)
-                                    (buffer-substring-no-properties
-                                     start (1- end))))
-                    ((chatpipe--text-event-p event)
-                     (let ((type (plist-get event :type))
-                           (content (plist-get event :content)))
-                       (if (and (eq (car run) stream) (equal (cadr run) type))
-                           (setcdr (cdr run) (cons content (cddr run)))
-                         (chatpipe--deliver-run run)
-                         (setq run (list stream type content)))))
-                    (t (chatpipe--deliver-run run)
-                       (setq run nil)
-                       (chatpipe--deliver stream event))))
-            ;; A handler may have made another buffer current.
-            (set-buffer input)
-            (goto-char end)
-            (setq start end))
-          (chatpipe--deliver-run run)
-          (setq done t))
-      (when (buffer-live-p input)
-        (with-current-buffer input
-          (delete-region (point-min) start)
-          ;; After an error, search the rest again.
-          (process-put proc 'chatpipe-scanned
-                       (if done (point-max) (point-min))))))))
-
-(defun chatpipe--filter (proc string)
-  "Process filter of the backend process PROC, which wrote STRING.
-Append STRING to PROC's input buffer, then parse each complete line
-and deliver its event (see `chatpipe--read-lines').  The work is
-proportional to STRING: the partial last line waits in the buffer,
-and is neither searched nor copied again.  Output that comes while
-an event handler runs (if it waits for output) is read by the call
-that runs it."
-  (with-current-buffer (chatpipe--input-buffer proc)
-    (goto-char (point-max))
-    (insert string)
-    (unless (process-get proc 'chatpipe-reading)
-      (process-put proc 'chatpipe-reading t)
-      (unwind-protect
-          (chatpipe--read-lines proc)
-        (process-put proc 'chatpipe-reading nil)))))
-
-(defun chatpipe--flush-pending (proc)
-  "Deliver the unfinished last line of the process PROC, which has ended.
-Kill PROC's input buffer."
-  (let ((buffer (process-get proc 'chatpipe-input)))
-    (when (buffer-live-p buffer)
-      (with-current-buffer buffer
-        (goto-char (point-max))
-        (unless (bobp)
-          (insert "\n")
-          (chatpipe--read-lines proc)))
-      (kill-buffer buffer))))
+(require 'chatpipe-events)
 
 (defun chatpipe--stderr-tail (proc)
   "Return the last non-blank line of PROC's stderr, or nil."
@@ -248,9 +69,6 @@ Kill PROC's input buffer."
 
 ;;;; Processes
 
-(defvar chatpipe--serve-process nil
-  "The shared `chatpipe serve' process, or nil.")
-
 (defvar chatpipe--serve-counter 0
   "The number of requests sent to `chatpipe serve' processes so far.")
 
@@ -261,10 +79,16 @@ Its stderr goes to STDERR-BUFFER, emptied first; its stdout to
 process, whose events are routed by their `id'; else a one-shot
 `chatpipe send' process.  It runs in `default-directory' with
 `process-environment'.  It has a table of pending streams, empty
-until `chatpipe--request'."
-  (let* (;; Read each line as soon as it comes: adaptive read buffering
-         ;; would wait up to tens of ms for more after a short read.
-         (process-adaptive-read-buffering nil)
+until `chatpipe--request'.
+
+A serve process's output is read with adaptive read buffering: after
+a short read Emacs waits a little (10 to 70 ms) before it reads
+again, so that a fast answer is read, and the screen redisplayed, a
+few dozen times a second rather than once per line; each write to the
+process ends the wait (see `chatpipe--stream-read-now'), so that the
+first text of an answer is read as soon as it comes.  A send
+process's output is read as soon as it comes."
+  (let* ((process-adaptive-read-buffering (and serve t))
          (stderr (with-current-buffer stderr-buffer
                    (let ((inhibit-read-only t)) (erase-buffer))
                    (make-pipe-process :name (concat name " stderr")
@@ -303,19 +127,6 @@ STREAM."
                             (error-message-string err))))
     stream))
 
-(defun chatpipe--fail-pending (proc message &optional code)
-  "End each pending stream of PROC with an `error' event with MESSAGE.
-CODE, if non-nil, is the process's exit status, given as :exit.
-The streams leave PROC's table."
-  (let ((streams (process-get proc 'chatpipe-streams))
-        (pending nil))
-    (when streams
-      (maphash (lambda (_id stream) (push stream pending)) streams)
-      (clrhash streams))
-    (dolist (stream (nreverse pending))
-      (chatpipe--deliver stream `(:type "error" :message ,message
-                                        ,@(and code (list :exit code)))))))
-
 (defun chatpipe--sentinel (proc _event)
   "Sentinel of the backend process PROC.
 When PROC has ended, handle its unfinished last line, and end each
@@ -341,13 +152,6 @@ complete")
                (and tail (concat ": " tail)))
        code))
     (chatpipe--delete-stderr proc)))
-
-(defun chatpipe--maybe-close (proc)
-  "Close the stdin of the serve process PROC if retired and idle (it ends)."
-  (when (and (process-get proc 'chatpipe-retired)
-             (zerop (hash-table-count (process-get proc 'chatpipe-streams)))
-             (process-live-p proc))
-    (ignore-errors (process-send-eof proc))))
 
 (defun chatpipe--backend-processes (&optional serve)
   "Return the live backend processes; with SERVE, the serve ones only."
@@ -408,27 +212,31 @@ delivered any more."
 
 ;;;; Requests
 
-(cl-defun chatpipe-process-start (&key template messages model vars params
-                                       name handler)
+(cl-defun chatpipe-process-start (&key template messages model url vars
+                                       params name handler)
   "Start streaming an answer to MESSAGES with TEMPLATE; return its stream.
 TEMPLATE is a template name or a .json file name.  MESSAGES is a
 list of (ROLE . CONTENT) pairs of strings, appended after the
 template's own (a system message replaces their system prompt).
-MODEL, if non-nil, overrides the template's model; VARS is an alist
-of (NAME . VALUE) strings for its `${NAME}' placeholders; PARAMS an
-alist such as ((temperature . 0.7) (max_tokens . 500)), given as
-the request's \"params\" or as options.  The request goes to the
-shared serve process, or to a send process named NAME (see
-`chatpipe-backend-mode'); the API keys the template needs (see
-`chatpipe-template-env') go in the request or the process
-environment, never on a command line.
+MODEL and URL, if non-nil, override the template's model and
+endpoint; VARS is an alist of (NAME . VALUE) strings for its
+`${NAME}' placeholders; PARAMS an alist such as ((temperature .
+0.7) (max_tokens . 500)), given as the request's \"params\" or as
+options.  The request goes to the shared serve process, or to a
+send process named NAME (see `chatpipe-backend-mode'); the API keys
+the template needs (see `chatpipe-template-env') go in the request
+or the process environment, never on a command line.  The answer's
+`usage' event carries its `cost' (US dollars) when the backend
+knows the model's price.
 
 HANDLER is called with each event, a plist such as \(:type
 \"delta\" :content \"Hi\"), up to the first `done' or `error'
 event; if the process ends without one, an `error' event is
-delivered.  After `chatpipe-process-abort', nothing more is.  The
-value is a `chatpipe-stream'.  Signal `chatpipe-backend-missing'
-if there is no backend."
+delivered.  Text may be handed on joined, at most every
+`chatpipe-insert-interval' seconds (see chatpipe-events.el).  After
+`chatpipe-process-abort', nothing more is.  The value is a
+`chatpipe-stream'.  Signal `chatpipe-backend-missing' if there is
+no backend."
   (let* ((entry (chatpipe-template-info template))
          (template (chatpipe--template-argument template entry))
          (env (chatpipe--entry-env entry))
@@ -441,8 +249,9 @@ if there is no backend."
                       name
                       (append (chatpipe--command)
                               (list "send" template "--output" "ndjson"
-                                    "--messages" "-")
+                                    "--usage" "--messages" "-")
                               (and model (list "--model" model))
+                              (and url (list "--url" url))
                               (mapcan (lambda (var)
                                         (list "--var" (format "%s=%s" (car var)
                                                               (cdr var))))
@@ -456,22 +265,51 @@ if there is no backend."
         (chatpipe--request
          (chatpipe--stream-create :id id :process (chatpipe-serve-process)
                                   :handler handler)
-         (concat (json-serialize
-                  `((id . ,id)
-                    (template . ,template)
-                    (messages . ,json-messages)
-                    ,@(and model `((model . ,model)))
-                    ,@(and vars `((vars . ,(chatpipe--string-table vars))))
-                    ,@(and params `((params . ,params)))
-                    ,@(and env `((env . ,(chatpipe--string-table env))))))
-                 "\n"))))))
+         (chatpipe--serve-line
+          `((id . ,id) (template . ,template) (messages . ,json-messages)
+            ,@(and params `((params . ,params))) (price . t))
+          model url vars env))))))
+
+(defun chatpipe--serve-line (request model url vars env)
+  "Return REQUEST, an alist, as a line for `chatpipe serve'.
+MODEL, URL, VARS and ENV are added to it if non-nil, as for
+`chatpipe-process-start'."
+  (concat (json-serialize
+           `(,@request
+             ,@(and model `((model . ,model)))
+             ,@(and url `((url . ,url)))
+             ,@(and vars `((vars . ,(chatpipe--string-table vars))))
+             ,@(and env `((env . ,(chatpipe--string-table env))))))
+          "\n"))
+
+(cl-defun chatpipe-process-preconnect (&key template url vars)
+  "Make the shared serve process ready for a first answer with TEMPLATE.
+Start the process if needed, and ask it to open a connection (TCP
+and TLS) to TEMPLATE's endpoint now, so that the first request
+there skips the handshakes: a `preconnect' request, with the API
+keys TEMPLATE needs (see `chatpipe-template-env') and URL and VARS
+as for `chatpipe-process-start'.  The backend sends nothing and
+answers nothing; the next request reports any error.  Signal
+`chatpipe-backend-missing' if there is no backend.  Return the
+process."
+  (let ((proc (chatpipe-serve-process))
+        (entry (chatpipe-template-info template)))
+    (process-send-string
+     proc (chatpipe--serve-line
+           `((id . ,(format "emacs-%d" (cl-incf chatpipe--serve-counter)))
+             (template . ,(chatpipe--template-argument template entry))
+             (preconnect . t))
+           nil url vars (chatpipe--entry-env entry)))
+    proc))
 
 (defun chatpipe-process-abort (stream)
   "Stop STREAM at once; deliver no more of its events.
-On a `chatpipe serve' process, send a cancel for it: the backend
-closes its HTTP response.  A `chatpipe send' process gets SIGTERM,
-and is killed if it is still there a few seconds later.  Do not
-wait for either.  Return nil."
+The text it holds back is handed on first (see
+`chatpipe-insert-interval').  On a `chatpipe serve' process, send a
+cancel for it: the backend closes its HTTP response.  A `chatpipe
+send' process gets SIGTERM, and is killed if it is still there a few
+seconds later.  Do not wait for either.  Return nil."
+  (chatpipe--stream-release stream)
   (let ((proc (chatpipe-stream-process stream))
         (finished (chatpipe-stream-finished stream)))
     (setf (chatpipe-stream-finished stream) t)

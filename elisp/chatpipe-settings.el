@@ -250,7 +250,8 @@ prompt) are shown in the header line and saved with the chat."
     ("v" "Fold or unfold reasoning" chatpipe-toggle-reasoning)
     ("V" "Show reasoning buffer" chatpipe-show-reasoning)
     ("e" "Edit template" chatpipe-edit-template)
-    ("S" "Stop the backend process" chatpipe-serve-stop)]])
+    ("S" "Stop the backend process" chatpipe-serve-stop)
+    ("I" "Install the backend" chatpipe-install-backend)]])
 
 (provide 'chatpipe-settings)
 ;;; chatpipe-settings.el ends here

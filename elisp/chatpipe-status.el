@@ -47,6 +47,13 @@
 (put 'chatpipe-model 'safe-local-variable #'stringp)
 (put 'chatpipe-model 'permanent-local t)
 
+(defvar-local chatpipe-url nil
+  "The endpoint URL of this chat, or nil for its template's.
+The request goes there with the template's headers, API keys
+included: set it only to a URL you trust.  It is not saved with
+the chat.")
+(put 'chatpipe-url 'permanent-local t)
+
 (defvar-local chatpipe-template-vars nil
   "Values of the template's `${NAME}' placeholders: an alist of strings.")
 (put 'chatpipe-template-vars 'safe-local-variable
@@ -83,7 +90,12 @@ turn in the buffer (\"### System\") wins over it.  See
 (defvar-local chatpipe--model-seen nil
   "The model named by the backend's last `start' event, or nil.")
 
-(dolist (var '(chatpipe--status chatpipe--model-seen))
+(defvar-local chatpipe--chat-cost nil
+  "What the answers of this chat cost so far, in US dollars, or nil.
+The sum of the costs the backend gave (see `chatpipe--add-cost');
+answers whose price it does not know are not in it.  Not saved.")
+
+(dolist (var '(chatpipe--status chatpipe--model-seen chatpipe--chat-cost))
   (put var 'permanent-local t))
 
 (defcustom chatpipe-directives
@@ -156,12 +168,15 @@ already (a system turn in the buffer), it is returned as it is."
 (defun chatpipe--usage-text (usage)
   "Return a short text for USAGE, a `usage' event plist, or nil.
 Cached input tokens and reasoning tokens are mentioned when there
-are any."
+are any, and the answer's cost, with what the chat cost so far
+\(`chatpipe--chat-cost'), when the backend gave it: for example
+\"14 in, 30 out, $0.00002 (chat $0.0013)\"."
   (when usage
     (let ((in (plist-get usage :input_tokens))
           (out (plist-get usage :output_tokens))
           (cached (plist-get usage :cached_tokens))
-          (reasoning (plist-get usage :reasoning_tokens)))
+          (reasoning (plist-get usage :reasoning_tokens))
+          (cost (plist-get usage :cost)))
       (concat (format "%s in" (or in "?"))
               (if (and (numberp cached) (> cached 0))
                   (format " (%s cached)" cached)
@@ -169,7 +184,31 @@ are any."
               (format ", %s out" (or out "?"))
               (if (and (numberp reasoning) (> reasoning 0))
                   (format " (%s reasoning)" reasoning)
+                "")
+              (if (numberp cost)
+                  (format ", %s (chat %s)" (chatpipe--dollars cost)
+                          (chatpipe--dollars (or chatpipe--chat-cost cost)))
                 "")))))
+
+(defun chatpipe--add-cost (usage)
+  "Add the cost of USAGE, a `usage' event plist, to `chatpipe--chat-cost'.
+Do nothing if it has no cost (the backend does not know the price)."
+  (let ((cost (plist-get usage :cost)))
+    (when (numberp cost)
+      (setq chatpipe--chat-cost (+ (or chatpipe--chat-cost 0) cost)))))
+
+(defun chatpipe--dollars (amount)
+  "Return AMOUNT, in US dollars, as a short text such as \"$0.0013\".
+Amounts under a dollar keep two significant digits; others have
+two decimals."
+  (let* ((decimals (if (and (> amount 0) (< amount 1))
+                       (- 1 (floor (log amount 10)))
+                     2))
+         (text (format (format "%%.%df" decimals) amount)))
+    (while (and (> decimals 2) (string-suffix-p "0" text))
+      (setq text (substring text 0 -1)
+            decimals (1- decimals)))
+    (concat "$" text)))
 
 (defun chatpipe--retry-text (event)
   "Return the status text for the `retry' EVENT.
@@ -269,6 +308,41 @@ KIND is as for `chatpipe--done-kind'."
     (_ (if (and (stringp reason) (not (equal reason "stop")))
            (format "done (%s)" reason)
          "done"))))
+
+;;;; Getting the backend ready
+
+(declare-function chatpipe-process-preconnect "chatpipe-process" (&rest args))
+(defvar chatpipe-mode)
+(defvar chatpipe--job)
+
+(defconst chatpipe--prestart-delay 0.2
+  "Seconds Emacs is idle before a new chat gets the backend ready.")
+
+(defun chatpipe--prestart-soon ()
+  "Get the backend ready for this chat once Emacs is idle a moment.
+See `chatpipe-prestart' and `chatpipe--prestart'."
+  (when (and chatpipe-prestart (eq chatpipe-backend-mode 'serve))
+    (run-with-idle-timer chatpipe--prestart-delay nil
+                         #'chatpipe--prestart (current-buffer))))
+
+(defun chatpipe--prestart (buffer)
+  "Get the backend ready for the chat in BUFFER, if it is one still.
+Start the shared `chatpipe serve' process and have it connect to
+the endpoint of the chat's template (see
+`chatpipe-process-preconnect'), unless an answer was asked for
+already.  A missing backend or any other error is logged, not
+shown: sending will say it."
+  (when (and (buffer-live-p buffer) chatpipe-prestart
+             (eq chatpipe-backend-mode 'serve))
+    (with-current-buffer buffer
+      (when (and chatpipe-mode (not chatpipe--job))
+        (condition-case err
+            (chatpipe-process-preconnect
+             :template (chatpipe--current-template)
+             :url chatpipe-url :vars chatpipe-template-vars)
+          (error (chatpipe--log "cannot get the backend ready for %s: %s"
+                                (buffer-name)
+                                (error-message-string err))))))))
 
 (provide 'chatpipe-status)
 ;;; chatpipe-status.el ends here

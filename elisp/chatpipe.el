@@ -65,14 +65,18 @@
 ;; on a command line.
 ;;
 ;; The files: chatpipe-backend.el (the backend command, its templates,
-;; API keys), chatpipe-process.el (backend processes and their events),
+;; API keys), chatpipe-events.el (the backend's events, routed to their
+;; answers), chatpipe-process.el (backend processes and requests),
 ;; chatpipe-turns.el (headings, turns, messages), chatpipe-reasoning.el
 ;; (reasoning blocks and buffers), chatpipe-status.el (chat settings,
 ;; header line, error hints), chatpipe-chat.el (streaming answers into
-;; buffers), chatpipe-templates.el (choosing and editing templates),
-;; chatpipe-state.el (chats saved to files), chatpipe-settings.el (the
-;; settings commands and the menu) and this one (the mode and the chat
-;; commands).
+;; buffers), chatpipe-org.el and chatpipe-org-stream.el (answers
+;; converted to Org in Org buffers), chatpipe-templates.el (choosing and
+;; editing templates), chatpipe-models.el (the models of a template's
+;; endpoint), chatpipe-state.el (chats saved to files),
+;; chatpipe-settings.el (the settings commands and the menu),
+;; chatpipe-install.el (installing the backend) and this one (the mode
+;; and the chat commands).
 
 ;;; Code:
 
@@ -87,6 +91,8 @@
 (require 'chatpipe-templates)
 (require 'chatpipe-state)
 (require 'chatpipe-settings)
+
+(autoload 'chatpipe-install-backend "chatpipe-install" nil t)
 
 ;;;; Customization
 
@@ -195,6 +201,7 @@ changes, the headings converted to its style."
         (add-hook 'org-ctrl-c-ctrl-c-final-hook #'chatpipe--org-ctrl-c-ctrl-c
                   nil t)
         (chatpipe--state-enable)
+        (chatpipe--prestart-soon)
         (setq chatpipe--font-lock-keywords
               `((,(chatpipe--heading-regexp) 0 'chatpipe-heading)))
         (font-lock-add-keywords nil chatpipe--font-lock-keywords 'append)

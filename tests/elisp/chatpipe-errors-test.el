@@ -200,7 +200,7 @@ org-x on tokens per min.")
           "#!/bin/sh
 cat >/dev/null
 echo 'not json at all'
-echo '{\"type\":\"start\",\"protocol\":1}'
+echo '{\"type\":\"start\",\"protocol\":2}'
 echo '{\"type\":\"delta\",\"content\":\"Half an ans\"}'
 echo 'Traceback (most recent call last):' >&2
 echo 'RuntimeError: boom' >&2

@@ -21,7 +21,7 @@
 
 (defconst chatpipe-test-files
   '("chatpipe-org-stream.el" "chatpipe-org.el" "chatpipe-backend.el"
-    "chatpipe-process.el" "chatpipe-turns.el"
+    "chatpipe-events.el" "chatpipe-process.el" "chatpipe-turns.el"
     "chatpipe-reasoning.el" "chatpipe-status.el" "chatpipe-chat.el"
     "chatpipe-install.el"
     "chatpipe-templates.el" "chatpipe-models.el" "chatpipe-state.el"

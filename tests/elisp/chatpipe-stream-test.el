@@ -194,7 +194,7 @@ The chat is sent as a region, point at its start."
 
 (ert-deftest chatpipe-test-multibyte-split-in-pipe ()
   "Bytes of one character that reach Emacs in different reads decode whole."
-  (let* ((lines (concat "{\"type\":\"start\",\"protocol\":1}\n"
+  (let* ((lines (concat "{\"type\":\"start\",\"protocol\":2}\n"
                         "{\"type\":\"delta\",\"content\":\"18°C 😊 ü\"}\n"
                         "{\"type\":\"delta\",\"content\":\"\\n€\"}\n"
                         "{\"type\":\"done\",\"finish_reason\":null}\n"))
@@ -236,7 +236,7 @@ an `id' is not a routing id there."
     (unwind-protect
         (progn
           (chatpipe-test--fake-stream proc nil (lambda (e) (push e events)))
-          (dolist (piece '("{\"type\":\"start\",\"protocol\":1,\"response_id\""
+          (dolist (piece '("{\"type\":\"start\",\"protocol\":2,\"response_id\""
                            ":\"req_1\"}\n{\"type\":\"del"
                            "ta\",\"content\":\"a°\"}\n{\"ty"
                            "pe\":\"delta\",\"content\":\"b\"}\nnot json\n"
@@ -247,7 +247,7 @@ an `id' is not a routing id there."
                            "}" "\n{\"type\":\"delta\",\"content\":\"late\"}\n"))
             (chatpipe--filter proc piece))
           (should (equal (nreverse events)
-                         '((:type "start" :protocol 1 :response_id "req_1")
+                         '((:type "start" :protocol 2 :response_id "req_1")
                            (:type "delta" :content "a°")
                            (:type "delta" :content "b")
                            (:type "tool_call" :index 0 :call_id "call_9"
@@ -291,8 +291,11 @@ an `id' is not a routing id there."
 
 (ert-deftest chatpipe-test-serve-filter-routes-by-id ()
   "Serve lines go to the stream their id names, several in one read.
-Only `id' routes: `call_id' and `response_id' are the events' own."
+Only `id' routes: `call_id' and `response_id' are the events' own.
+Text is handed on as it is read (`chatpipe-insert-interval' 0), so
+that the order across streams is the order of the lines."
   (let* ((events nil)
+         (chatpipe-insert-interval 0)
          (proc (chatpipe-test--fake-process "chatpipe-test-serve-filter" t))
          (streams (process-get proc 'chatpipe-streams))
          (chatpipe-log-buffer-name " *chatpipe-test-log*"))
