@@ -368,6 +368,7 @@ def report(r: dict, when: str) -> str:
         out += ["", "### Emacs (`emacs --batch`, the real package, `chatpipe serve`)", "",
                 f"- First character in the buffer after `chatpipe-send` (warm): "
                 f"median {emacs['first_ms']:.2f} ms, min {emacs['first_min_ms']:.2f} ms.",
+                *_session_lines(emacs),
                 "", "| N | whole answer in the buffer | per delta | buffer matches |",
                 "|---:|---:|---:|---|"]
         for row in emacs["sizes"]:
@@ -380,6 +381,19 @@ def report(r: dict, when: str) -> str:
     if r.get("tty"):
         out += _tty_report(r["tty"], r["tty_n"], r["tty_pace"], r.get("gptel_version"))
     return "\n".join(out) + "\n"
+
+
+def _session_lines(emacs: dict) -> list[str]:
+    """The first message of an Emacs session (emacs-bench.el), if measured."""
+    if not emacs.get("session_ms"):
+        return []
+    def cell(values):
+        return f"median {statistics.median(values):.2f} ms, min {min(values):.2f} ms"
+    return [f"- First character of a session's first message (`chatpipe serve` not running "
+            f"when the chat buffer opens), sent after the user typed for 1 s (Emacs idle: "
+            f"`chatpipe-prestart` started serve and opened the connection): "
+            f"{cell(emacs['session_ms'])}; sent at once, serve starting with the request: "
+            f"{cell(emacs['session_now_ms'])} ({len(emacs['session_ms'])} sessions each)."]
 
 
 def _throughput_report(rows: list[dict]) -> list[str]:

@@ -16,14 +16,21 @@
 ;;    the answer in the buffer (an `after-change-functions' hook records
 ;;    the moment of the insertion), over `chatpipe-bench-repeats' answers
 ;;    of 5 deltas: median and minimum;
-;; 2. for each N, the time from calling `chatpipe-send' to the complete
+;; 2. the first message of an Emacs session: the serve process stopped,
+;;    a new chat buffer opened, and `chatpipe-send' called either after
+;;    the user took `chatpipe-bench-typing' seconds to type the question
+;;    (Emacs idle meanwhile: the `chatpipe-prestart' timers run, as the
+;;    command loop would run them) or at once (the worst case: the serve
+;;    process starts with the request), over `chatpipe-bench-sessions'
+;;    sessions: the time from `chatpipe-send' to the first character;
+;; 3. for each N, the time from calling `chatpipe-send' to the complete
 ;;    answer (the `done' status, the undo step recorded), and whether
 ;;    the buffer then holds exactly N times "tok " as the answer and one
 ;;    undo removes the whole answer.
 ;;
 ;; It prints one line to stdout, "CHATPIPE-BENCH " and JSON:
-;; {"first_ms": MEDIAN, "first_min_ms": MIN,
-;;  "sizes": [{"n": N, "ms": MS, "ok": true}, ...]}
+;; {"first_ms": MEDIAN, "first_min_ms": MIN, "session_ms": [MS...],
+;;  "session_now_ms": [MS...], "sizes": [{"n": N, "ms": MS, "ok": true}, ...]}
 ;; and its progress to stderr, with the garbage collections and the
 ;; allocations of each answer.  The package is byte-compiled first, into
 ;; a temporary folder, as an installed package is.  With the environment
@@ -42,27 +49,32 @@
                                          (error "Put elisp/ in `load-path'"))))
         (dir (make-temp-file "chatpipe-bench-elc" t))
         (byte-compile-verbose nil))
-    ;; Every file, each after those it requires: a file required
-    ;; before it is compiled would be loaded from source.
-    (dolist (file '("chatpipe-backend.el" "chatpipe-events.el"
-                    "chatpipe-process.el" "chatpipe-org-stream.el"
-                    "chatpipe-org.el" "chatpipe-turns.el"
-                    "chatpipe-reasoning.el" "chatpipe-status.el"
-                    "chatpipe-chat.el" "chatpipe-templates.el"
-                    "chatpipe-state.el" "chatpipe-settings.el"
-                    "chatpipe-models.el" "chatpipe-install.el"
-                    "chatpipe.el"))
-      (copy-file (expand-file-name file source) (expand-file-name file dir))
+    ;; Every file compiled, then every .elc loaded: a file another
+    ;; one required while it was compiled was loaded from source.
+    (let ((files (directory-files source nil "\\`chatpipe.*\\.el\\'")))
+      (dolist (file files)
+        (copy-file (expand-file-name file source) (expand-file-name file dir)))
       (let ((load-path (cons dir load-path))
             (inhibit-message t))
-        (unless (byte-compile-file (expand-file-name file dir))
-          (error "Cannot compile %s" file))))
+        (dolist (file files)
+          (unless (byte-compile-file (expand-file-name file dir))
+            (error "Cannot compile %s" file)))
+        (dolist (file files)
+          (load (expand-file-name (concat (file-name-sans-extension file) ".elc")
+                                  dir)
+                nil t t))))
     (push dir load-path)
     dir)
   "A folder with the package byte-compiled, as installed packages are.
 It comes first in `load-path'.")
 
 (require 'chatpipe)
+
+(defvar chatpipe-bench-sessions 5
+  "How many sessions' first messages are timed, each way.")
+
+(defvar chatpipe-bench-typing 1.0
+  "Seconds the user takes to type the first question of a session.")
 
 (defvar chatpipe-bench-repeats 20
   "How many answers the first-character latency is measured over.")
@@ -130,10 +142,35 @@ would wait 10 ms more for other output)."
         (error "Timed out"))
       (accept-process-output proc 0.05))))
 
-(defun chatpipe-bench--first-char (template)
+(defun chatpipe-bench--idle (seconds)
+  "Let SECONDS pass as an idle Emacs would, for a new chat buffer.
+The `chatpipe--prestart' idle timers run at once (Emacs in batch
+mode is never idle, so they would not run by themselves), then the
+output of every process is handled until SECONDS have passed."
+  (dolist (timer (copy-sequence timer-idle-list))
+    (when (eq (timer--function timer) #'chatpipe--prestart)
+      (cancel-timer timer)
+      (apply (timer--function timer) (timer--args timer))))
+  (let ((end (+ (float-time) seconds)))
+    (while (< (float-time) end)
+      (accept-process-output nil 0.02))))
+
+(defun chatpipe-bench--session-first (template typing)
+  "Time the first message of a session with TEMPLATE; return ms.
+The serve process is stopped; a new chat buffer opens, and the
+question is sent after TYPING seconds of idle time (see
+`chatpipe-bench--idle'), or at once if TYPING is nil."
+  (chatpipe-serve-stop)
+  (chatpipe-bench--first-char template typing))
+
+(defun chatpipe-bench--first-char (template &optional typing)
   "Send a chat with TEMPLATE; return the ms to the answer's first character.
-Wait for the end of the answer."
+With TYPING, let that many seconds of idle time pass first, once the
+buffer is open (see `chatpipe-bench--idle').  Wait for the end of
+the answer."
   (with-current-buffer (chatpipe-bench--chat template)
+    (when typing
+      (chatpipe-bench--idle typing))
     (let (start)
       (garbage-collect)
       (setq start (float-time))
@@ -218,7 +255,7 @@ the answers to time.  See the commentary of this file."
          (chatpipe-command command)
          (chatpipe-backend-mode 'serve)
          (chatpipe-default-template "bench-5")
-         firsts results)
+         firsts sessions sessions-now results)
     (unwind-protect
         (progn
           (make-directory dir t)
@@ -233,6 +270,13 @@ the answers to time.  See the commentary of this file."
           (dotimes (_ chatpipe-bench-repeats)
             (push (chatpipe-bench--first-char "bench-5") firsts))
           (setq firsts (sort firsts #'<))
+          (dotimes (_ chatpipe-bench-sessions)
+            (push (chatpipe-bench--session-first "bench-5" chatpipe-bench-typing)
+                  sessions)
+            (push (chatpipe-bench--session-first "bench-5" nil) sessions-now))
+          (message "first message of a session: %s ms (sent at once: %s ms)"
+                   (mapconcat (lambda (ms) (format "%.2f" ms)) sessions " ")
+                   (mapconcat (lambda (ms) (format "%.2f" ms)) sessions-now " "))
           (message "first character: %s ms"
                    (mapconcat (lambda (ms) (format "%.2f" ms)) firsts " "))
           (dolist (n sizes)
@@ -248,8 +292,11 @@ the answers to time.  See the commentary of this file."
                                  (nth (/ count 2) firsts))
                               2))))
             (princ (format "CHATPIPE-BENCH {\"first_ms\": %.3f, \
-\"first_min_ms\": %.3f, \"sizes\": [%s]}\n"
+\"first_min_ms\": %.3f, \"session_ms\": [%s], \"session_now_ms\": [%s], \
+\"sizes\": [%s]}\n"
                            median (car firsts)
+                           (mapconcat #'number-to-string sessions ", ")
+                           (mapconcat #'number-to-string sessions-now ", ")
                            (string-join (nreverse results) ", ")))))
       (chatpipe-serve-stop)
       (delete-directory tmp t)

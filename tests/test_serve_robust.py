@@ -222,6 +222,46 @@ def test_preconnect_opens_the_connection_the_first_request_uses(server, serve):
     assert all(e.get("id") != "p" for e in events)            # a preconnect gets no answer
 
 
+def test_after_a_preconnect_the_first_request_imports_nothing(server, env):
+    """A preconnect gets the whole request path ready, not only the
+    connection: the first request loads no module (its dialect, ``netrc``
+    for requests' first ``prepare_request``), so it is as fast as the next."""
+    serve = Serve({**env, "PYTHONPROFILEIMPORTTIME": "1"})
+    imports: list[tuple[float, str]] = []
+
+    def read_stderr():
+        for line in serve.proc.stderr:
+            if line.startswith(b"import time:"):
+                imports.append((time.monotonic(), line.decode().rsplit("|", 1)[-1].strip()))
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    accepted = []
+    original = server._httpd.get_request
+
+    def counting():
+        conn = original()
+        accepted.append(time.monotonic())
+        return conn
+
+    server._httpd.get_request = counting
+    try:
+        url = f"{server.url}/replay/{TEXT}"
+        serve.until(lambda e: e["type"] == "ready")
+        serve.send({"id": "p", "template": "openai", "url": url, "preconnect": True})
+        deadline = time.monotonic() + 10
+        while not accepted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        sent = serve.send(req("r", url))
+        events = serve.until(lambda e: e.get("id") == "r" and e["type"] == "done")
+        assert text_of(e for _, e in events) == EXPECTED[TEXT]["text"]
+        late = [name for t, name in imports if t >= sent]
+        assert imports and late == [], f"imported by the first request: {late}"
+    finally:
+        serve.proc.stdin.close()
+        serve.proc.wait(timeout=30)
+
+
 def test_a_preconnected_tls_connection_survives_its_session_tickets(tmp_path, env):
     """TLS 1.3 servers send session tickets after the handshake; the idle
     preconnected socket is then readable, and must still be reused."""
