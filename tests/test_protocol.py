@@ -99,3 +99,53 @@ def test_outputs_redact_every_string_and_end_once(make):
     assert "sk-SECRET" not in text and "0123456789" not in text
     assert text.count("***") == 3
     assert "finish_reason" not in text
+
+
+KEY = "sk-test-CHATPIPE-SECRET-0123456789abcdef"
+#: Text made of the key's own characters, so that beginnings of it come up.
+KEYISH = st.text(alphabet=sorted(set(KEY + " .")), max_size=30)
+
+
+@given(KEYISH, KEYISH, st.sets(st.integers(0, len(KEY) + 60)), st.sets(st.integers(0, 120)))
+def test_a_key_cut_anywhere_across_reads_is_never_written(before, after, cuts, flush_at):
+    """Whatever the server's cuts between deltas and between network reads
+    (flushes), the key is written as ``***``: at most fewer than
+    protocol.HOLD of its first characters before it, nothing of it after,
+    and all the text around it, in order."""
+    from hypothesis import assume
+
+    assume(not any(KEY[i:i + protocol.HOLD] in before + after
+                   for i in range(len(KEY) - protocol.HOLD + 1)))
+    text = before + KEY + after
+    points = sorted({0, len(text), *(c for c in cuts if c < len(text))})
+    out = io.BytesIO()
+    output = EventLines(LineWriter(out))
+    output.secrets.append(KEY)
+    for i, (a, b) in enumerate(zip(points, points[1:])):
+        if i in flush_at:
+            output.flush()
+        output.emit(protocol.delta(text[a:b]))
+    output.emit(protocol.done("stop"))
+    written = "".join(json.loads(line).get("content", "")
+                      for line in out.getvalue().splitlines())
+    assert written.startswith(before) and written.endswith(protocol.REDACTED + after)
+    leaked = written[len(before):len(written) - len(protocol.REDACTED + after)]
+    assert KEY.startswith(leaked) and len(leaked) < protocol.HOLD
+
+
+def test_text_that_only_looks_like_a_key_is_held_one_read_at_most():
+    """Ordinary text is written at each flush; a key's first HOLD characters
+    at the end of a read wait for the next one, then go as *** if no key
+    follows."""
+    out = io.BytesIO()
+    output = EventLines(LineWriter(out))
+    output.secrets.append(KEY)
+    output.emit(protocol.delta("cats sk-"))
+    output.flush()
+    assert out.getvalue() == b'{"type":"delta","content":"cats sk-"}\n'
+    output.emit(protocol.delta("test-CHAT"))
+    output.flush()
+    assert out.getvalue().count(b"\n") == 1                    # held: it may be the key
+    output.emit(protocol.delta(" and dogs"))
+    output.flush()
+    assert out.getvalue().splitlines()[-1] == b'{"type":"delta","content":"*** and dogs"}'

@@ -268,6 +268,92 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+#: The shortest beginning of a secret held back at the end of a run of
+#: text (see :class:`TextRedactor`); a shorter one is written at once.
+HOLD = 8
+
+
+class TextRedactor:
+    """Redacts SECRETS from text that is written in runs (the text of one
+    network read each), including a secret split across runs.
+
+    A run that ends with the first :data:`HOLD` or more characters of a
+    secret keeps them back until the next run shows whether the secret
+    goes on; they are written as ``***`` either way (the whole secret, or
+    a beginning of it that long).  A secret that starts in text already
+    written (fewer than :data:`HOLD` characters of it) has the rest of it
+    redacted.  So a secret is never written, nor its first :data:`HOLD`
+    characters, whatever the cuts between runs, and ordinary text (which
+    never ends with 8 characters of a key) is written at once.
+    Work per run: one ``str.find`` per secret, and at most one
+    ``startswith`` per character of the longest secret.
+
+    Args:
+        secrets: the list of strings to redact (read at each run, so
+            secrets added later count).
+    """
+
+    def __init__(self, secrets: list[str]) -> None:
+        self.secrets = secrets
+        self._tail = ""  # the end of the text written, as long as a secret less one
+        self._held = ""  # text kept back: a secret's beginning
+
+    def text(self, text: str, final: bool = False) -> str:
+        """The part of TEXT (the next run) to write now, redacted; with
+        FINAL (the text ends here) all of it, a held beginning of a secret
+        written as ``***``."""
+        secrets = [s for s in self.secrets if s]
+        if not secrets:
+            text, self._held = self._held + text, ""
+            return text
+        keep = max(map(len, secrets)) - 1
+        written, held = self._tail, self._held
+        self._held = ""
+        whole = written + held + text
+        start, end = len(written), len(whole)
+        spans = []  # the parts of the new text inside a secret, as (begin, end) in WHOLE
+        for secret in secrets:
+            i = whole.find(secret, max(0, start - len(secret) + 1))
+            while i >= 0:
+                spans.append((max(i, start), i + len(secret)))
+                i = whole.find(secret, i + 1)
+        hold = None  # where a secret's beginning at the end of WHOLE starts
+        for p in range(max(0, end - keep), end - HOLD + 1):
+            piece = whole[p:]
+            if any(secret.startswith(piece) for secret in secrets):
+                hold = max(p, start)
+                break
+        if held and not any(begin <= start < stop for begin, stop in spans) and (
+                hold is None or hold > start):
+            spans.append((start, start + len(held)))  # not the secret after all
+        if hold is not None:
+            if final:
+                spans.append((hold, end))
+            else:
+                self._held, end = whole[hold:], hold
+        out = _cut(whole, start, end, spans)
+        self._tail = "" if final else (written + out)[-keep:]
+        return out
+
+
+def _cut(whole: str, start: int, end: int, spans: list[tuple[int, int]]) -> str:
+    """WHOLE[START:END] with each of SPANS (merged where they touch)
+    replaced by one :data:`REDACTED`."""
+    out, pos = [], start
+    for begin, stop in sorted(spans):
+        stop = min(stop, end)
+        if stop <= pos:
+            continue
+        if begin > pos:
+            out.append(whole[pos:begin])
+            out.append(REDACTED)
+        elif not out or out[-1] != REDACTED:
+            out.append(REDACTED)
+        pos = stop
+    out.append(whole[pos:end])
+    return "".join(out)
+
+
 class Output:
     """Base class of the places events leave the process.
 
@@ -278,8 +364,8 @@ class Output:
     delays nothing, while a reader (Emacs) parses and inserts once per read
     instead of once per event.  The joined content is exactly the pieces'
     concatenation.  Every event that goes on has :attr:`secrets` redacted
-    from every string field (a run as a whole, so a secret split across the
-    events of one read is found too), ``message`` and ``reason`` cut to
+    from every string field (text by a :class:`TextRedactor`, which finds a
+    secret split across events and across reads), ``message`` and ``reason`` cut to
     :data:`MAX_MESSAGE` characters (after redaction, so no piece of a secret
     survives a cut), nothing after the first terminal event, and goes to
     :meth:`write`.  Subclasses implement :meth:`write` and :meth:`send`.
@@ -294,6 +380,7 @@ class Output:
         self.finished = False
         self._run_kind: str | None = None
         self._run: list[str] = []
+        self._redactor = TextRedactor(self.secrets)
 
     def emit(self, event: dict) -> None:
         """Write EVENT, redacted, unless the stream has already ended;
@@ -303,27 +390,31 @@ class Output:
         kind = event["type"]
         if (kind == "delta" or kind == "reasoning") and len(event) == 2:
             if kind != self._run_kind:
-                self._end_run()
+                self._end_run(final=True)
                 self._run_kind = kind
             self._run.append(event["content"])
             return
-        self._end_run()
+        self._end_run(final=True)
         if self.secrets or kind in ("error", "retry", "warning"):
             event = self._clean(event)
         if kind in TERMINAL:
             self.finished = True
         self.write(event)
 
-    def _end_run(self) -> None:
-        """Write the joined text run, if any."""
+    def _end_run(self, final: bool = False) -> None:
+        """Write the joined text run, if any, redacted; FINAL: the text
+        ends here (anything else comes), so nothing is held back."""
+        content = ""
         if self._run:
             run = self._run
             content = run[0] if len(run) == 1 else "".join(run)
             run.clear()
-            if self.secrets:
-                content = redact(content, self.secrets)
+        if self.secrets:
+            content = self._redactor.text(content, final)
+        if content:
             self.write({"type": self._run_kind, "content": content})
-        self._run_kind = None
+        if final:
+            self._run_kind = None
 
     def _clean(self, event: dict) -> dict:
         """EVENT with secrets redacted and long messages cut."""
