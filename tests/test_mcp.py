@@ -276,3 +276,37 @@ def test_a_streamable_http_server_with_headers(server, mcp_env, tmp_path):
     assert result["content"] == "*** ok" and not result["is_error"]      # headers are secrets
     assert "web-secret-99" not in proc.stdout
     assert server.requests[-1]["body"]["messages"][-1]["content"] == "web-secret-99 ok"
+
+
+def test_mcp_list_names_the_servers_and_their_transport_never_their_secrets(chatpipe, mcp_env,
+                                                                           tmp_path):
+    config = tmp_path / "config" / "chatpipe" / "mcp.json"
+    servers = json.loads(config.read_text())["mcpServers"]
+    servers["web"] = {"url": "http://127.0.0.1:1/mcp", "headers": {"X-Token": "web-secret-99"},
+                      "description": "The docs", "disabled": True}
+    config.write_text(json.dumps({"mcpServers": servers}))
+    proc = chatpipe("mcp", "list", "--json", extra_env=mcp_env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [
+        {"name": "time", "transport": "stdio", "disabled": False},
+        {"name": "fx", "transport": "stdio", "disabled": False},
+        {"name": "broken", "transport": "stdio", "disabled": False},
+        {"name": "web", "transport": "http", "disabled": True, "description": "The docs"}]
+    text = chatpipe("mcp", "list", extra_env=mcp_env)
+    assert text.returncode == 0
+    assert text.stdout.splitlines() == ["time    stdio", "fx      stdio", "broken  stdio",
+                                        "web     http   (disabled)  The docs"]
+    for out in (proc.stdout, text.stdout):
+        assert "secret" not in out and "mcp_server_time" not in out
+
+
+def test_mcp_list_without_a_config_lists_none_and_a_broken_one_says_where(chatpipe, tmp_path):
+    proc = chatpipe("mcp", "list", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout) == []
+    config = tmp_path / "config" / "chatpipe" / "mcp.json"
+    config.parent.mkdir(parents=True)
+    config.write_text('{"mcpServers": {"x": {"args": []}}}')
+    proc = chatpipe("mcp", "list", "--json")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"chatpipe: error: {config}: MCP server 'x': needs a \"command\" "
+                           "(stdio) or a \"url\" (streamable HTTP)\n")

@@ -31,6 +31,7 @@ examples:
   chatpipe send ./request.json --save -m "And then?"
   chatpipe send openai --tools mcp:time -m "What time is it in Tokyo?"
   chatpipe templates list
+  chatpipe mcp list
 """
 
 
@@ -129,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate template files (file:line:column: message)")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(func=cmd_templates_check)
+
+    mcp = commands.add_parser("mcp", help="the MCP servers of mcp.json")
+    mcp_sub = mcp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    mcp_list = mcp_sub.add_parser(
+        "list", help="list the MCP servers configured",
+        description=f"List the MCP servers of {_MCP_CONFIG}: their names, "
+                    "whether each is spoken to over stdio or streamable HTTP, and whether "
+                    "it is disabled; never their commands, environments or headers.")
+    mcp_list.add_argument("--json", action="store_true",
+                          help='print a JSON array of {"name", "transport", "disabled"} '
+                               'objects (and "description" where the entry has one)')
+    mcp_list.set_defaults(func=cmd_mcp_list)
     return parser
 
 
@@ -340,6 +353,35 @@ def cmd_templates_check(args, ctx: "_Context") -> int:
             for warning in template.warnings():
                 print(f"{path}:1:1: warning: {warning}")
     return status
+
+
+# ---- mcp ------------------------------------------------------------------
+
+def cmd_mcp_list(args, ctx: "_Context") -> int:
+    """``chatpipe mcp list``: the servers of mcp.json, by name, with their
+    transport (``stdio`` for a ``command``, ``http`` for a ``url``), whether
+    they are disabled, and their description (see
+    :func:`chatpipe.mcp_host.load_config`; a file that does not exist
+    lists none, a broken one is a usage error)."""
+    from chatpipe import mcp_host
+
+    servers = [{"name": name, "transport": "stdio" if "command" in entry else "http",
+                "disabled": bool(entry.get("disabled")),
+                **({"description": entry["description"]}
+                   if isinstance(entry.get("description"), str) else {})}
+               for name, entry in mcp_host.load_config().items()]
+    if args.json:
+        print(json.dumps(servers, ensure_ascii=False, indent=2))
+        return 0
+    width = max((len(s["name"]) for s in servers), default=4)
+    for server in servers:
+        line = f"{server['name']:<{width}}  {server['transport']:<5}"
+        if server["disabled"]:
+            line += "  (disabled)"
+        if server.get("description"):
+            line += f"  {server['description']}"
+        print(line.rstrip())
+    return 0
 
 
 # ---- main -------------------------------------------------------------------
