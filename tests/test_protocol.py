@@ -8,7 +8,7 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from chatpipe import protocol
+from chatpipe import protocol, redaction
 from chatpipe.protocol import EventLines, LineWriter, encode_line
 from chatpipe.textview import TextView
 
@@ -110,12 +110,12 @@ KEYISH = st.text(alphabet=sorted(set(KEY + " .")), max_size=30)
 def test_a_key_cut_anywhere_across_reads_is_never_written(before, after, cuts, flush_at):
     """Whatever the server's cuts between deltas and between network reads
     (flushes), the key is written as ``***``: at most fewer than
-    protocol.HOLD of its first characters before it, nothing of it after,
+    redaction.HOLD of its first characters before it, nothing of it after,
     and all the text around it, in order."""
     from hypothesis import assume
 
-    assume(not any(KEY[i:i + protocol.HOLD] in before + after
-                   for i in range(len(KEY) - protocol.HOLD + 1)))
+    assume(not any(KEY[i:i + redaction.HOLD] in before + after
+                   for i in range(len(KEY) - redaction.HOLD + 1)))
     text = before + KEY + after
     points = sorted({0, len(text), *(c for c in cuts if c < len(text))})
     out = io.BytesIO()
@@ -128,9 +128,9 @@ def test_a_key_cut_anywhere_across_reads_is_never_written(before, after, cuts, f
     output.emit(protocol.done("stop"))
     written = "".join(json.loads(line).get("content", "")
                       for line in out.getvalue().splitlines())
-    assert written.startswith(before) and written.endswith(protocol.REDACTED + after)
-    leaked = written[len(before):len(written) - len(protocol.REDACTED + after)]
-    assert KEY.startswith(leaked) and len(leaked) < protocol.HOLD
+    assert written.startswith(before) and written.endswith(redaction.REDACTED + after)
+    leaked = written[len(before):len(written) - len(redaction.REDACTED + after)]
+    assert KEY.startswith(leaked) and len(leaked) < redaction.HOLD
 
 
 def test_text_that_only_looks_like_a_key_is_held_one_read_at_most():

@@ -37,7 +37,7 @@ The result is a list of ``{"id", "created"?, "owned_by"?,
 an hour per endpoint in ``<user cache dir>/chatpipe/models/`` (see
 :func:`cache_dir`).  Redirects are followed only on the same origin, so
 that the key stays with its host; every message is redacted of the
-template's secrets (:func:`chatpipe.protocol.redact`).
+template's secrets (:func:`chatpipe.redaction.redact`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 
-from chatpipe import __version__, connections, jsonin, protocol, templates, transport
+from chatpipe import __version__, connections, jsonin, protocol, redaction, templates, transport
 from chatpipe.errors import StreamError
 from chatpipe.textview import TextView
 
@@ -119,7 +119,7 @@ def _no_list(listing: Listing, why: str) -> StreamError:
     ``no_model_list``); WHY says what its GET answered."""
     parts = urlsplit(listing.url)
     where = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    return StreamError(protocol.redact(
+    return StreamError(redaction.redact(
         f"the endpoint {transport._host(listing.url)} has no model list (GET {where} {why}): "
         "type the model name", listing.secrets), details={"kind": "no_model_list"})
 
@@ -181,7 +181,7 @@ def listing(spec: str, *, url: str | None = None, variables: Mapping[str, str] |
     try:
         where = list_url(request.api, request.url)
     except StreamError as err:
-        raise StreamError(protocol.redact(err.message, request.secrets),
+        raise StreamError(redaction.redact(err.message, request.secrets),
                           details=err.details) from None
     return Listing(api=request.api, url=where, headers=headers, secrets=request.secrets,
                    timeout=(request.connect_timeout, min(request.read_timeout, READ_TIMEOUT)))
@@ -245,7 +245,7 @@ def _page(session: requests.Session, listing: Listing, params: Mapping[str, str]
             raise _no_list(listing, f"answered HTTP {status}")
         if status >= 400:
             err = transport.http_error(response)
-            raise StreamError(protocol.redact(err.message, listing.secrets), status=status)
+            raise StreamError(redaction.redact(err.message, listing.secrets), status=status)
         try:
             raw = response.raw.read(BODY_LIMIT + 1, decode_content=True) or b""
         except Exception as err:  # urllib3's errors: a broken or cut connection
@@ -401,8 +401,8 @@ def write_cache(listing: Listing, models: list[dict[str, Any]]) -> None:
     """Cache MODELS for LISTING's endpoint (atomically; silently not at all
     if the folder cannot be written).  Nothing secret is stored."""
     doc = {"fetched": time.time(), "api": listing.api,
-           "url": protocol.redact(listing.url, listing.secrets), "models": models}
-    text = protocol.redact(json.dumps(doc, ensure_ascii=False, indent=1), listing.secrets)
+           "url": redaction.redact(listing.url, listing.secrets), "models": models}
+    text = redaction.redact(json.dumps(doc, ensure_ascii=False, indent=1), listing.secrets)
     path = cache_file(listing)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -453,5 +453,5 @@ def command(spec: str, *, url: str | None, variables: Mapping[str, str], as_json
         text = "".join(protocol.plain(m["id"]).replace("\n", " ") + "\n" for m in found)
         if not found:
             sys.stderr.write("chatpipe: the endpoint lists no models\n")
-    protocol.write_out(sys.stdout.buffer, protocol.redact(text, where.secrets))
+    protocol.write_out(sys.stdout.buffer, redaction.redact(text, where.secrets))
     return 0

@@ -6,7 +6,8 @@ the runner, so that an event has one shape whichever front end (``send`` or
 ``serve``) started its stream; ``serve`` only adds the request ``id``.
 
 Every event leaves the process through an :class:`Output`, which is the one
-place that redacts secrets and guarantees one terminal event per stream:
+place that redacts secrets (with :mod:`chatpipe.redaction`) and guarantees
+one terminal event per stream:
 
 - :class:`EventLines`: one compact JSON object per line (``--output ndjson``
   and ``serve``), queued in a shared :class:`LineWriter`;
@@ -20,9 +21,10 @@ import codecs
 import json
 import threading
 from json.encoder import encode_basestring
-from typing import Any, BinaryIO, Iterable, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from chatpipe.errors import OutputClosed
+from chatpipe.redaction import TextRedactor, redact
 
 #: Event types that end a stream: exactly one of them ends each stream.
 TERMINAL = frozenset({"done", "error"})
@@ -32,9 +34,6 @@ CONTENT = frozenset({"delta", "reasoning", "refusal", "tool_call"})
 
 #: Longest ``message`` or ``reason`` written, in characters (after redaction).
 MAX_MESSAGE = 2000
-
-#: What a secret is replaced with.
-REDACTED = "***"
 
 #: Error handler that encodes what UTF-8 cannot hold (a lone surrogate from
 #: a provider's ``"\ud800"``) as U+FFFD, so every byte written is valid UTF-8.
@@ -254,104 +253,6 @@ class Sink(Protocol):
     def emit(self, event: dict) -> None: ...
 
     def flush(self) -> None: ...
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """TEXT with every one of SECRETS (non-empty strings) replaced by ``***``.
-
-    This is the one redaction function: :class:`Output` applies it to every
-    string of every event, and the CLI to every line it writes on stderr.
-    """
-    for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-#: The shortest beginning of a secret held back at the end of a run of
-#: text (see :class:`TextRedactor`); a shorter one is written at once.
-HOLD = 8
-
-
-class TextRedactor:
-    """Redacts SECRETS from text that is written in runs (the text of one
-    network read each), including a secret split across runs.
-
-    A run that ends with the first :data:`HOLD` or more characters of a
-    secret keeps them back until the next run shows whether the secret
-    goes on; they are written as ``***`` either way (the whole secret, or
-    a beginning of it that long).  A secret that starts in text already
-    written (fewer than :data:`HOLD` characters of it) has the rest of it
-    redacted.  So a secret is never written, nor its first :data:`HOLD`
-    characters, whatever the cuts between runs, and ordinary text (which
-    never ends with 8 characters of a key) is written at once.
-    Work per run: one ``str.find`` per secret, and at most one
-    ``startswith`` per character of the longest secret.
-
-    Args:
-        secrets: the list of strings to redact (read at each run, so
-            secrets added later count).
-    """
-
-    def __init__(self, secrets: list[str]) -> None:
-        self.secrets = secrets
-        self._tail = ""  # the end of the text written, as long as a secret less one
-        self._held = ""  # text kept back: a secret's beginning
-
-    def text(self, text: str, final: bool = False) -> str:
-        """The part of TEXT (the next run) to write now, redacted; with
-        FINAL (the text ends here) all of it, a held beginning of a secret
-        written as ``***``."""
-        secrets = [s for s in self.secrets if s]
-        if not secrets:
-            text, self._held = self._held + text, ""
-            return text
-        keep = max(map(len, secrets)) - 1
-        written, held = self._tail, self._held
-        self._held = ""
-        whole = written + held + text
-        start, end = len(written), len(whole)
-        spans = []  # the parts of the new text inside a secret, as (begin, end) in WHOLE
-        for secret in secrets:
-            i = whole.find(secret, max(0, start - len(secret) + 1))
-            while i >= 0:
-                spans.append((max(i, start), i + len(secret)))
-                i = whole.find(secret, i + 1)
-        hold = None  # where a secret's beginning at the end of WHOLE starts
-        for p in range(max(0, end - keep), end - HOLD + 1):
-            piece = whole[p:]
-            if any(secret.startswith(piece) for secret in secrets):
-                hold = max(p, start)
-                break
-        if held and not any(begin <= start < stop for begin, stop in spans) and (
-                hold is None or hold > start):
-            spans.append((start, start + len(held)))  # not the secret after all
-        if hold is not None:
-            if final:
-                spans.append((hold, end))
-            else:
-                self._held, end = whole[hold:], hold
-        out = _cut(whole, start, end, spans)
-        self._tail = "" if final else (written + out)[-keep:]
-        return out
-
-
-def _cut(whole: str, start: int, end: int, spans: list[tuple[int, int]]) -> str:
-    """WHOLE[START:END] with each of SPANS (merged where they touch)
-    replaced by one :data:`REDACTED`."""
-    out, pos = [], start
-    for begin, stop in sorted(spans):
-        stop = min(stop, end)
-        if stop <= pos:
-            continue
-        if begin > pos:
-            out.append(whole[pos:begin])
-            out.append(REDACTED)
-        elif not out or out[-1] != REDACTED:
-            out.append(REDACTED)
-        pos = stop
-    out.append(whole[pos:end])
-    return "".join(out)
 
 
 class Output:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 import requests
 
-from chatpipe import connections, conversation, dialects, protocol, templates, tools
+from chatpipe import connections, conversation, dialects, protocol, redaction, templates, tools
 from chatpipe.errors import Aborted, Cancelled, ChatpipeError, OutputClosed, StreamError
 from chatpipe.prepare import prepare
 from chatpipe.pricing import Priced
@@ -91,7 +91,7 @@ def report(err: BaseException, output: Output) -> int:
     With ``CHATPIPE_DEBUG`` set, a bug's traceback goes to stderr, redacted.
     """
     if not isinstance(err, ChatpipeError) and os.environ.get("CHATPIPE_DEBUG"):
-        sys.stderr.write(protocol.redact(traceback.format_exc(), output.secrets))
+        sys.stderr.write(redaction.redact(traceback.format_exc(), output.secrets))
     event, code = error_for(err)
     output.emit(event)
     return code
@@ -212,7 +212,7 @@ def _save(path, dialect, messages: list[dict], loop: tools.Loop, secrets: list[s
 def _redacted(value: Any, secrets: list[str]) -> Any:
     """VALUE (JSON data) with SECRETS redacted from every string in it."""
     if isinstance(value, str):
-        return protocol.redact(value, secrets)
+        return redaction.redact(value, secrets)
     if isinstance(value, list):
         return [_redacted(v, secrets) for v in value]
     if isinstance(value, dict):
@@ -223,7 +223,7 @@ def _redacted(value: Any, secrets: list[str]) -> Any:
 def _warn(text: str, secrets: list[str]) -> None:
     """Say TEXT on stderr as ``chatpipe: TEXT``, redacted."""
     try:
-        sys.stderr.write(protocol.plain(protocol.redact(f"chatpipe: {text}", secrets)) + "\n")
+        sys.stderr.write(protocol.plain(redaction.redact(f"chatpipe: {text}", secrets)) + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass

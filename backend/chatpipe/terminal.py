@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatpipe import protocol, tools
+from chatpipe import protocol, redaction, tools
 from chatpipe.protocol import Output
 
 #: The terminal asked.
@@ -51,7 +51,7 @@ class TerminalAsker(tools.Asker):
             return "deny", NO_TTY
         with reader, open(self.tty, "wb", buffering=0) as writer:
             def ask(text: str) -> str:
-                text = protocol.plain(protocol.redact(text, self.output.secrets))
+                text = protocol.plain(redaction.redact(text, self.output.secrets))
                 writer.write(text.encode("utf-8", protocol.ENCODE_ERRORS))
                 return reader.readline().decode("utf-8", "replace").strip()
 
