@@ -111,21 +111,29 @@ process's output is read as soon as it comes."
     (process-put proc 'chatpipe-streams (make-hash-table :test 'equal))
     proc))
 
+(defun chatpipe--write (stream input &optional eof what)
+  "Write INPUT, a string, to the process of STREAM.
+With EOF non-nil, close the process's stdin then.  If the process
+cannot be written to, log it, saying what INPUT is: WHAT (default
+\"the request\"); its sentinel ends STREAM.  Every line of a stream
+that Emacs writes goes through here."
+  (condition-case err
+      (let ((proc (chatpipe-stream-process stream)))
+        (process-send-string proc input)
+        (when eof (process-send-eof proc)))
+    (error (chatpipe--log "%s: cannot write %s: %s"
+                          (chatpipe--stream-name stream)
+                          (or what "the request")
+                          (error-message-string err)))))
+
 (defun chatpipe--request (stream input &optional eof)
   "Make STREAM pending on its process and write INPUT to it.
-With EOF non-nil, close the process's stdin then.  If the process
-cannot be written to, log it: its sentinel ends STREAM.  Return
-STREAM."
-  (let ((proc (chatpipe-stream-process stream)))
-    (puthash (chatpipe-stream-id stream) stream
-             (process-get proc 'chatpipe-streams))
-    (condition-case err
-        (progn (process-send-string proc input)
-               (when eof (process-send-eof proc)))
-      (error (chatpipe--log "%s: cannot write the request: %s"
-                            (chatpipe--stream-name stream)
-                            (error-message-string err))))
-    stream))
+With EOF non-nil, close the process's stdin then (see
+`chatpipe--write').  Return STREAM."
+  (puthash (chatpipe-stream-id stream) stream
+           (process-get (chatpipe-stream-process stream) 'chatpipe-streams))
+  (chatpipe--write stream input eof)
+  stream)
 
 (defun chatpipe--sentinel (proc _event)
   "Sentinel of the backend process PROC.
@@ -270,7 +278,7 @@ no backend."
             ,@(and params `((params . ,params))) (price . t))
           model url vars env))))))
 
-(defun chatpipe--serve-line (request model url vars env)
+(defun chatpipe--serve-line (request &optional model url vars env)
   "Return REQUEST, an alist, as a line for `chatpipe serve'.
 MODEL, URL, VARS and ENV are added to it if non-nil, as for
 `chatpipe-process-start'."
@@ -318,15 +326,10 @@ seconds later.  Do not wait for either.  Return nil."
            ;; The stream stays in the table until the backend's last
            ;; event for it, which will be dropped.
            (unless finished
-             (condition-case err
-                 (process-send-string
-                  proc (concat (json-serialize
-                                `((id . ,(chatpipe-stream-id stream))
-                                  (cancel . t)))
-                               "\n"))
-               (error (chatpipe--log "%s: cannot cancel: %s"
-                                     (chatpipe--stream-name stream)
-                                     (error-message-string err))))))
+             (chatpipe--write stream (chatpipe--serve-line
+                                      `((id . ,(chatpipe-stream-id stream))
+                                        (cancel . t)))
+                              nil "the cancel")))
           (t (ignore-errors (signal-process proc 'SIGTERM))
              (run-at-time 3 nil (lambda ()
                                   (when (process-live-p proc)

@@ -375,39 +375,5 @@ Insert nothing at the beginning of the buffer."
                  (t 1))))
     (insert (make-string n ?\n))))
 
-;;;; Editing
-
-(defun chatpipe--windows-at (pos)
-  "Return the windows on the current buffer whose point is at POS."
-  (let ((windows nil))
-    (dolist (window (get-buffer-window-list nil nil t))
-      (when (= (window-point window) pos)
-        (push window windows)))
-    windows))
-
-(defmacro chatpipe--following (at end &rest body)
-  "Run BODY in `save-excursion'; point and windows at AT follow to END.
-AT is evaluated before BODY and END after it: positions in the
-current buffer.  When `chatpipe-auto-scroll' is non-nil, point, if
-it was at AT, moves to END, and so does the point of each window
-on the buffer that was at AT; other windows and point stay.
-`inhibit-read-only' is t in BODY.  Return nil."
-  (declare (indent 2) (debug (form form body)))
-  (let ((pos (make-symbol "pos"))
-        (follow (make-symbol "follow"))
-        (windows (make-symbol "windows"))
-        (to (make-symbol "to")))
-    `(let* ((,pos ,at)
-            (,follow (and chatpipe-auto-scroll (= (point) ,pos)))
-            (,windows (and chatpipe-auto-scroll (chatpipe--windows-at ,pos)))
-            (inhibit-read-only t))
-       (save-excursion ,@body)
-       (when (or ,follow ,windows)
-         (let ((,to ,end))
-           (when ,follow (goto-char ,to))
-           (dolist (window ,windows)
-             (set-window-point window ,to))))
-       nil)))
-
 (provide 'chatpipe-turns)
 ;;; chatpipe-turns.el ends here

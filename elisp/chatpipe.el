@@ -68,12 +68,13 @@
 ;; API keys), chatpipe-events.el (the backend's events, routed to their
 ;; answers), chatpipe-process.el (backend processes and requests),
 ;; chatpipe-turns.el (headings, turns, messages), chatpipe-reasoning.el
-;; (reasoning blocks and buffers), chatpipe-status.el (chat settings,
-;; header line, error hints), chatpipe-chat.el (streaming answers into
-;; buffers), chatpipe-org.el and chatpipe-org-stream.el (answers
-;; converted to Org in Org buffers), chatpipe-templates.el (choosing and
-;; editing templates), chatpipe-models.el (the models of a template's
-;; endpoint), chatpipe-state.el (chats saved to files),
+;; (reasoning blocks and buffers, folding), chatpipe-status.el (chat
+;; settings, header line, error hints), chatpipe-insert.el (an answer's
+;; pieces inserted into its buffer), chatpipe-chat.el (streaming
+;; answers into buffers), chatpipe-org.el and chatpipe-org-stream.el
+;; (answers converted to Org in Org buffers), chatpipe-templates.el
+;; (choosing and editing templates), chatpipe-models.el (the models of
+;; a template's endpoint), chatpipe-state.el (chats saved to files),
 ;; chatpipe-settings.el (the settings commands and the menu),
 ;; chatpipe-install.el (installing the backend) and this one (the mode
 ;; and the chat commands).
@@ -87,6 +88,7 @@
 (require 'chatpipe-turns)
 (require 'chatpipe-reasoning)
 (require 'chatpipe-status)
+(require 'chatpipe-insert)
 (require 'chatpipe-chat)
 (require 'chatpipe-templates)
 (require 'chatpipe-state)
@@ -217,10 +219,7 @@ changes, the headings converted to its style."
     (chatpipe--state-disable)
     (font-lock-remove-keywords nil chatpipe--font-lock-keywords)
     (font-lock-flush)
-    (save-restriction
-      (widen)
-      (remove-overlays (point-min) (point-max) 'chatpipe-reasoning t))
-    (remove-from-invisibility-spec '(chatpipe-reasoning . t))))
+    (chatpipe--unfold-all 'chatpipe-reasoning)))
 
 ;;;; Sending
 
@@ -399,40 +398,6 @@ there was an answer to stop."
       (progn (when (called-interactively-p 'any)
                (message "chatpipe: no answer is streaming here"))
              nil)))
-
-;;;###autoload
-(defun chatpipe-toggle-reasoning (&optional all)
-  "Fold or unfold the reasoning block at point.
-Point may be anywhere in the block, its first line included.  With
-a prefix argument ALL, or when point is in no block, unfold all the
-blocks of the buffer if one of them is folded, else fold them all.
-Return non-nil if the block (or the blocks) are now folded."
-  (interactive "P")
-  (let ((block (and (not all) (chatpipe-reasoning-block-at (point)))))
-    (if block
-        (chatpipe-hide-reasoning block (not (chatpipe-reasoning-hidden-p block)))
-      (let* ((blocks (or (save-restriction
-                           (widen)
-                           (chatpipe-reasoning-blocks))
-                         (user-error "No reasoning block in this buffer")))
-             (hide (not (cl-some #'chatpipe-reasoning-hidden-p blocks))))
-        (dolist (block blocks)
-          (chatpipe-hide-reasoning block hide))
-        hide))))
-
-;;;###autoload
-(defun chatpipe-show-reasoning ()
-  "Display the buffer with the reasoning of this chat's last answer.
-There is one when `chatpipe-reasoning-display' is `buffer'.  Return
-its window."
-  (interactive)
-  (let ((buffer (chatpipe--reasoning-buffer-of (current-buffer))))
-    (unless buffer
-      (user-error "No reasoning buffer for this chat%s"
-                  (if (eq chatpipe-reasoning-display 'buffer)
-                      ""
-                    " (see `chatpipe-reasoning-display')")))
-    (display-buffer buffer)))
 
 ;;;###autoload
 (defun chatpipe-retry ()

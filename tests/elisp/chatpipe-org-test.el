@@ -285,39 +285,20 @@ print(\"a **b**\")\n#+end_src\n\n-----\n\nDone: ~x*y~ and 2 * 3. 😊"
   "Start a replay server that streams DELTAS at /org, SPLIT bytes a write.
 The route is registered at run time, as an OpenAI chat completions
 stream of DELTAS that ends with finish reason stop.  Return a cons
-\(PROCESS . URL)."
-  (let* ((file (expand-file-name "org-answer.sse" chatpipe-test-tmp))
-         (buffer (generate-new-buffer " *org-replay*"))
-         (process
-          (progn
-            (with-temp-file file
-              (dolist (delta deltas)
-                (insert "data: " (json-serialize
-                                  `((choices . [((index . 0)
-                                                 (delta . ((content . ,delta))))])))
-                        "\n\n"))
-              (insert "data: {\"choices\":[{\"index\":0,\"delta\":{},"
-                      "\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"))
-            (make-process
-             :name "org-replay" :buffer buffer :connection-type 'pipe :noquery t
-             :command (list chatpipe-test-python "-c" "
-import sys
-sys.path.insert(0, sys.argv[1])
-from replay_server import ReplayServer, Reply, split_every
-data = open(sys.argv[2], 'rb').read()
-with ReplayServer() as server:
-    server.add('/org', Reply(split_every(data, int(sys.argv[3]))))
-    print(server.url, flush=True)
-    sys.stdin.read()"
-                            (expand-file-name "tests" chatpipe-test-root)
-                            file (number-to-string split))))))
-    (should (chatpipe-test--wait
-             (lambda () (with-current-buffer buffer
-                          (string-search "\n" (buffer-string))))
-             15))
-    (cons process (concat (string-trim (with-current-buffer buffer
-                                         (buffer-string)))
-                          "/org"))))
+\(PROCESS . URL), URL the route's."
+  (let ((file (expand-file-name "org-answer.sse" chatpipe-test-tmp)))
+    (with-temp-file file
+      (dolist (delta deltas)
+        (insert "data: " (json-serialize
+                          `((choices . [((index . 0)
+                                         (delta . ((content . ,delta))))])))
+                "\n\n"))
+      (insert "data: {\"choices\":[{\"index\":0,\"delta\":{},"
+              "\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"))
+    (let ((server (chatpipe-test--route-server
+                   (format "server.add('/org', Reply(split_every(open(%S, 'rb').read(), %d)))"
+                           file split))))
+      (cons (car server) (concat (cdr server) "/org")))))
 
 (ert-deftest chatpipe-test-org-chat ()
   "An answer streams into an Org chat buffer as Org, and goes back as Markdown."

@@ -110,8 +110,9 @@ Return the value of PREDICATE."
             (string-trim (with-current-buffer buffer (buffer-string))))))
   chatpipe-test--url)
 
-(defun chatpipe-test--http (method path)
+(defun chatpipe-test--http (method path &optional base)
   "Send an HTTP METHOD request for PATH to the replay server.
+BASE is the server's URL (default: the shared replay server's).
 Return the response body parsed as JSON, or nil if it is empty."
   (with-temp-buffer
     (let ((coding-system-for-read 'utf-8))
@@ -120,11 +121,51 @@ Return the response body parsed as JSON, or nil if it is empty."
                      "import sys, urllib.request as u
 r = u.urlopen(u.Request(sys.argv[1], method=sys.argv[2]), timeout=10)
 sys.stdout.write(r.read().decode())"
-                     (concat (chatpipe-test--server-url) path) method))))
+                     (concat (or base (chatpipe-test--server-url)) path) method))))
     (unless (= (buffer-size) 0)
       (json-parse-string (buffer-string) :object-type 'alist
                          :array-type 'list :null-object nil
                          :false-object :false))))
+
+(defun chatpipe-test--route-server (script)
+  "Start a replay server of its own, whose routes SCRIPT registers.
+SCRIPT is Python code run with `server', a ReplayServer of
+tests/replay_server.py (with `Reply', `split_every' and
+`error_reply'), and the tests folder on `sys.path', so that it may
+import the pytest suite's helpers (such as test_tool_loop's
+`tool_call_answer' and `text_answer').  Return a cons (PROCESS .
+URL); `chatpipe-test--http' with URL as BASE reads its requests."
+  (let* ((buffer (generate-new-buffer " *route-replay*"))
+         (process
+          (make-process
+           :name "route-replay" :buffer buffer :connection-type 'pipe :noquery t
+           :stderr (get-buffer-create " *route-replay stderr*")
+           :command (list chatpipe-test-python "-c" "
+import sys
+sys.path.insert(0, sys.argv[1])
+from replay_server import ReplayServer, Reply, split_every, error_reply
+with ReplayServer() as server:
+    exec(sys.argv[2])
+    print(server.url, flush=True)
+    sys.stdin.read()"
+                          (expand-file-name "tests" chatpipe-test-root)
+                          script))))
+    (should (chatpipe-test--wait
+             (lambda () (with-current-buffer buffer
+                          (string-search "\n" (buffer-string))))
+             30))
+    (cons process (string-trim (with-current-buffer buffer (buffer-string))))))
+
+(defmacro chatpipe-test--with-route-server (spec &rest body)
+  "Run BODY with VAR bound to the URL of a route server; SPEC is (VAR SCRIPT).
+See `chatpipe-test--route-server'; the server is stopped afterwards."
+  (declare (indent 1) (debug ((symbolp form) body)))
+  (let ((server (make-symbol "server")))
+    `(let* ((,server (chatpipe-test--route-server ,(cadr spec)))
+            (,(car spec) (cdr ,server)))
+       (unwind-protect (progn ,@body)
+         (delete-process (car ,server))
+         (kill-buffer (process-buffer (car ,server)))))))
 
 (defun chatpipe-test--requests ()
   "Return the requests the replay server got, oldest first."
