@@ -260,8 +260,13 @@ For example ((max_tokens . 500)) gives (\"--max-tokens\" \"500\")."
           params))
 
 (defun chatpipe--messages-vector (messages)
-  "Return MESSAGES, (ROLE . CONTENT) pairs, as a vector for JSON."
-  (vconcat (mapcar (lambda (m) `((role . ,(car m)) (content . ,(cdr m))))
+  "Return MESSAGES as a vector for JSON.
+Each is a (ROLE . CONTENT) pair of strings, or an alist already in
+the JSON shape (the neutral shape of tool turns)."
+  (vconcat (mapcar (lambda (m)
+                     (if (stringp (car m))
+                         `((role . ,(car m)) (content . ,(cdr m)))
+                       m))
                    messages)))
 
 ;;;; What the backend says of its templates

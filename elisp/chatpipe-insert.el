@@ -36,6 +36,7 @@
 (require 'chatpipe-backend)
 (require 'chatpipe-process)
 (require 'chatpipe-turns)
+(require 'chatpipe-toolblocks)
 (require 'chatpipe-org)
 (require 'chatpipe-reasoning)
 (require 'chatpipe-status)
@@ -251,6 +252,26 @@ See `chatpipe-org-finish'.  Do nothing if JOB has no converter."
         (chatpipe--edit job
           (goto-char (chatpipe--job-marker job))
           (insert text))))))
+
+;;;; Tool calls
+
+(defun chatpipe-hide-tool-result (block hide)
+  "Fold the tool BLOCK if HIDE is non-nil, else unfold it.
+BLOCK is as for `chatpipe-tool-blocks'.  Only its first line, the
+call, shows when it is folded.  Return HIDE."
+  (chatpipe--fold block 'chatpipe-tool hide))
+
+;;;###autoload
+(defun chatpipe-toggle-tool-result (&optional all)
+  "Fold or unfold the tool block at point: a tool call and its result.
+Point may be anywhere in the block, its first line included.  With
+a prefix argument ALL, or when point is in no block, unfold all the
+tool blocks of the buffer if one of them is folded, else fold them
+all.  Return non-nil if the block (or the blocks) are now folded."
+  (interactive "P")
+  (chatpipe--toggle-folds 'chatpipe-tool
+                          (and (not all) (chatpipe-tool-block-at (point)))
+                          #'chatpipe-tool-blocks "tool block"))
 
 (provide 'chatpipe-insert)
 ;;; chatpipe-insert.el ends here

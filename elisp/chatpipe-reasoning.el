@@ -26,8 +26,8 @@
 ;; by default into a folded block at the start of the answer, between
 ;; the lines of `chatpipe-reasoning-delimiters' (Org buffers:
 ;; `chatpipe-org-reasoning-delimiters'), or into a buffer of its own.
-;; This file folds and unfolds the blocks (with overlays, in a way
-;; other kinds of blocks may share), opens a new block, escapes the lines of reasoning
+;; This file folds and unfolds the blocks (with overlays, the same way
+;; as tool blocks), opens a new block, escapes the lines of reasoning
 ;; that would look like the block's own lines, and makes the reasoning
 ;; buffers; and has the commands `chatpipe-toggle-reasoning' and
 ;; `chatpipe-show-reasoning'.
@@ -67,10 +67,11 @@ Reasoning is never sent back to the model."
 
 ;;;; Folding
 
-;; A block folds with an overlay that covers it but for its first
-;; line, and hides it with an `invisible' property of the block's KIND,
-;; a symbol (`chatpipe-reasoning' for reasoning blocks) that is also
-;; the overlay's property and its face.
+;; Reasoning blocks and tool blocks (chatpipe-toolblocks.el) fold the
+;; same way: an overlay covers the block but for its first line, and
+;; hides it with an `invisible' property of the block's KIND, a symbol
+;; (`chatpipe-reasoning' or `chatpipe-tool') that is also the overlay's
+;; property and its face.
 
 (defun chatpipe--fold-overlay (block kind)
   "Return the overlay that folds BLOCK of KIND, making it if needed.

@@ -42,8 +42,8 @@
 ;;
 ;; When the major mode of a chat changes, for example when C-x C-w
 ;; saves a Markdown chat as chat.org, `chatpipe-mode' stays on and the
-;; role headings and reasoning blocks are converted to the new style,
-;; so that "###" and "*" turns never mix.
+;; role headings, reasoning blocks and tool blocks are converted to the
+;; new style, so that "###" and "*" turns never mix.
 
 ;;; Code:
 
@@ -194,7 +194,7 @@ FROM and TO are escapes as `chatpipe--reasoning-escape' returns."
     (insert (cdr to))))
 
 (defun chatpipe--convert-chat (from-org to-org)
-  "Convert the chat's headings and reasoning blocks to another style.
+  "Convert the chat's headings, reasoning and tool blocks to another style.
 They are in Org's style (`chatpipe-org-headings') if FROM-ORG is
 non-nil, else in the other one (`chatpipe-headings'); make them
 Org's if TO-ORG is non-nil, else the other."
@@ -207,7 +207,10 @@ Org's if TO-ORG is non-nil, else the other."
          (from-escape (chatpipe--reasoning-escape-for from-org))
          (to-escape (chatpipe--reasoning-escape-for to-org))
          (regexp (concat "^\\(?:" (regexp-opt (mapcar #'cdr from) t)
-                         "\\|\\(" (regexp-quote (car from-block)) "\\)\\)[ \t]*$"))
+                         "\\|\\(" (regexp-quote (car from-block)) "\\)\\)[ \t]*$"
+                         "\\|^\\(" (regexp-quote
+                                    (car (chatpipe--tool-syntax from-org)))
+                         "\\)"))
          (case-fold-search nil))
     (save-excursion
       (save-restriction
@@ -215,9 +218,15 @@ Org's if TO-ORG is non-nil, else the other."
         (let ((end (copy-marker (chatpipe--chat-end))))
           (goto-char (point-min))
           (while (re-search-forward regexp end t)
-            (if (match-beginning 1)
-                (replace-match (alist-get (car (rassoc (match-string 1) from)) to)
-                               t t nil 1)
+            (cond
+             ((match-beginning 1)
+              (replace-match (alist-get (car (rassoc (match-string 1) from)) to)
+                             t t nil 1))
+             ((match-beginning 3)
+              (unless (chatpipe--convert-tool-block (match-beginning 0)
+                                                    from-org to-org end)
+                (goto-char (match-end 0))))
+             (t
               (let ((open (copy-marker (match-beginning 2)))
                     (open-end (match-end 2))
                     (close (save-excursion
@@ -236,7 +245,7 @@ Org's if TO-ORG is non-nil, else the other."
                   (looking-at (regexp-quote (cdr from-block)))
                   (replace-match (cdr to-block) t t)
                   (set-marker close nil))
-                (set-marker open nil))))
+                (set-marker open nil)))))
           (set-marker end nil))))))
 
 (defun chatpipe--after-major-mode-change ()

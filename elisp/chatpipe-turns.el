@@ -34,7 +34,11 @@
 ;; and headings inside them start no turn; nor are the notes that end
 ;; some answers (`chatpipe-aborted-text', "[error: ...]", "[truncated:
 ;; ...]", "[empty answer: ...]", "[stopped: ...]") and the tool call
-;; lines, "[tool call: NAME(ARGUMENTS)]".  A file's Local Variables
+;; lines, "[tool call: NAME(ARGUMENTS)]" (calls shown, not run, when a
+;; chat offers no tools).  Tool blocks (see chatpipe-toolblocks.el)
+;; split an assistant turn into the messages of its rounds: the text
+;; and the calls of each answer, each call's result as a `tool'
+;; message, then the last answer's text.  A file's Local Variables
 ;; block (where a saved chat keeps its settings) ends the chat.
 
 ;;; Code:
@@ -42,6 +46,7 @@
 (require 'cl-lib)
 (require 'subr-x)
 (require 'chatpipe-org)
+(require 'chatpipe-toolblocks)
 
 ;;;; Customization
 
@@ -207,6 +212,36 @@ the end of its last line.  The value is as for
                       (match-beginning 0) (match-end 0) (point-max))))
           (and block (<= pos (nth 2 block)) block))))))
 
+(defun chatpipe--block-start-regexp ()
+  "Return a regexp matching the start of a reasoning or tool block's line.
+It has no groups; see `chatpipe--block-at-line'."
+  (concat (chatpipe--line-regexp (car (chatpipe--reasoning-delimiters)))
+          "\\|^" (regexp-quote (car (chatpipe--tool-syntax
+                                       (chatpipe--tool-org-p))))))
+
+(defun chatpipe--block-at-line (end)
+  "Return the reasoning or tool block whose first line is at point.
+Look for its last line before END.  Return (KIND START BODY
+BLOCK-END), KIND `reasoning' or `tool' and the rest as for
+`chatpipe-reasoning-blocks', and move point to its end; if there is
+no such block, return nil and move point to the end of the line."
+  (let ((start (point))
+        (org (chatpipe--tool-org-p))
+        (case-fold-search nil)
+        block)
+    (cond ((looking-at (chatpipe--line-regexp
+                        (car (chatpipe--reasoning-delimiters))))
+           (setq block (cons 'reasoning (chatpipe--reasoning-block-from
+                                         start (match-end 0) end))))
+          ((looking-at (chatpipe--tool-begin-regexp org))
+           (setq block (cons 'tool (chatpipe--tool-block-from
+                                    start (match-end 0) end org)))))
+    (if (cdr block)
+        block
+      (goto-char start)
+      (end-of-line)
+      nil)))
+
 (defun chatpipe--local-variables-start ()
   "Return the start of the file's Local Variables block, or nil.
 It is looked for where `hack-local-variables' looks: in the last
@@ -265,16 +300,15 @@ blank line before them.  Point ends after the heading's blank line."
 Each turn is a list (ROLE HEADING-START CONTENT-START CONTENT-END),
 ROLE a symbol and the rest buffer positions; a turn's content runs
 to the next heading or END.  Text before the first heading is not
-part of any turn, a heading inside a reasoning block starts no
-turn, and the file's Local Variables are no turn's (see
+part of any turn, a heading inside a reasoning or tool block starts
+no turn, and the file's Local Variables are no turn's (see
 `chatpipe--chat-end')."
   (let* ((chat-end (chatpipe--chat-end))
          (beg (min (or beg (point-min)) chat-end))
          (end (min (or end chat-end) chat-end))
          (headings (chatpipe--role-headings))
          (regexp (concat (chatpipe--heading-regexp) "\\|"
-                         (chatpipe--line-regexp
-                          (car (chatpipe--reasoning-delimiters)))))
+                         (chatpipe--block-start-regexp)))
          (case-fold-search nil)
          turns)
     (save-excursion
@@ -282,9 +316,9 @@ turn, and the file's Local Variables are no turn's (see
       (unless (bolp) (forward-line 1))
       (while (and (< (point) end) (re-search-forward regexp end t))
         (if (not (match-beginning 1))
-            ;; The first line of a reasoning block: skip the block.
-            (chatpipe--reasoning-block-from (match-beginning 0) (match-end 0)
-                                            end)
+            ;; The first line of a block: skip the block.
+            (progn (goto-char (match-beginning 0))
+                   (chatpipe--block-at-line end))
           (let ((role (car (rassoc (match-string-no-properties 1) headings)))
                 (heading-start (match-beginning 0))
                 (content-start (min end (1+ (match-end 0)))))
@@ -294,39 +328,72 @@ turn, and the file's Local Variables are no turn's (see
             (goto-char content-start)))))
     (nreverse turns)))
 
-(defun chatpipe--turn-text (turn)
-  "Return the text of TURN as sent: trimmed.
-An assistant turn's text is without its reasoning blocks and
-without the notes and tool call lines at its end; in an Org buffer,
-it is converted back to Markdown (see `chatpipe-org-to-markdown')."
+(defun chatpipe--turn-pieces (turn)
+  "Return the pieces of TURN's content, in order.
+They are strings of text and, for each tool block with a result,
+its call and result (a plist, see `chatpipe-tool-block-data').
+Reasoning blocks and tool blocks without a result are left out."
   (let ((pos (nth 2 turn))
         (end (nth 3 turn))
-        (pieces nil))
-    (when (eq (car turn) 'assistant)
-      (dolist (block (chatpipe-reasoning-blocks pos end))
-        (push (buffer-substring-no-properties pos (car block)) pieces)
-        (setq pos (nth 2 block))))
+        (regexp (chatpipe--block-start-regexp))
+        (case-fold-search nil)
+        pieces)
+    (save-excursion
+      (goto-char pos)
+      (while (re-search-forward regexp end t)
+        (let* ((line (goto-char (match-beginning 0)))
+               (block (chatpipe--block-at-line end)))
+          (when block
+            (push (buffer-substring-no-properties pos line) pieces)
+            (setq pos (nth 3 block))
+            (when (eq (car block) 'tool)
+              (let ((call (chatpipe-tool-block-data (cdr block))))
+                (unless (eq (plist-get call :flag) 'pending)
+                  (push call pieces))))))))
     (push (buffer-substring-no-properties pos end) pieces)
-    (let ((text (string-trim (apply #'concat (nreverse pieces)))))
-      (when (eq (car turn) 'assistant)
-        (let ((note (chatpipe--note-regexp)))
-          (while (string-match note text)
-            (setq text (string-trim-right
-                        (substring text 0 (match-beginning 0))))))
-        (when (and chatpipe-org-convert-markdown (derived-mode-p 'org-mode))
-          (setq text (chatpipe-org-to-markdown
-                      text (chatpipe-org-heading-level
-                            (chatpipe--heading 'assistant))))))
+    (nreverse pieces)))
+
+(defun chatpipe--assistant-text (text)
+  "Return TEXT, of an assistant turn, as sent: trimmed.
+The notes and tool call lines at its end are left out; in an Org
+buffer, it is converted back to Markdown (see
+`chatpipe-org-to-markdown')."
+  (let ((text (string-trim text))
+        (note (chatpipe--note-regexp)))
+    (while (string-match note text)
+      (setq text (string-trim-right (substring text 0 (match-beginning 0)))))
+    (if (and chatpipe-org-convert-markdown (derived-mode-p 'org-mode))
+        (chatpipe-org-to-markdown text (chatpipe-org-heading-level
+                                        (chatpipe--heading 'assistant)))
       text)))
+
+(defun chatpipe--turn-text (turn)
+  "Return the text of TURN as sent: trimmed.
+An assistant turn's text is without its reasoning and tool blocks
+and without the notes and tool call lines at its end; in an Org
+buffer, it is converted back to Markdown (see
+`chatpipe-org-to-markdown')."
+  (if (eq (car turn) 'assistant)
+      (chatpipe--assistant-text
+       (apply #'concat (cl-remove-if-not #'stringp (chatpipe--turn-pieces turn))))
+    (string-trim (buffer-substring-no-properties (nth 2 turn) (nth 3 turn)))))
 
 (defun chatpipe-messages (&optional beg end)
   "Return the messages of the chat between BEG and END (default: all).
-The value is a list of (ROLE . CONTENT) pairs of strings, in order;
-empty turns are left out."
-  (cl-loop for turn in (chatpipe-turns beg end)
-           for text = (chatpipe--turn-text turn)
-           unless (string-empty-p text)
-           collect (cons (symbol-name (car turn)) text)))
+The value is a list, in order, of (ROLE . CONTENT) pairs of strings
+and, for the tool calls of answers and their results, alists in the
+neutral shape of docs/protocol.md (see `chatpipe--tool-messages'):
+an assistant message with `tool_calls', whose items have `id',
+`name' and `arguments', and a `tool' message for each result, with
+`tool_call_id', `name', `content' and `is_error' (t or :false).
+Empty turns are left out."
+  (mapcan (lambda (turn)
+            (if (eq (car turn) 'assistant)
+                (chatpipe--assistant-messages turn)
+              (let ((text (chatpipe--turn-text turn)))
+                (unless (string-empty-p text)
+                  (list (cons (symbol-name (car turn)) text))))))
+          (chatpipe-turns beg end)))
 
 (defun chatpipe--question-start (beg end)
   "Return the start of the question in the text from BEG to END.

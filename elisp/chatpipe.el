@@ -46,11 +46,16 @@
 ;; folded block (TAB on its first line or M-x chatpipe-toggle-reasoning
 ;; unfolds it), or in a buffer of its own (M-x chatpipe-show-reasoning),
 ;; or nowhere: see `chatpipe-reasoning-display'.  It is never sent back.
-;; Tool calls are shown after the answer, one line each.
+;;
+;; A tool call that the model made, and its result, are a folded block
+;; of the answer (TAB on its first line unfolds it), which is sent
+;; again when the chat goes on.  Tool calls that are shown but not
+;; run are lines after the answer, never sent.
 ;;
 ;; Other commands: `chatpipe-select-template', `chatpipe-set-model',
 ;; `chatpipe-set-temperature', `chatpipe-set-max-tokens',
-;; `chatpipe-set-system-prompt', `chatpipe-edit-template',
+;; `chatpipe-set-system-prompt', `chatpipe-toggle-tool-result',
+;; `chatpipe-edit-template',
 ;; `chatpipe-send-region' (the region and an instruction, from any
 ;; buffer) and the menu `chatpipe-menu'.
 ;;
@@ -67,14 +72,15 @@
 ;; The files: chatpipe-backend.el (the backend command, its templates,
 ;; API keys), chatpipe-events.el (the backend's events, routed to their
 ;; answers), chatpipe-process.el (backend processes and requests),
-;; chatpipe-turns.el (headings, turns, messages), chatpipe-reasoning.el
-;; (reasoning blocks and buffers, folding), chatpipe-status.el (chat
-;; settings, header line, error hints), chatpipe-insert.el (an answer's
-;; pieces inserted into its buffer), chatpipe-chat.el (streaming
-;; answers into buffers), chatpipe-org.el and chatpipe-org-stream.el
-;; (answers converted to Org in Org buffers), chatpipe-templates.el
-;; (choosing and editing templates), chatpipe-models.el (the models of
-;; a template's endpoint), chatpipe-state.el (chats saved to files),
+;; chatpipe-turns.el (headings, turns, messages),
+;; chatpipe-toolblocks.el (tool calls and results as text),
+;; chatpipe-reasoning.el (reasoning blocks and buffers, folding),
+;; chatpipe-status.el (chat settings, header line, error hints),
+;; chatpipe-insert.el (an answer's pieces inserted into its buffer),
+;; chatpipe-chat.el (streaming answers into buffers), chatpipe-org.el and chatpipe-org-stream.el (answers
+;; converted to Org in Org buffers), chatpipe-templates.el (choosing and
+;; editing templates), chatpipe-models.el (the models of a template's
+;; endpoint), chatpipe-state.el (chats saved to files),
 ;; chatpipe-settings.el (the settings commands and the menu),
 ;; chatpipe-install.el (installing the backend) and this one (the mode
 ;; and the chat commands).
@@ -88,6 +94,7 @@
 (require 'chatpipe-turns)
 (require 'chatpipe-reasoning)
 (require 'chatpipe-status)
+(require 'chatpipe-toolblocks)
 (require 'chatpipe-insert)
 (require 'chatpipe-chat)
 (require 'chatpipe-templates)
@@ -122,16 +129,19 @@ When nil, use `markdown-mode' if it is installed, else `text-mode'."
 
 ;;;; Mode
 
-(defun chatpipe--reasoning-tab-filter (command)
-  "Return COMMAND if point is on the first line of a reasoning block.
-Else return nil, so that TAB does what it does without
-`chatpipe-mode'."
-  (and (save-excursion
-         (beginning-of-line)
-         (let ((case-fold-search nil))
-           (looking-at (chatpipe--line-regexp
-                        (car (chatpipe--reasoning-delimiters))))))
-       command))
+(defun chatpipe--fold-tab-filter (_command)
+  "Return the command that folds the block whose first line is at point.
+That is `chatpipe-toggle-reasoning' on the first line of a reasoning
+block, `chatpipe-toggle-tool-result' on that of a tool block, else
+nil, so that TAB does what it does without `chatpipe-mode'."
+  (save-excursion
+    (beginning-of-line)
+    (let ((case-fold-search nil))
+      (cond ((looking-at (chatpipe--line-regexp
+                          (car (chatpipe--reasoning-delimiters))))
+             #'chatpipe-toggle-reasoning)
+            ((looking-at (chatpipe--tool-begin-regexp (chatpipe--tool-org-p)))
+             #'chatpipe-toggle-tool-result)))))
 
 (defun chatpipe--major-mode-binds-p (key)
   "Return non-nil if the buffer's major mode (its local map) binds KEY."
@@ -145,7 +155,7 @@ Else return nil, so that TAB does what it does without
 (defvar chatpipe-mode-map
   (let ((map (make-sparse-keymap))
         (tab '(menu-item "" chatpipe-toggle-reasoning
-                         :filter chatpipe--reasoning-tab-filter)))
+                         :filter chatpipe--fold-tab-filter)))
     (define-key map (kbd "C-c RET")
       '(menu-item "" chatpipe-send :filter chatpipe--send-key-filter))
     (define-key map (kbd "TAB") tab)
@@ -153,7 +163,7 @@ Else return nil, so that TAB does what it does without
     map)
   "Keymap of `chatpipe-mode'.
 `C-c RET' sends, unless the major mode binds it (as Org does);
-TAB on the first line of a reasoning block folds or unfolds it.")
+TAB on the first line of a reasoning or tool block folds or unfolds it.")
 
 (defun chatpipe--org-ctrl-c-ctrl-c ()
   "Run `chatpipe-send' for Org's key (C-c C-c) where Org has no other use.
@@ -185,10 +195,12 @@ In Org buffers, Org's key for `org-ctrl-c-ctrl-c' (C-c C-c) runs
 `chatpipe-send' wherever Org has nothing else to do with it (not on
 a checkbox, a table, a heading...).
 
-`TAB' on the first line of a reasoning block folds or unfolds it.
+`TAB' on the first line of a reasoning block or a tool block folds
+or unfolds it.
 
-Turning the mode on folds the reasoning blocks of the buffer (see
-`chatpipe-reasoning-display'); turning it off unfolds them.  Saving
+Turning the mode on folds the reasoning blocks (see
+`chatpipe-reasoning-display') and the tool blocks of the buffer;
+turning it off unfolds them.  Saving
 the buffer saves the chat's settings with it (see
 `chatpipe-save-state'), and the mode stays on when the major mode
 changes, the headings converted to its style."
@@ -211,7 +223,9 @@ changes, the headings converted to its style."
         (save-restriction
           (widen)
           (dolist (block (chatpipe-reasoning-blocks))
-            (chatpipe-hide-reasoning block t))))
+            (chatpipe-hide-reasoning block t))
+          (dolist (block (chatpipe-tool-blocks))
+            (chatpipe-hide-tool-result block t))))
     (when (equal header-line-format chatpipe--header-line-format)
       (setq-local header-line-format chatpipe--saved-header-line))
     (remove-hook 'kill-buffer-hook #'chatpipe--kill-buffer t)
@@ -219,7 +233,8 @@ changes, the headings converted to its style."
     (chatpipe--state-disable)
     (font-lock-remove-keywords nil chatpipe--font-lock-keywords)
     (font-lock-flush)
-    (chatpipe--unfold-all 'chatpipe-reasoning)))
+    (chatpipe--unfold-all 'chatpipe-reasoning)
+    (chatpipe--unfold-all 'chatpipe-tool)))
 
 ;;;; Sending
 
