@@ -24,10 +24,12 @@
 
 ;; Streaming answers into chat buffers.  Sending parses the turns into
 ;; messages, inserts an assistant heading and sends a request to the
-;; backend; the backend's events are inserted as they come (see
-;; chatpipe-insert.el).  At the end, a user heading is added for the
-;; next question; an aborted, failed, truncated or empty answer ends
-;; with a note, not sent back.
+;; backend, with the chat's tools if it has any (see
+;; chatpipe-tools.el); the backend's events are inserted as they come
+;; (see chatpipe-insert.el), and the `tool_request' events answered.
+;; At the end, a user heading is added for the next question; an
+;; aborted, failed, truncated or empty answer ends with a note, not
+;; sent back.
 ;;
 ;; Undo: the heading is an ordinary undo step of the sending command.
 ;; The answer is inserted with undo recording off and, when it ends,
@@ -47,6 +49,7 @@
 (require 'chatpipe-reasoning)
 (require 'chatpipe-status)
 (require 'chatpipe-insert)
+(require 'chatpipe-tools)
 
 ;;;; The end of an answer
 
@@ -79,17 +82,23 @@ See `chatpipe--done-notes'."
           (chatpipe--set-status "waiting... (retry %s)" attempt))))))
 
 (defun chatpipe--release (job)
-  "Let go of the markers and the timers of JOB, which has ended."
+  "Let go of the markers and the timers of JOB, which has ended.
+Its tool runs end too (see `chatpipe--tool-runs-stop')."
   (chatpipe--cancel-timer job)
+  (chatpipe--tool-runs-stop (chatpipe--job-runs job))
   (when (chatpipe--job-status-timer job)
     (cancel-timer (chatpipe--job-status-timer job))
     (setf (chatpipe--job-status-timer job) nil))
   (dolist (marker (append (list (chatpipe--job-marker job)
                                 (chatpipe--job-start job)
+                                (chatpipe--job-origin job)
                                 (chatpipe--job-reasoning job)
                                 (chatpipe--job-escape job)
                                 (chatpipe--job-tools-end job))
-                          (mapcar #'cdr (chatpipe--job-tools job))))
+                          (mapcan (lambda (entry)
+                                    (list (chatpipe--call-start (cdr entry))
+                                          (chatpipe--call-args (cdr entry))))
+                                  (chatpipe--job-tools job))))
     (when (markerp marker)
       (set-marker marker nil))))
 
@@ -108,7 +117,7 @@ The step deletes the answer and puts DELETED back.  If nothing was
 recorded since the heading was inserted, the step is the heading's
 too, so that one undo undoes the whole send; else it is a step of
 its own, and the user's changes meanwhile stay."
-  (let ((start (marker-position (chatpipe--job-start job)))
+  (let ((start (marker-position (chatpipe--job-origin job)))
         (prepared (chatpipe--job-undo job)))
     (when (and (listp buffer-undo-list) prepared (listp prepared))
       (if (eq (chatpipe--undo-list) prepared)
@@ -136,10 +145,7 @@ for the next question; record the answer as one undo step (see
               end)
           (let ((buffer-undo-list t))
             (chatpipe--following (chatpipe--job-end job) end
-              (when (chatpipe--job-escape job)
-                (let ((reasoning (chatpipe--job-reasoning job)))
-                  (chatpipe--escape-reasoning
-                   reasoning (chatpipe--job-escape job) reasoning t)))
+              (chatpipe--end-reasoning job)
               (goto-char (chatpipe--job-end job))
               (pcase kind
                 ('aborted (chatpipe--ensure-blank-line)
@@ -199,6 +205,21 @@ Events of unknown types are ignored."
            (when (integerp (plist-get event :index))
              (chatpipe--insert-tool-call job event)
              (chatpipe--progress job 'tools)))
+          ("tool_request" (chatpipe--job-tool-request job event))
+          ("tool_result"
+           (let ((name (chatpipe--insert-tool-result job event)))
+             (chatpipe--set-status "tool %s %s" (or name (plist-get event :name))
+                                   (cond ((plist-get event :denied) "denied")
+                                         ((plist-get event :is_error) "failed")
+                                         (t "done")))))
+          ("step"
+           (chatpipe--next-step job)
+           (chatpipe--set-status "streaming..."))
+          ("warning"
+           (let ((text (plist-get event :message)))
+             (when (stringp text)
+               (chatpipe--log "%s: %s" (buffer-name) text)
+               (message "chatpipe: %s" text))))
           ("retry"
            (let ((text (chatpipe--retry-text event))
                  (delay (plist-get event :delay)))
@@ -222,6 +243,22 @@ Events of unknown types are ignored."
 
 ;;;; Requests
 
+(defun chatpipe--job-tool-request (job event)
+  "Answer the `tool_request' EVENT of JOB: see `chatpipe--tool-request'.
+The status stops showing the answer's progress meanwhile; a quit
+while the user is asked, or while an Emacs tool runs, aborts JOB."
+  (when (chatpipe--job-status-timer job)
+    (cancel-timer (chatpipe--job-status-timer job))
+    (setf (chatpipe--job-status-timer job) nil))
+  (let ((buffer (chatpipe--job-buffer job)))
+    (push (chatpipe--tool-request
+           (chatpipe--job-stream job) event buffer
+           (lambda ()
+             (when (and (buffer-live-p buffer)
+                        (eq (buffer-local-value 'chatpipe--job buffer) job))
+               (chatpipe-abort-job buffer))))
+          (chatpipe--job-runs job))))
+
 (defun chatpipe-busy-p (&optional buffer)
   "Return non-nil if an answer is streaming into BUFFER (default: current)."
   (let ((job (buffer-local-value 'chatpipe--job (or buffer (current-buffer)))))
@@ -235,29 +272,37 @@ Events of unknown types are ignored."
 
 (defun chatpipe--start (messages prepare)
   "Send MESSAGES and stream the answer into the current buffer.
-MESSAGES is a list of (ROLE . CONTENT).  PREPARE is called with no
-arguments after the backend is found; it edits the buffer as needed
-\(these edits are one undo step) and returns the position where the
-answer goes.  If the request cannot be sent, its edits are undone.
-Return the new `chatpipe--job'."
+MESSAGES is a list as `chatpipe-messages' returns.  PREPARE is
+called with no arguments after the backend is found; it edits the
+buffer as needed \(these edits are one undo step) and returns the
+position where the answer goes.  If the request cannot be sent, its
+edits are undone.  The chat's tools go with the request (see
+`chatpipe--request-tools'); they need the shared serve process (a
+`user-error' else).  Return the new `chatpipe--job'."
   (chatpipe--check-idle)
   (chatpipe--check-last-is-user messages)
-  (condition-case err
-      (chatpipe--command)
-    (chatpipe-backend-missing
-     (chatpipe--set-status "error: %s" (cadr err))
-     (signal (car err) (cdr err))))
-  (let ((group (prepare-change-group))
+  (let ((tools (chatpipe--request-tools))
+        (group (prepare-change-group))
         (inhibit-read-only t)
         (started nil)
         job)
+    (when (and tools (eq chatpipe-backend-mode 'send))
+      (user-error "Tools need the shared backend process: set \
+`chatpipe-backend-mode' to `serve', or take this chat's tools away \
+\(M-x chatpipe-set-tools)"))
+    (condition-case err
+        (chatpipe--command)
+      (chatpipe-backend-missing
+       (chatpipe--set-status "error: %s" (cadr err))
+       (signal (car err) (cdr err))))
     (unwind-protect
         (progn
           (activate-change-group group)
           (let ((pos (funcall prepare)))
             (setq job (chatpipe--job-create
                        :buffer (current-buffer) :marker (copy-marker pos t)
-                       :start (copy-marker pos) :start-time (float-time)
+                       :start (copy-marker pos) :origin (copy-marker pos)
+                       :start-time (float-time) :tool-mode (and tools t)
                        :display chatpipe-reasoning-display
                        :org (chatpipe-org-maybe-converter
                              (chatpipe--heading 'assistant))))
@@ -269,6 +314,7 @@ Return the new `chatpipe--job'."
                    :url chatpipe-url
                    :vars chatpipe-template-vars
                    :params (chatpipe--params)
+                   :tools tools
                    :name (format "chatpipe %s" (buffer-name))
                    :handler (lambda (event)
                               (chatpipe--handle-event job event))))
@@ -286,12 +332,15 @@ Return the new `chatpipe--job'."
 (defun chatpipe-abort-job (&optional buffer)
   "Stop the answer streaming into BUFFER (default: current), if any.
 The text streamed so far stays, followed by `chatpipe-aborted-text'.
+Tool calls stop too: a question being asked in the minibuffer ends,
+and the result of an Emacs tool still running is dropped.
 Return non-nil if there was an answer to stop."
   (with-current-buffer (or buffer (current-buffer))
     (let ((job chatpipe--job))
       (when job
         (chatpipe-process-abort (chatpipe--job-stream job))
         (chatpipe--finish job 'aborted)
+        (chatpipe--tool-prompt-exit (chatpipe--job-runs job))
         t))))
 
 (defun chatpipe--kill-buffer ()

@@ -25,9 +25,17 @@
 ;; The pieces of an answer, inserted into its chat buffer as they
 ;; stream: the text at a marker (nothing inserted is parsed again),
 ;; reasoning in a folded block before it, and the tool calls after
-;; it, "[tool call: NAME(ARGS)]".  Point and windows at the end of the
-;; answer follow it.  The status shows how far the answer has come,
-;; updated at most every `chatpipe--status-interval' seconds.
+;; it.  Point and windows at the end of the answer follow it.  The
+;; status shows how far the answer has come, updated at most every
+;; `chatpipe--status-interval' seconds.
+;;
+;; A chat that offers no tools shows the model's tool calls as lines,
+;; "[tool call: NAME(ARGS)]", never sent.  A chat that offers tools
+;; (see chatpipe-tools.el) shows each call as a tool block (see
+;; chatpipe-toolblocks.el), folded, its first line the call, which
+;; gets the call's result when it comes; then, after a `step' event,
+;; the model's next answer streams on below the blocks, and so on
+;; until the last answer.
 
 ;;; Code:
 
@@ -45,23 +53,39 @@
                              (:copier nil))
   "One answer being streamed into a chat buffer.
 BUFFER is the chat buffer, STREAM the answer's `chatpipe-stream'.
-MARKER is the end of the answer's text (insertion type t), START
-its start, where a reasoning block goes (insertion type nil).  UNDO
-is the `buffer-undo-list' after the heading was inserted, to know
-at the end whether the user changed anything meanwhile.
-DISPLAY is the `chatpipe-reasoning-display' of the answer.
-REASONING is the marker where reasoning goes in a block, ESCAPE the
-start of the block's first line not yet checked for escapes.  TOOLS
-is an alist (INDEX . MARKER) of where the arguments of each tool
-call go, TOOLS-END the end of the tool call lines, and TOOLS-SEP
-non-nil once a blank line separates them from the answer.  TIMER
-is the timer of a pending retry.  PROGRESS is what streamed last
-\(`answer', `reasoning' or `tools'), STATUS-TIME when the status
-last showed it, and STATUS-TIMER the timer that will show it next.
-ORG is the answer's Markdown to Org converter, in Org buffers only."
-  buffer stream marker start undo start-time (chars 0) usage display
-  reasoning escape (reasoning-chars 0) tools tools-end tools-sep
-  finish-reason timer progress (status-time 0.0) status-timer org)
+ORIGIN is the start of the whole answer (insertion type nil), and
+MARKER the end of the text of the answer streaming now (insertion
+type t), START its start, where its reasoning block goes (insertion
+type nil): after a `step', the next answer of the request starts
+after the tool blocks of the last.  UNDO is the `buffer-undo-list'
+after the heading was inserted, to know at the end whether the user
+changed anything meanwhile.  DISPLAY is the
+`chatpipe-reasoning-display' of the answer.  REASONING is the
+marker where reasoning goes in a block, ESCAPE the start of the
+block's first line not yet checked for escapes.  TOOLS is an alist
+\(INDEX . CALL) of the tool calls, each a `chatpipe--call';
+TOOL-MODE non-nil if the request offers tools, so that calls are
+tool blocks, not lines; TOOLS-END the end of the calls of the
+answer streaming now, and TOOLS-SEP non-nil once a blank line
+separates them from its text.  RUNS are the tool runs of the
+request (see `chatpipe--tool-request').  TIMER is the timer of a
+pending retry.  PROGRESS is what streamed last \(`answer',
+`reasoning' or `tools'), STATUS-TIME when the status last showed
+it, and STATUS-TIMER the timer that will show it next.  ORG is the
+answer's Markdown to Org converter, in Org buffers only."
+  buffer stream origin marker start undo start-time (chars 0) usage display
+  reasoning escape (reasoning-chars 0) tools tool-mode tools-end tools-sep
+  runs finish-reason timer progress (status-time 0.0) status-timer org)
+
+(cl-defstruct (chatpipe--call (:constructor chatpipe--call-create)
+                              (:copier nil))
+  "A tool call of an answer, as shown in its chat buffer.
+ID, NAME and SIGNATURE are those of its first `tool_call' event,
+ARGUMENTS the fragments of its arguments so far, joined.  START is
+a marker at the start of its tool block (nil for a tool call line),
+ARGS a marker where its arguments go, and BEGUN non-nil once some
+of them are shown."
+  id name signature (arguments "") start args begun)
 
 (defvar-local chatpipe--job nil
   "The `chatpipe--job' streaming into this buffer, or nil.")
@@ -181,44 +205,6 @@ between the answer and them."
         (setf (chatpipe--job-tools-sep job) t))))
   (cl-incf (chatpipe--job-chars job) (length text)))
 
-(defun chatpipe--insert-tool-call (job event)
-  "Show the `tool_call' EVENT of JOB after its answer.
-The first fragment of a call adds a line \"[tool call: NAME(ARGS)]\"
-after the answer and the calls before it; later fragments of the
-same call are inserted at the end of its ARGS.  Line breaks in the
-arguments (JSON white space) are shown as spaces."
-  (let* ((index (plist-get event :index))
-         (arguments (plist-get event :arguments))
-         (text (if (stringp arguments)
-                   (replace-regexp-in-string "[\r\n]" " " arguments)
-                 ""))
-         (marker (cdr (assoc index (chatpipe--job-tools job)))))
-    (chatpipe--edit job
-       (if marker
-           (progn (goto-char marker)
-                  (insert text))
-         (let ((answer-end (chatpipe--job-marker job))
-               (tools-end (chatpipe--job-tools-end job))
-               (name (plist-get event :name))
-               pos)
-           (if tools-end
-               (progn (goto-char tools-end)
-                      (insert "\n"))
-             (goto-char answer-end)
-             (setq pos (point))
-             (when (> (chatpipe--job-chars job) 0)
-               (chatpipe--ensure-blank-line)
-               (setf (chatpipe--job-tools-sep job) t)))
-           (insert "[tool call: "
-                   (if (stringp name) (replace-regexp-in-string "\n" " " name)
-                     "?")
-                   "(" text ")]")
-           (push (cons index (copy-marker (- (point) 2) t))
-                 (chatpipe--job-tools job))
-           (unless tools-end
-             (setf (chatpipe--job-tools-end job) (copy-marker (point) t))
-             (set-marker answer-end pos)))))))
-
 (defun chatpipe--insert-reasoning (job text)
   "Show TEXT, a piece of JOB's reasoning, where JOB's display wants it.
 See `chatpipe-reasoning-display'."
@@ -253,6 +239,19 @@ See `chatpipe-org-finish'.  Do nothing if JOB has no converter."
           (goto-char (chatpipe--job-marker job))
           (insert text))))))
 
+
+(defun chatpipe--end-reasoning (job)
+  "Escape the last line of JOB's reasoning block, and let go of its markers.
+The next reasoning of JOB, if any, opens a new block."
+  (let ((reasoning (chatpipe--job-reasoning job))
+        (escape (chatpipe--job-escape job)))
+    (when escape
+      (chatpipe--escape-reasoning reasoning escape reasoning t))
+    (dolist (marker (list reasoning escape))
+      (when (markerp marker) (set-marker marker nil)))
+    (setf (chatpipe--job-reasoning job) nil)
+    (setf (chatpipe--job-escape job) nil)))
+
 ;;;; Tool calls
 
 (defun chatpipe-hide-tool-result (block hide)
@@ -272,6 +271,143 @@ all.  Return non-nil if the block (or the blocks) are now folded."
   (chatpipe--toggle-folds 'chatpipe-tool
                           (and (not all) (chatpipe-tool-block-at (point)))
                           #'chatpipe-tool-blocks "tool block"))
+
+(defun chatpipe--call-plist (call &rest more)
+  "Return CALL, a `chatpipe--call', as a plist for its tool block.
+MORE are keys and values to add, such as :flag and :content."
+  (append (list :name (chatpipe--call-name call)
+                :arguments (chatpipe--call-arguments call)
+                :id (chatpipe--call-id call)
+                :signature (chatpipe--call-signature call))
+          more))
+
+(defun chatpipe--open-tool-call (job call)
+  "Insert the start of CALL, a new tool call of JOB, at point.
+In a chat with tools, that is a folded tool block whose call has no
+result yet; else a line \"[tool call: NAME()]\".  Set CALL's markers."
+  (let ((start (point)))
+    (if (chatpipe--job-tool-mode job)
+        (let* ((org (chatpipe--tool-org-p))
+               (args (+ start (length (car (chatpipe--tool-syntax org)))
+                        (length (chatpipe--call-name call)))))
+          (insert (chatpipe--tool-block-string
+                   org (chatpipe--call-plist call :flag 'pending)))
+          (chatpipe-hide-tool-result
+           (list start (save-excursion (goto-char start) (line-end-position))
+                 (point))
+           t)
+          (setf (chatpipe--call-start call) (copy-marker start t))
+          (setf (chatpipe--call-args call) (copy-marker args t)))
+      (insert "[tool call: " (chatpipe--call-name call) "()]")
+      (setf (chatpipe--call-args call) (copy-marker (- (point) 2) t)))))
+
+(defun chatpipe--insert-tool-call (job event)
+  "Show the `tool_call' EVENT of JOB after the text of its answer.
+The first fragment of a call adds the call after the answer's text
+and the calls before it: a tool block in a chat that offers tools,
+else a line \"[tool call: NAME(ARGS)]\" (see
+`chatpipe--open-tool-call'); later fragments of the same call are
+added to its arguments.  Line breaks in the arguments (JSON white
+space) are shown as spaces."
+  (let* ((index (plist-get event :index))
+         (arguments (plist-get event :arguments))
+         (arguments (if (stringp arguments) arguments ""))
+         (call (cdr (assoc index (chatpipe--job-tools job)))))
+    (chatpipe--edit job
+      (unless call
+        (let ((name (plist-get event :name))
+              (answer-end (chatpipe--job-marker job))
+              (tools-end (chatpipe--job-tools-end job))
+              pos)
+          (setq call (chatpipe--call-create
+                      :id (let ((id (plist-get event :call_id)))
+                            (if (stringp id) id (format "call_%s" index)))
+                      :name (cond ((not (and (stringp name)
+                                             (not (string-empty-p name))))
+                                   "?")
+                                  ((chatpipe--job-tool-mode job)
+                                   (replace-regexp-in-string "[ \t\n]" "_" name))
+                                  (t (replace-regexp-in-string "\n" " " name)))
+                      :signature (let ((sig (plist-get event :signature)))
+                                   (and (stringp sig) sig))))
+          (push (cons index call) (chatpipe--job-tools job))
+          (if tools-end
+              (progn (goto-char tools-end)
+                     (insert (if (chatpipe--job-tool-mode job) "\n\n" "\n")))
+            (goto-char answer-end)
+            (setq pos (point))
+            (when (> (chatpipe--job-chars job) 0)
+              (chatpipe--ensure-blank-line)
+              (setf (chatpipe--job-tools-sep job) t)))
+          (chatpipe--open-tool-call job call)
+          (unless tools-end
+            (setf (chatpipe--job-tools-end job) (copy-marker (point) t))
+            (set-marker answer-end pos))))
+      (unless (string-empty-p arguments)
+        (goto-char (chatpipe--call-args call))
+        (when (and (chatpipe--call-start call) (not (chatpipe--call-begun call)))
+          (insert " "))
+        (setf (chatpipe--call-begun call) t)
+        (insert (replace-regexp-in-string "[\r\n]" " " arguments))
+        (setf (chatpipe--call-arguments call)
+              (concat (chatpipe--call-arguments call) arguments))))))
+
+(defun chatpipe--insert-tool-result (job event)
+  "Put the result of the `tool_result' EVENT of JOB in its call's block.
+The block, folded as it was, gets the result as its body and the
+call's first line says whether it is an error or was denied.
+Return the call's name, or nil if JOB shows no block for the call."
+  (let* ((id (plist-get event :call_id))
+         (call (cdr (cl-find-if (lambda (entry)
+                                  (equal (chatpipe--call-id (cdr entry)) id))
+                                (chatpipe--job-tools job))))
+         (start (and call (chatpipe--call-start call))))
+    (when start
+      (chatpipe--edit job
+        (let ((org (chatpipe--tool-org-p))
+              (case-fold-search nil))
+          (goto-char start)
+          (when (looking-at (chatpipe--tool-begin-regexp org))
+            (let* ((block (chatpipe--tool-block-from start (match-end 0)
+                                                     (point-max) org))
+                   (hide (or (null block)
+                             (chatpipe--folded-p block 'chatpipe-tool)))
+                   (content (plist-get event :content))
+                   (pos (marker-position start)))
+              (when block
+                (delete-region pos (nth 2 block))
+                (goto-char pos)
+                (insert (chatpipe--tool-block-string
+                         org (chatpipe--call-plist
+                              call
+                              :flag (cond ((plist-get event :denied) 'denied)
+                                          ((plist-get event :is_error) 'error))
+                              :content (if (stringp content) content ""))))
+                (set-marker start pos)
+                (chatpipe-hide-tool-result
+                 (list pos (save-excursion (goto-char pos) (line-end-position))
+                       (point))
+                 hide))))))
+      (chatpipe--call-name call))))
+
+(defun chatpipe--next-step (job)
+  "Make room in JOB's buffer for the next answer of its request.
+That is a `step' event: the calls of the last answer were answered.
+The next answer's text, reasoning and calls go after the last
+answer's tool blocks, a blank line between them."
+  (chatpipe--insert-held job)
+  (chatpipe--edit job
+    (chatpipe--end-reasoning job)
+    (goto-char (chatpipe--job-end job))
+    (chatpipe--ensure-blank-line)
+    (set-marker (chatpipe--job-marker job) (point))
+    (set-marker (chatpipe--job-start job) (point))
+    (when (chatpipe--job-tools-end job)
+      (set-marker (chatpipe--job-tools-end job) nil))
+    (setf (chatpipe--job-tools-end job) nil)
+    (setf (chatpipe--job-tools-sep job) nil)
+    (setf (chatpipe--job-org job)
+          (chatpipe-org-maybe-converter (chatpipe--heading 'assistant)))))
 
 (provide 'chatpipe-insert)
 ;;; chatpipe-insert.el ends here

@@ -221,17 +221,22 @@ delivered any more."
 ;;;; Requests
 
 (cl-defun chatpipe-process-start (&key template messages model url vars
-                                       params name handler)
+                                       params tools name handler)
   "Start streaming an answer to MESSAGES with TEMPLATE; return its stream.
 TEMPLATE is a template name or a .json file name.  MESSAGES is a
 list of (ROLE . CONTENT) pairs of strings, appended after the
 template's own (a system message replaces their system prompt).
-MODEL and URL, if non-nil, override the template's model and
-endpoint; VARS is an alist of (NAME . VALUE) strings for its
-`${NAME}' placeholders; PARAMS an alist such as ((temperature .
-0.7) (max_tokens . 500)), given as the request's \"params\" or as
-options.  The request goes to the shared serve process, or to a
-send process named NAME (see `chatpipe-backend-mode'); the API keys
+MESSAGES may also hold alists in the neutral shape of tool turns
+\(see `chatpipe-messages').  MODEL and URL, if non-nil, override the
+template's model and endpoint; VARS is an alist of (NAME . VALUE)
+strings for its `${NAME}' placeholders; PARAMS an alist such as
+\((temperature . 0.7) (max_tokens . 500)), given as the request's
+\"params\" or as options.  TOOLS, a list of neutral tool definitions
+\(alists) and \"mcp:NAME\" strings, is the request's \"tools\": it
+needs the serve process, whose `tool_request' events HANDLER answers
+with `chatpipe-process-answer'.  The request goes to the shared
+serve process, or to a send process named NAME (see
+`chatpipe-backend-mode'); the API keys
 the template needs (see `chatpipe-template-env') go in the request
 or the process environment, never on a command line.  The answer's
 `usage' event carries its `cost' (US dollars) when the backend
@@ -275,7 +280,9 @@ no backend."
                                   :handler handler)
          (chatpipe--serve-line
           `((id . ,id) (template . ,template) (messages . ,json-messages)
-            ,@(and params `((params . ,params))) (price . t))
+            ,@(and params `((params . ,params)))
+            ,@(and tools `((tools . ,(vconcat tools))))
+            (price . t))
           model url vars env))))))
 
 (defun chatpipe--serve-line (request &optional model url vars env)
@@ -289,6 +296,20 @@ MODEL, URL, VARS and ENV are added to it if non-nil, as for
              ,@(and vars `((vars . ,(chatpipe--string-table vars))))
              ,@(and env `((env . ,(chatpipe--string-table env))))))
           "\n"))
+
+(defun chatpipe-process-answer (stream key answer)
+  "Answer the `tool_request' that STREAM is waiting on.
+KEY is `tool_result' (ANSWER an alist such as ((call_id . \"c1\")
+\(content . \"22 C\") (is_error . :false)), or ((call_id . \"c1\")
+\(denied . t) (reason . \"...\"))) or `tool_confirm' (ANSWER such as
+\((call_id . \"c1\") (decision . \"once\"))); see docs/protocol.md.
+The line goes to STREAM's `chatpipe serve' process, unless STREAM
+has ended.  Return non-nil if it was written."
+  (when (chatpipe-stream-live-p stream)
+    (chatpipe--write stream (chatpipe--serve-line
+                             `((id . ,(chatpipe-stream-id stream)) (,key . ,answer)))
+                     nil (format "the %s" key))
+    t))
 
 (cl-defun chatpipe-process-preconnect (&key template url vars)
   "Make the shared serve process ready for a first answer with TEMPLATE.

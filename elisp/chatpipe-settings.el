@@ -24,7 +24,8 @@
 
 ;; The commands that set what a chat sends: its template, model,
 ;; temperature, token limit, system prompt (one of
-;; `chatpipe-directives', or any text) and template variables.  They
+;; `chatpipe-directives', or any text), template variables and tools
+;; (defined in Emacs, or MCP servers).  They
 ;; are shown in the header line and saved with the chat (see
 ;; chatpipe-state.el).  And the transient menu `chatpipe-menu', which
 ;; has them all, with the chat commands.
@@ -38,6 +39,7 @@
 (require 'chatpipe-status)
 (require 'chatpipe-templates)
 (require 'chatpipe-state)
+(require 'chatpipe-tools)
 
 (defvar chatpipe-mode)
 (declare-function chatpipe-mode "chatpipe")
@@ -200,6 +202,61 @@ An empty or nil VALUE removes it.  The values are in
                      (list (cons name value)))))
   chatpipe-template-vars)
 
+;;;; Tools
+
+(defun chatpipe--tool-candidates ()
+  "Return the tools a chat may offer, for completion: (NAME . NOTE).
+They are the tools defined in Emacs and \"mcp:NAME\" for each MCP
+server of the backend's mcp.json that is not disabled (if the
+backend cannot list them, a message says why)."
+  (append
+   (mapcar (lambda (name)
+             (cons name (chatpipe-tool-description (chatpipe-get-tool name))))
+           (chatpipe-tool-names))
+   (condition-case err
+       (delq nil (mapcar (lambda (server)
+                           (unless (plist-get server :disabled)
+                             (cons (concat "mcp:" (plist-get server :name))
+                                   (or (plist-get server :description)
+                                       (format "MCP server (%s)"
+                                               (plist-get server :transport))))))
+                         (chatpipe-mcp-servers)))
+     (error (message "chatpipe: cannot list the MCP servers: %s"
+                     (error-message-string err))
+            nil))))
+
+;;;###autoload
+(defun chatpipe-set-tools (tools)
+  "Let the model call TOOLS in this chat.
+TOOLS is a list of strings: names of tools defined in Emacs (see
+`chatpipe-define-tool') and \"mcp:NAME\" for the tools of the MCP
+server NAME of the backend's mcp.json; nil means none; the symbol
+`default' goes back to `chatpipe-default-tools'.  Interactively,
+choose them with completion, separated by commas (an empty answer
+for none); with a prefix argument, go back to the default.  The
+tools are saved with the chat.  Return the new `chatpipe-tools'."
+  (interactive
+   (list (if current-prefix-arg
+             'default
+           (let* ((candidates (chatpipe--tool-candidates))
+                  (completion-extra-properties
+                   (list :annotation-function
+                         (lambda (name)
+                           (let ((note (cdr (assoc name candidates))))
+                             (and note (not (string-empty-p note))
+                                  (concat "  " (truncate-string-to-width
+                                                note 60 nil nil "..."))))))))
+             (completing-read-multiple
+              "Tools (comma-separated; empty: none): " candidates nil nil
+              (string-join (chatpipe--chat-tools) ","))))))
+  (chatpipe--ensure-mode)
+  (setq chatpipe-tools
+        (cond ((eq tools 'default) nil)
+              ((null tools) 'none)
+              (t (delete-dups (mapcar #'string-trim tools)))))
+  (force-mode-line-update)
+  chatpipe-tools)
+
 ;;;; Menu
 
 (defun chatpipe--menu-template ()
@@ -218,6 +275,12 @@ An empty or nil VALUE removes it.  The values are in
   "Return the menu's description of the token limit command."
   (format "Max tokens: %s" (or chatpipe-max-tokens "the template's")))
 
+(defun chatpipe--menu-tools ()
+  "Return the menu's description of the tools command."
+  (format "Tools: %s" (if (chatpipe--chat-tools)
+                          (string-join (chatpipe--chat-tools) " ")
+                        "none")))
+
 (defun chatpipe--menu-system ()
   "Return the menu's description of the system prompt command."
   (format "System prompt: %s" (if chatpipe-system
@@ -228,7 +291,7 @@ An empty or nil VALUE removes it.  The values are in
 (transient-define-prefix chatpipe-menu ()
   "Show the chatpipe menu: the chat commands and this chat's settings.
 The settings (template, model, temperature, token limit, system
-prompt) are shown in the header line and saved with the chat."
+prompt, tools) are shown in the header line and saved with the chat."
   [["Chat"
     ("RET" "Send (up to point)" chatpipe-send)
     ("k" "Abort the answer" chatpipe-abort)
@@ -245,9 +308,11 @@ prompt) are shown in the header line and saved with the chat."
      :transient t)
     ("s" chatpipe-set-system-prompt :description chatpipe--menu-system
      :transient t)
-    ("$" "Template variable" chatpipe-set-template-var :transient t)]
+    ("$" "Template variable" chatpipe-set-template-var :transient t)
+    ("u" chatpipe-set-tools :description chatpipe--menu-tools :transient t)]
    ["More"
     ("v" "Fold or unfold reasoning" chatpipe-toggle-reasoning)
+    ("U" "Fold or unfold tool results" chatpipe-toggle-tool-result)
     ("V" "Show reasoning buffer" chatpipe-show-reasoning)
     ("e" "Edit template" chatpipe-edit-template)
     ("S" "Stop the backend process" chatpipe-serve-stop)

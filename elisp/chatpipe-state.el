@@ -27,13 +27,14 @@
 ;;
 ;; - in Markdown, text and other buffers, as file-local variables at
 ;;   the end of the file: `chatpipe-template', `chatpipe-model',
-;;   `chatpipe-temperature', `chatpipe-max-tokens', `chatpipe-system'
-;;   and `chatpipe-template-vars' (the ones set), and
+;;   `chatpipe-temperature', `chatpipe-max-tokens', `chatpipe-system',
+;;   `chatpipe-template-vars' and `chatpipe-tools' (the ones set), and
 ;;   "eval: (chatpipe-mode 1)", which Emacs deems safe (it asks nothing);
 ;; - in Org buffers, as properties of the file (a property drawer at
 ;;   its top): CHATPIPE_TEMPLATE, CHATPIPE_MODEL, CHATPIPE_TEMPERATURE,
-;;   CHATPIPE_MAX_TOKENS, CHATPIPE_SYSTEM (line breaks as \n) and
-;;   CHATPIPE_VARS, and "eval: (chatpipe-mode 1)" in its Local Variables.
+;;   CHATPIPE_MAX_TOKENS, CHATPIPE_SYSTEM (line breaks as \n),
+;;   CHATPIPE_VARS and CHATPIPE_TOOLS, and "eval: (chatpipe-mode 1)" in
+;;   its Local Variables.
 ;;
 ;; Visiting the file turns `chatpipe-mode' on again (the eval entry; a
 ;; "mode: chatpipe" entry would be taken for the major mode), which in
@@ -67,7 +68,8 @@
     (chatpipe-temperature . "CHATPIPE_TEMPERATURE")
     (chatpipe-max-tokens . "CHATPIPE_MAX_TOKENS")
     (chatpipe-system . "CHATPIPE_SYSTEM")
-    (chatpipe-template-vars . "CHATPIPE_VARS"))
+    (chatpipe-template-vars . "CHATPIPE_VARS")
+    (chatpipe-tools . "CHATPIPE_TOOLS"))
   "The settings saved with a chat: (VARIABLE . ORG-PROPERTY).")
 
 (defvar-local chatpipe--org-style nil
@@ -94,7 +96,7 @@
   (cond ((eq var 'chatpipe-system)
          (replace-regexp-in-string
           "\n" "\\\\n" (replace-regexp-in-string "\\\\" "\\\\\\\\" value)))
-        ((eq var 'chatpipe-template-vars)
+        ((memq var '(chatpipe-template-vars chatpipe-tools))
          (let ((print-escape-newlines t)) (prin1-to-string value)))
         ((numberp value) (number-to-string value))
         (t value)))
@@ -109,7 +111,7 @@ Return nil if TEXT is no valid value of VAR."
              "\\\\\\(.\\)" (lambda (m) (if (equal (match-string 1 m) "n")
                                           "\n" (match-string 1 m)))
              text t t))
-           ('chatpipe-template-vars
+           ((or 'chatpipe-template-vars 'chatpipe-tools)
             (ignore-errors (car (read-from-string text))))
            ((or 'chatpipe-temperature 'chatpipe-max-tokens)
             (and (string-match-p "\\`[0-9]*\\.?[0-9]+\\'" text)
@@ -151,8 +153,8 @@ Return nil if TEXT is no valid value of VAR."
 
 (defun chatpipe-save-state ()
   "Write this chat's settings into the buffer, to be saved with it.
-They are its template, model, parameters, system prompt and
-template variables, as file-local variables or, in Org buffers, as
+They are its template, model, parameters, system prompt, template
+variables and tools, as file-local variables or, in Org buffers, as
 properties of the file; and an \"eval: (chatpipe-mode 1)\" local
 variable that turns `chatpipe-mode' on when the file is visited.  Saving a
 buffer in `chatpipe-mode' calls this.  See the commentary of

@@ -23,7 +23,7 @@
 ;;; Commentary:
 
 ;; The settings of a chat buffer (its template, model, template
-;; variables, temperature, token limit and system prompt) and its
+;; variables, temperature, token limit, system prompt and tools) and its
 ;; status, shown in the header line: the template, the model, the
 ;; parameters and how the last answer went.  Also the hints that the
 ;; backend's `error' events get, by their `kind': how to add a missing
@@ -80,9 +80,38 @@ turn in the buffer (\"### System\") wins over it.  See
 `chatpipe-directives'.")
 (put 'chatpipe-system 'safe-local-variable #'stringp)
 
+(defcustom chatpipe-default-tools nil
+  "The tools that chats offer the model, unless a chat has its own.
+A list of strings: names of tools defined in Emacs with
+`chatpipe-define-tool', and \"mcp:NAME\" for the tools of the MCP
+server NAME of the backend's mcp.json.  \\[chatpipe-set-tools] sets a
+chat's own (see `chatpipe-tools')."
+  :type '(repeat (string :tag "Tool name or mcp:SERVER"))
+  :group 'chatpipe)
+
+(defun chatpipe--tools-value-p (value)
+  "Return non-nil if VALUE is a value of `chatpipe-tools'."
+  (or (eq value 'none)
+      (and (listp value) (cl-every #'stringp value))))
+
+(defvar-local chatpipe-tools nil
+  "The tools this chat offers the model.
+Nil for `chatpipe-default-tools'; the symbol `none' for no tools;
+else a list of strings, as for `chatpipe-default-tools'.  Set it
+with \\[chatpipe-set-tools]; it is saved with the chat.")
+(put 'chatpipe-tools 'safe-local-variable #'chatpipe--tools-value-p)
+
 (dolist (var '(chatpipe-temperature chatpipe-max-tokens chatpipe-system
-               chatpipe-template-vars))
+               chatpipe-template-vars chatpipe-tools))
   (put var 'permanent-local t))
+
+(defun chatpipe--chat-tools ()
+  "Return the names of the tools of this chat, a list of strings.
+See `chatpipe-tools'."
+  (pcase chatpipe-tools
+    ('none nil)
+    ('nil chatpipe-default-tools)
+    (tools tools)))
 
 (defvar-local chatpipe--status nil
   "The status shown in the header line, a string, or nil.")
@@ -134,13 +163,17 @@ small example, and end with a question that checks understanding."))
                                     (format "max %s tokens" chatpipe-max-tokens))
                                (and chatpipe-system
                                     (concat "system: " (chatpipe--system-name
-                                                        chatpipe-system)))))))
+                                                        chatpipe-system)))
+                               (and (chatpipe--chat-tools)
+                                    (concat "tools: " (string-join
+                                                       (chatpipe--chat-tools)
+                                                       " ")))))))
     (and parts (string-join parts ", "))))
 
 (defun chatpipe-header-line ()
   "Return the text of the chat header line.
-It shows the template, the model, the parameters and system prompt
-set for this chat, and the status."
+It shows the template, the model, the parameters, system prompt and
+tools set for this chat, and the status."
   (let ((model (or chatpipe-model chatpipe--model-seen))
         (settings (chatpipe--settings-text)))
     (concat (propertize "chatpipe" 'face 'bold) " "

@@ -47,15 +47,21 @@
 ;; unfolds it), or in a buffer of its own (M-x chatpipe-show-reasoning),
 ;; or nowhere: see `chatpipe-reasoning-display'.  It is never sent back.
 ;;
-;; A tool call that the model made, and its result, are a folded block
-;; of the answer (TAB on its first line unfolds it), which is sent
-;; again when the chat goes on.  Tool calls that are shown but not
-;; run are lines after the answer, never sent.
+;; Tools: define tools in Emacs Lisp with `chatpipe-define-tool', and
+;; let a chat offer them, or the tools of the MCP servers of the
+;; backend's mcp.json, with M-x chatpipe-set-tools (or
+;; `chatpipe-default-tools' for all chats).  When the model calls one,
+;; chatpipe asks first where needed (MCP tools, tools defined with
+;; :confirm), runs it, shows the call and its result in a folded block
+;; (TAB on its first line unfolds it) and streams the model's next
+;; answer below; a saved chat keeps the blocks and sends them again.
+;; A chat without tools shows the model's tool calls after the answer,
+;; one line each.
 ;;
 ;; Other commands: `chatpipe-select-template', `chatpipe-set-model',
 ;; `chatpipe-set-temperature', `chatpipe-set-max-tokens',
-;; `chatpipe-set-system-prompt', `chatpipe-toggle-tool-result',
-;; `chatpipe-edit-template',
+;; `chatpipe-set-system-prompt', `chatpipe-set-tools',
+;; `chatpipe-toggle-tool-result', `chatpipe-edit-template',
 ;; `chatpipe-send-region' (the region and an instruction, from any
 ;; buffer) and the menu `chatpipe-menu'.
 ;;
@@ -77,7 +83,9 @@
 ;; chatpipe-reasoning.el (reasoning blocks and buffers, folding),
 ;; chatpipe-status.el (chat settings, header line, error hints),
 ;; chatpipe-insert.el (an answer's pieces inserted into its buffer),
-;; chatpipe-chat.el (streaming answers into buffers), chatpipe-org.el and chatpipe-org-stream.el (answers
+;; chatpipe-tools.el (tools defined in Emacs, MCP servers, answering
+;; the backend's tool requests), chatpipe-chat.el (streaming answers
+;; into buffers), chatpipe-org.el and chatpipe-org-stream.el (answers
 ;; converted to Org in Org buffers), chatpipe-templates.el (choosing and
 ;; editing templates), chatpipe-models.el (the models of a template's
 ;; endpoint), chatpipe-state.el (chats saved to files),
@@ -96,6 +104,7 @@
 (require 'chatpipe-status)
 (require 'chatpipe-toolblocks)
 (require 'chatpipe-insert)
+(require 'chatpipe-tools)
 (require 'chatpipe-chat)
 (require 'chatpipe-templates)
 (require 'chatpipe-state)

@@ -23,7 +23,7 @@
   '("chatpipe-org-stream.el" "chatpipe-org.el" "chatpipe-backend.el"
     "chatpipe-events.el" "chatpipe-process.el" "chatpipe-toolblocks.el"
     "chatpipe-turns.el" "chatpipe-reasoning.el" "chatpipe-status.el"
-    "chatpipe-insert.el" "chatpipe-chat.el"
+    "chatpipe-insert.el" "chatpipe-tools.el" "chatpipe-chat.el"
     "chatpipe-install.el"
     "chatpipe-templates.el" "chatpipe-models.el" "chatpipe-state.el"
     "chatpipe-settings.el" "chatpipe.el")
