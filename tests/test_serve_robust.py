@@ -199,7 +199,8 @@ def test_serve_says_ready_with_its_protocol_first(serve):
     assert first == {"type": "ready", "protocol": PROTOCOL_VERSION, "version": __version__}
 
 
-def test_preconnect_opens_the_connection_the_first_request_uses(server, serve):
+def accepted_connections(server) -> list[float]:
+    """A list that gets the time of each connection SERVER accepts from now on."""
     accepted = []
     original = server._httpd.get_request
 
@@ -209,6 +210,11 @@ def test_preconnect_opens_the_connection_the_first_request_uses(server, serve):
         return conn
 
     server._httpd.get_request = counting
+    return accepted
+
+
+def test_preconnect_opens_the_connection_the_first_request_uses(server, serve):
+    accepted = accepted_connections(server)
     serve.send({"id": "p", "template": "openai", "url": f"{server.url}/replay/{TEXT}",
                 "preconnect": True})
     deadline = time.monotonic() + 5
@@ -235,15 +241,7 @@ def test_after_a_preconnect_the_first_request_imports_nothing(server, env):
                 imports.append((time.monotonic(), line.decode().rsplit("|", 1)[-1].strip()))
 
     threading.Thread(target=read_stderr, daemon=True).start()
-    accepted = []
-    original = server._httpd.get_request
-
-    def counting():
-        conn = original()
-        accepted.append(time.monotonic())
-        return conn
-
-    server._httpd.get_request = counting
+    accepted = accepted_connections(server)
     try:
         url = f"{server.url}/replay/{TEXT}"
         serve.until(lambda e: e["type"] == "ready")
