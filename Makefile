@@ -7,7 +7,7 @@ PROMPT ?= Tell me a joke
 
 export LLAMA_VENV ?= $(CURDIR)/.venv-llama
 
-.PHONY: all setup local-server demo test test-python test-emacs emacs-deps bench clean
+.PHONY: all setup local-server demo test test-all test-python test-emacs emacs-deps bench clean
 
 all: setup
 
@@ -45,14 +45,27 @@ emacs-deps:
 
 ## test: every test, Python and Emacs, including the real local model
 test: setup local-server emacs-deps
-	$(MAKE) --no-print-directory test-python test-emacs
+	@$(MAKE) --no-print-directory test-all
+
+## test-all: both suites (without the set-up), the Emacs one even when the
+## Python one fails; prints ruff's verdict, pytest's closing line, the Emacs
+## "N passed, N failed" line and, last, their total; fails if either failed.
+## The suites' commands can be replaced: make test-all PYTEST='... -x'
+RUFF        ?= $(VENV)/bin/ruff check backend tests benchmarks
+PYTEST      ?= $(VENV)/bin/pytest
+EMACS_TESTS ?= tests/run-emacs-tests
+test-all: export RUFF := $(RUFF)
+test-all: export PYTEST := $(PYTEST)
+test-all: export EMACS_TESTS := $(EMACS_TESTS)
+test-all:
+	scripts/run-tests
 
 test-python:
-	$(VENV)/bin/ruff check backend tests benchmarks
-	$(VENV)/bin/pytest
+	$(RUFF)
+	$(PYTEST)
 
 test-emacs:
-	tests/run-emacs-tests
+	$(EMACS_TESTS)
 
 ## bench: throughput, latency, memory and Emacs figures (benchmarks/results.md); not a test.
 ## curl and tmux (and, with Emacs, markdown-mode; with GPTEL_DIR, compat for gptel)
