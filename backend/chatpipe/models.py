@@ -87,6 +87,7 @@ class Listing:
         headers: HTTP headers (may hold keys: never print them).
         timeout: ``(connect, read)`` seconds.
         secrets: the values filled from the environment, to redact.
+        refused_hint: the template's :attr:`~chatpipe.templates.Request.refused_hint`.
     """
 
     api: str
@@ -94,6 +95,7 @@ class Listing:
     headers: dict[str, str]
     timeout: tuple[float, float]
     secrets: list[str]
+    refused_hint: str | None = None
 
 
 class JsonErrors(TextView):
@@ -184,7 +186,8 @@ def listing(spec: str, *, url: str | None = None, variables: Mapping[str, str] |
         raise StreamError(redaction.redact(err.message, request.secrets),
                           details=err.details) from None
     return Listing(api=request.api, url=where, headers=headers, secrets=request.secrets,
-                   timeout=(request.connect_timeout, min(request.read_timeout, READ_TIMEOUT)))
+                   timeout=(request.connect_timeout, min(request.read_timeout, READ_TIMEOUT)),
+                   refused_hint=request.refused_hint)
 
 
 # ---- the request ---------------------------------------------------------------
@@ -194,8 +197,9 @@ def _get(session: requests.Session, listing: Listing,
     """GET the list (one page); follow redirects on the same origin only.
 
     Raises:
-        StreamError: no connection, a timeout, an invalid URL, or a redirect
-            to another origin.
+        StreamError: no connection (see
+            :func:`chatpipe.transport.connect_error`), a timeout, an invalid
+            URL, or a redirect to another origin.
     """
     url = listing.url
     host = transport._host(url)
@@ -203,18 +207,14 @@ def _get(session: requests.Session, listing: Listing,
         try:
             response = session.get(url, params=params, headers=listing.headers, stream=True,
                                    allow_redirects=False, timeout=listing.timeout)
-        except requests.exceptions.ConnectTimeout:
-            raise StreamError(f"cannot connect to {host}: no answer within "
-                              f"{listing.timeout[0]:g} s (connect_timeout)",
-                              details={"kind": "connect", "host": host}) from None
+        except requests.exceptions.ConnectionError as err:
+            raise transport.connect_error(err, url, listing.timeout[0],
+                                          listing.refused_hint) from None
         except requests.exceptions.ReadTimeout:
             raise StreamError(f"{host} sent no model list within {listing.timeout[1]:g} s") from None
         except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
                 requests.exceptions.InvalidURL, ValueError) as err:
             raise StreamError(f"invalid endpoint URL ({host}): {transport._reason(err)}") from None
-        except requests.exceptions.ConnectionError as err:
-            raise StreamError(f"cannot connect to {host}: {transport._reason(err)}",
-                              details={"kind": "connect", "host": host}) from None
         except requests.exceptions.RequestException as err:
             raise StreamError(f"request to {host} failed: {transport._reason(err)}") from None
         if not response.is_redirect:

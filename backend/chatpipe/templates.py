@@ -70,6 +70,13 @@ DEFAULT_RETRY_BUDGET = 60.0
 DEFAULT_MAX_EVENT_BYTES = 8 << 20
 DEFAULT_MAX_TOOL_STEPS = 10
 
+#: What to do when the local model server's port refuses connections (see
+#: :meth:`Template.is_local_server`): PORT is the endpoint's, WHERE the
+#: chatpipe checkout that holds ``scripts/local-server``.
+LOCAL_SERVER_HINT = ("the local model server is not running: start it with "
+                     "`scripts/local-server serve --port {port}` in {where}, in a terminal "
+                     "of its own (it keeps running until Ctrl-C)")
+
 #: Roles whose message text may hold ``${name}`` placeholders.
 _TEMPLATED_ROLES = frozenset({"system", "developer"})
 
@@ -141,6 +148,13 @@ class Template:
             return []
         return [f"streaming is off, so the answer shows only once it is complete: {hint}"]
 
+    def is_local_server(self) -> bool:
+        """Whether this is the template of the local llama.cpp server that
+        ``scripts/local-server`` runs: the template named ``local``, or one
+        whose description names ``local-server`` (a copy of it).  The
+        Emacs package tells it the same way."""
+        return self.name == "local" or "local-server" in self.description
+
     def env_names(self) -> list[str]:
         """The environment variables of the ``${env:NAME}`` placeholders in
         the URL and headers, in order of appearance, each once."""
@@ -184,6 +198,10 @@ class Request:
             (see :mod:`chatpipe.tools`).
         secrets: the values filled from the environment, to redact from any
             message shown to the user.
+        refused_hint: what to do when the endpoint is on this machine and
+            refuses the connection (for the local model server's template:
+            how to start it); None for the general hint (see
+            :func:`chatpipe.transport.connect_error`).
     """
 
     url: str
@@ -198,6 +216,7 @@ class Request:
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS
     secrets: list[str] = field(default_factory=list)
+    refused_hint: str | None = None
 
 
 def user_dir() -> Path:
@@ -448,7 +467,23 @@ def fill(template: Template, vars: Mapping[str, str] | None = None,
         retry_budget=float(block.get("retry_budget", DEFAULT_RETRY_BUDGET)),
         max_event_bytes=int(block.get("max_event_bytes", DEFAULT_MAX_EVENT_BYTES)),
         max_tool_steps=int(block.get("max_tool_steps", DEFAULT_MAX_TOOL_STEPS)),
-        secrets=secrets)
+        secrets=secrets,
+        refused_hint=_local_server_hint(block["url"]) if template.is_local_server() else None)
+
+
+def _local_server_hint(url: str) -> str:
+    """:data:`LOCAL_SERVER_HINT` for the endpoint URL: its port (default 80
+    or 443), and the chatpipe checkout when this chatpipe runs from one
+    (an installed package has no ``scripts/``)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        port = 8080
+    checkout = bundled_dir().parent
+    where = (f"the chatpipe checkout ({checkout})" if (checkout / "scripts" / "local-server").is_file()
+             else "a chatpipe checkout")
+    return LOCAL_SERVER_HINT.format(port=port, where=where)
 
 
 def iter_templates() -> Iterator[tuple[str, str, Path]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import http.client
+import ipaddress
 import json
 import re
 import socket
@@ -56,6 +57,11 @@ ERROR_BODY_LIMIT = 1 << 20
 #: Redirects followed at most (307 and 308 on the same origin only).
 MAX_REDIRECTS = 5
 
+#: What to do when a port of this machine refuses the connection, when the
+#: template does not say (:attr:`chatpipe.templates.Request.refused_hint`).
+REFUSED_HINT = ("no server is listening on that port of this machine: start it, "
+                "or correct the template's url (or --url)")
+
 
 def _host(url: str) -> str:
     """URL's host and port for messages: never its user name or password."""
@@ -85,10 +91,11 @@ def post(session: requests.Session, request: Request) -> requests.Response:
     host and the request is never changed into a GET.
 
     Raises:
-        StreamError: no connection (retryable unless the host name does not
-            resolve), a timeout (retryable), a redirect not followed, an
-            invalid URL, or an HTTP status >= 400 (message from the error
-            body, see :func:`http_error`).
+        StreamError: no connection (see :func:`connect_error`: retryable
+            unless the host name does not resolve or this machine refused
+            it), a timeout (retryable), a redirect not followed, an invalid
+            URL, or an HTTP status >= 400 (message from the error body, see
+            :func:`http_error`).
     """
     headers = {
         "Content-Type": "application/json",
@@ -130,10 +137,8 @@ def _send(session: requests.Session, request: Request, url: str, data: bytes,
         return session.post(url, data=data, headers=headers, stream=True,
                             allow_redirects=False,
                             timeout=(request.connect_timeout, request.read_timeout))
-    except requests.exceptions.ConnectTimeout:
-        raise StreamError(f"cannot connect to {host}: no answer within "
-                          f"{request.connect_timeout:g} s (connect_timeout)",
-                          retryable=True, details={"kind": "connect", "host": host}) from None
+    except requests.exceptions.ConnectionError as err:
+        raise connect_error(err, url, request.connect_timeout, request.refused_hint) from None
     except requests.exceptions.ReadTimeout:
         raise StreamError(f"{host} sent no response headers within "
                           f"{request.read_timeout:g} s (read_timeout)", retryable=True) from None
@@ -145,15 +150,62 @@ def _send(session: requests.Session, request: Request, url: str, data: bytes,
                           "supported; use http:// or https://") from None
     except (requests.exceptions.InvalidURL, ValueError) as err:
         raise StreamError(f"invalid endpoint URL ({host}): {_reason(err)}") from None
-    except requests.exceptions.ConnectionError as err:
-        unresolved = _find(err, (socket.gaierror, urllib3.exceptions.NameResolutionError))
-        if unresolved is not None:
-            raise StreamError(f"cannot connect to {host}: the host name does not resolve "
-                              f"({_reason(unresolved)})") from None
-        raise StreamError(f"cannot connect to {host}: {_reason(err)}", retryable=True,
-                          details={"kind": "connect", "host": host}) from None
     except requests.exceptions.RequestException as err:
         raise StreamError(f"request to {host} failed: {_reason(err)}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether HOST, a URL's host name or IP address (an IPv6 address with
+    or without brackets), is this machine's loopback: 127.0.0.0/8, ::1
+    (also IPv4-mapped), ``localhost`` or a name under ``.localhost``
+    (RFC 6761).  Other names are not resolved: False."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def connect_error(err: requests.exceptions.ConnectionError, url: str, connect_timeout: float,
+                  refused_hint: str | None = None) -> StreamError:
+    """The :class:`StreamError` for ERR, a connection to URL that failed
+    before a request was sent (requests' ``ConnectionError``, which
+    includes ``ConnectTimeout``, ``SSLError`` and ``ProxyError``).
+
+    The one place that says what a failed connection means, for requests
+    (:func:`post`) and model lists (:mod:`chatpipe.models`):
+
+    - a host name that does not resolve: not retryable;
+    - a connection refused by this machine (a loopback host, see
+      :func:`is_loopback`, not through a proxy): nothing listens on that
+      port, and nothing will a few seconds later, so it is not retryable
+      and the message says what to do: REFUSED_HINT (the template's, e.g.
+      how to start the local model server) or :data:`REFUSED_HINT`;
+    - anything else (refused by another host, no answer within
+      CONNECT_TIMEOUT seconds, a TLS failure): retryable.
+
+    All but the first have the ``details`` ``{"kind": "connect", "host":
+    "HOST:PORT"}``.
+    """
+    host = _host(url)
+    details = {"kind": "connect", "host": host}
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        return StreamError(f"cannot connect to {host}: no answer within {connect_timeout:g} s "
+                           "(connect_timeout)", retryable=True, details=details)
+    unresolved = _find(err, (socket.gaierror, urllib3.exceptions.NameResolutionError))
+    if unresolved is not None:
+        return StreamError(f"cannot connect to {host}: the host name does not resolve "
+                           f"({_reason(unresolved)})")
+    refused = _find(err, (ConnectionRefusedError,))
+    if (refused is not None and not isinstance(err, requests.exceptions.ProxyError)
+            and is_loopback(urlsplit(url).hostname or "")):
+        return StreamError(f"cannot connect to {host}: {_reason(refused)}; "
+                           f"{refused_hint or REFUSED_HINT}", details=details)
+    return StreamError(f"cannot connect to {host}: {_reason(err)}", retryable=True,
+                       details=details)
 
 
 def _causes(err: BaseException) -> Iterator[BaseException]:
