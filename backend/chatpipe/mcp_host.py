@@ -10,7 +10,8 @@ The servers are configured in the user's chatpipe folder,
         "docs": {"url": "https://example.com/mcp", "headers": {"Authorization": "..."}}}}
 
 A server has either ``command`` (with ``args``, ``env``, ``cwd``: a
-subprocess spoken to over stdio) or ``url`` (with ``headers``: streamable
+subprocess spoken to over stdio; a bare name not on PATH is looked for
+next to chatpipe's Python too, see :func:`find_command`) or ``url`` (with ``headers``: streamable
 HTTP); and may have ``timeout`` (seconds a tool call may take, default
 :data:`CALL_TIMEOUT`), ``autoApprove`` (names of its tools that run
 without asking; every other call is confirmed first) and ``disabled``.
@@ -33,6 +34,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import os
+import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -114,6 +118,34 @@ def _check_entry(path: Path, name: str, entry: Any) -> None:
     timeout = entry.get("timeout", CALL_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise bad('"timeout" must be a positive number of seconds')
+
+
+def find_command(command: str, env: dict[str, str] | None = None) -> str:
+    """The program to run for a server's COMMAND: COMMAND itself when it
+    is a path (it has a slash) or is found on PATH (ENV's ``PATH`` if the
+    server's ``env`` sets one, else chatpipe's own, the one the server is
+    started with); else the file of that name next to chatpipe's Python
+    (the folder of ``sys.executable``, its symbolic links not followed:
+    the bin folder of chatpipe's venv, where ``pip install
+    mcp-server-time`` into that venv puts the command), as a full path.
+
+    Raises:
+        UsageError: COMMAND is found in neither; the message names both
+            places.
+    """
+    if os.sep in command or (os.altsep and os.altsep in command):
+        return command
+    path = (env or {}).get("PATH") or os.environ.get("PATH") or os.defpath
+    if shutil.which(command, path=path):
+        return command
+    here = os.path.dirname(sys.executable or "")
+    found = here and shutil.which(command, path=here)
+    if found:
+        return found
+    raise UsageError(f"command {command!r} not found on PATH ({path})"
+                     + (f" nor in {here}, the folder of chatpipe's Python" if here else "")
+                     + ": install it (e.g. pip install its package into chatpipe's venv) "
+                     "or give its full path in mcp.json")
 
 
 def _log_file(name: str) -> Path:
@@ -295,7 +327,8 @@ class McpHost:
         try:
             with open(log, "a", encoding="utf-8") as errlog:
                 if config.get("command"):
-                    params = StdioServerParameters(command=config["command"],
+                    params = StdioServerParameters(command=find_command(config["command"],
+                                                                        config.get("env")),
                                                    args=config.get("args", []),
                                                    env=config.get("env") or None,
                                                    cwd=config.get("cwd"))
