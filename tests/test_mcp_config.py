@@ -92,3 +92,25 @@ def test_a_command_found_nowhere_names_where_it_was_looked_for(server, venv, env
                        "chatpipe's Python: install it (e.g. pip install its package into "
                        "chatpipe's venv) or give its full path in mcp.json; going on without "
                        "its tools"}
+
+
+def test_mcp_list_without_servers_says_which_file_and_shows_an_example(chatpipe, env):
+    path = Path(env["XDG_CONFIG_HOME"]) / "chatpipe" / "mcp.json"
+    text = chatpipe("mcp", "list")
+    assert text.returncode == 0 and text.stdout == ""         # no server listed
+    assert f"{path} does not exist" in text.stderr
+    head, example = text.stderr.split(":\n", 1)
+    assert head == (f"chatpipe: no MCP servers: {path} does not exist\n"
+                    "chatpipe: for example, this mcp.json offers the tools of the time server "
+                    "(pip install mcp-server-time into chatpipe's venv)")
+    as_json = chatpipe("mcp", "list", "--json")             # what editors read: unchanged
+    assert as_json.returncode == 0 and json.loads(as_json.stdout) == []
+    assert as_json.stderr == text.stderr
+    path.parent.mkdir(parents=True)
+    path.write_text('{"mcpServers": {}}')
+    assert chatpipe("mcp", "list").stderr.startswith(
+        f"chatpipe: no MCP servers: {path} configures no server\n")
+    path.write_text(example)                                  # the example is a working mcp.json
+    listed = chatpipe("mcp", "list")
+    assert (listed.returncode, listed.stdout, listed.stderr) == (0, "time  stdio\n", "")
+    assert json.loads(example)["mcpServers"]["time"]["command"] == "mcp-server-time"

@@ -361,15 +361,25 @@ def cmd_mcp_list(args, ctx: "_Context") -> int:
     """``chatpipe mcp list``: the servers of mcp.json, by name, with their
     transport (``stdio`` for a ``command``, ``http`` for a ``url``), whether
     they are disabled, and their description (see
-    :func:`chatpipe.mcp_host.load_config`; a file that does not exist
-    lists none, a broken one is a usage error)."""
+    :func:`chatpipe.mcp_host.load_config`; a broken file is a usage
+    error).  With no server (no file, or one that configures none), stdout
+    has none (``[]`` with ``--json``) and stderr says which file was read
+    and shows an example (:data:`chatpipe.mcp_host.EXAMPLE`)."""
     from chatpipe import mcp_host
 
+    path = mcp_host.config_path()
+    config = mcp_host.load_config(path)
     servers = [{"name": name, "transport": "stdio" if "command" in entry else "http",
                 "disabled": bool(entry.get("disabled")),
                 **({"description": entry["description"]}
                    if isinstance(entry.get("description"), str) else {})}
-               for name, entry in mcp_host.load_config().items()]
+               for name, entry in config.items()]
+    if not servers:
+        why = "configures no server" if path.exists() else "does not exist"
+        sys.stderr.write(f"chatpipe: no MCP servers: {path} {why}\n"
+                         "chatpipe: for example, this mcp.json offers the tools of the time "
+                         "server (pip install mcp-server-time into chatpipe's venv):\n"
+                         f"{mcp_host.EXAMPLE}\n")
     if args.json:
         print(json.dumps(servers, ensure_ascii=False, indent=2))
         return 0

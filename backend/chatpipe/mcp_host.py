@@ -59,6 +59,13 @@ SERVER_KEYS = {"command", "args", "env", "cwd", "url", "headers", "timeout", "au
                "disabled", "type", "description"}
 
 
+#: An mcp.json with one server, the time server of the package
+#: ``mcp-server-time``, to show to a user who has none.
+EXAMPLE = """\
+{"mcpServers": {
+  "time": {"command": "mcp-server-time", "args": ["--local-timezone", "Europe/Paris"]}}}"""
+
+
 def config_path() -> Path:
     """The MCP configuration file: ``<user config dir>/chatpipe/mcp.json``."""
     import platformdirs
