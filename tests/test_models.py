@@ -164,6 +164,24 @@ def test_ollama_tags(server, chatpipe, cache):
     assert only_request(server)["path"] == "/api/tags"
 
 
+def test_a_model_files_path_as_id_is_listed_by_its_file_name(server, chatpipe, cache):
+    """llama-cpp-python's server (scripts/local-server) gives the path of
+    its model file as the id: it stays the id (what the server takes), and
+    the file's name is its display name, first on its line in the text."""
+    path = "/home/me/.cache/chatpipe/models/gemma3-270m-q4_k_m.gguf"
+    server.add("/v1/models", json_reply({"object": "list", "data": [
+        {"id": path, "object": "model", "owned_by": "me", "permissions": []},
+        {"id": "meta-llama/Llama-3.1-8B", "object": "model", "owned_by": "me"}]}))
+    url = f"{server.url}/v1/chat/completions"
+    proc = run_models(chatpipe, "local", "--url", url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"gemma3-270m-q4_k_m.gguf  ({path})\nmeta-llama/Llama-3.1-8B\n"
+    proc = run_models(chatpipe, "local", "--json", "--url", url)
+    assert json.loads(proc.stdout) == [
+        {"id": path, "owned_by": "me", "display_name": "gemma3-270m-q4_k_m.gguf"},
+        {"id": "meta-llama/Llama-3.1-8B", "owned_by": "me"}]
+
+
 def test_template_whose_body_needs_a_model(server, chatpipe, cache):
     """litellm's body has ${model}: listing its models needs none."""
     server.add("/v1/models", json_reply(OPENAI_LIST))
@@ -352,4 +370,4 @@ def test_real_llama_server_lists_its_model(tmp_path, env):
          "--url", f"http://127.0.0.1:{port}/v1/chat/completions"],
         capture_output=True, text=True, env=run_env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"{model}\n"
+    assert proc.stdout == f"{Path(model).name}  ({model})\n"

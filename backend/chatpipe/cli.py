@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser(
         "models", help="list the models of a template's endpoint",
         description="List the models the endpoint of TEMPLATE offers (its model list, asked "
-                    "with the template's headers and API key), one id per line, sorted; "
+                    "with the template's headers and API key), one id per line, sorted (an "
+                    "id that is a model file's path: the file's name, then the id); "
                     "cached for an hour.")
     models.add_argument("template", metavar="TEMPLATE",
                         help="a template name (see `chatpipe templates list`) or a .json file path")

@@ -33,7 +33,9 @@ request):
   https://docs.ollama.com/api/tags
 
 The result is a list of ``{"id", "created"?, "owned_by"?,
-"display_name"?}`` sorted by id (``created`` in Unix seconds), cached for
+"display_name"?}`` sorted by id (``created`` in Unix seconds;
+``display_name`` the provider's, or for an id that is a model file's path,
+as llama.cpp's servers give, the file's name), cached for
 an hour per endpoint in ``<user cache dir>/chatpipe/models/`` (see
 :func:`cache_dir`).  Redirects are followed only on the same origin, so
 that the key stays with its host; every message is redacted of the
@@ -50,7 +52,7 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
@@ -278,9 +280,30 @@ def _unix(value: Any) -> int | None:
     return None
 
 
+#: The suffixes of model files, whose relative paths are told from names
+#: such as ``meta-llama/Llama-3.1-8B``.
+MODEL_FILE_SUFFIXES = (".gguf", ".ggml", ".bin", ".safetensors")
+
+
+def file_name(ident: str) -> str | None:
+    """The file name in the model id IDENT if IDENT is a path in a file
+    system (llama.cpp's servers give the path of the model file they serve
+    as its id): an absolute path (POSIX or Windows), one that starts with
+    ``./``, ``../`` or ``~/``, or a relative path to a model file
+    (:data:`MODEL_FILE_SUFFIXES`).  None for any other id (a name, or a
+    name with a slash such as ``openai/gpt-4o``)."""
+    windows = PureWindowsPath(ident)
+    if not (ident.startswith(("/", "./", "../", "~/")) or (windows.drive and windows.root)
+            or (("/" in ident or "\\" in ident) and ident.lower().endswith(MODEL_FILE_SUFFIXES))):
+        return None
+    return (windows if "\\" in ident else PurePosixPath(ident)).name or None
+
+
 def _entry(ident: Any, created: Any = None, owned_by: Any = None,
            display_name: Any = None) -> dict[str, Any] | None:
-    """One model of the result, with the fields given; None without an id."""
+    """One model of the result, with the fields given; None without an id.
+    An id that is a file's path gets the file's name as its
+    ``display_name`` if the endpoint gives none (see :func:`file_name`)."""
     if not isinstance(ident, str) or not ident:
         return None
     entry: dict[str, Any] = {"id": ident}
@@ -288,7 +311,9 @@ def _entry(ident: Any, created: Any = None, owned_by: Any = None,
         entry["created"] = _unix(created)
     if isinstance(owned_by, str) and owned_by:
         entry["owned_by"] = owned_by
-    if isinstance(display_name, str) and display_name:
+    if not (isinstance(display_name, str) and display_name):
+        display_name = file_name(ident)
+    if display_name:
         entry["display_name"] = display_name
     return entry
 
@@ -433,10 +458,19 @@ def models(listing: Listing, refresh: bool = False) -> list[dict[str, Any]]:
     return found
 
 
+def _line(model: dict[str, Any]) -> str:
+    """MODEL's line in the text listing: its id; for an id that is a file's
+    path, the file's name, then the id (what the endpoint takes) in
+    parentheses."""
+    name = file_name(model["id"])
+    return f"{name}  ({model['id']})" if name else model["id"]
+
+
 def command(spec: str, *, url: str | None, variables: Mapping[str, str], as_json: bool,
             refresh: bool, output: protocol.Output) -> int:
-    """Run ``chatpipe models``: print SPEC's models (one id a line, or a
-    JSON array with AS_JSON) on stdout; return the exit code.
+    """Run ``chatpipe models``: print SPEC's models (one id a line, a
+    model file's as its name and the id, see :func:`_line`; or a JSON array
+    with AS_JSON) on stdout; return the exit code.
 
     The template's secrets are added to ``output.secrets`` before anything
     is sent, so that the CLI redacts them from any error it reports.
@@ -450,7 +484,7 @@ def command(spec: str, *, url: str | None, variables: Mapping[str, str], as_json
     if as_json:
         text = json.dumps(found, ensure_ascii=False, indent=1) + "\n"
     else:
-        text = "".join(protocol.plain(m["id"]).replace("\n", " ") + "\n" for m in found)
+        text = "".join(protocol.plain(_line(m)).replace("\n", " ") + "\n" for m in found)
         if not found:
             sys.stderr.write("chatpipe: the endpoint lists no models\n")
     protocol.write_out(sys.stdout.buffer, redaction.redact(text, where.secrets))
