@@ -32,10 +32,13 @@ def server():
 
 
 @pytest.fixture
-def env(tmp_path):
-    """Environment for chatpipe subprocesses: private config dir, fake key."""
+def env(tmp_path, tmp_path_factory):
+    """Environment for chatpipe subprocesses: private config and cache dirs
+    (nothing read from or left in the user's home; the cache, where --save
+    keeps its lock files, outside TMP_PATH), fake key."""
     e = dict(os.environ)
     e["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    e["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
     e["OPENAI_API_KEY"] = FAKE_KEY
     e["PYTHONUNBUFFERED"] = "0"
     return e
