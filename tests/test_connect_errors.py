@@ -1,5 +1,5 @@
-"""A connection refused by this machine is one attempt and an error that
-says what to do (refused by another host, it is still retried:
+"""A connection refused by this machine is one attempt and an error whose
+``hint`` says what to do (refused by another host, it is still retried:
 tests/test_faults.py).
 
 Closed ports are real: a port bound on 127.0.0.1 (or ::1) and closed again,
@@ -64,10 +64,11 @@ def test_a_port_of_this_machine_that_refuses_is_tried_once(host):
     sink, err, elapsed = run_stream_in_process(request(f"http://{host}:{port}/v1/chat/completions"))
     assert sink.of("retry") == []                         # one attempt: no retry announced
     assert elapsed < 1.0                                  # not the ~7 s of three backoffs
-    assert err.message == (f"cannot connect to {host}:{port}: Connection refused; no server is "
-                           "listening on that port of this machine: start it, or correct the "
-                           "template's url (or --url)")
-    assert not err.retryable and err.details == {"kind": "connect", "host": f"{host}:{port}"}
+    assert err.message == f"cannot connect to {host}:{port}: Connection refused"
+    assert not err.retryable and err.details == {
+        "kind": "connect", "host": f"{host}:{port}",
+        "hint": "no server is listening on that port of this machine: start it, or correct "
+                "the template's url (or --url)"}
 
 
 def test_send_says_how_to_start_the_local_server_at_once(chatpipe):
@@ -84,9 +85,11 @@ def test_send_says_how_to_start_the_local_server_at_once(chatpipe):
     assert "retry" not in text.stderr and elapsed < 3    # Python's start, and one attempt
     events = ndjson(chatpipe("send", "local", "--url", url, "--output", "ndjson", "-m", "hi").stdout)
     assert [e["type"] for e in events] == ["error"]
-    assert events[0] | {"message": "?"} == {"type": "error", "message": "?", "retryable": False,
-                                            "kind": "connect", "host": f"127.0.0.1:{port}"}
-    assert LOCAL_HINT.format(port=port, root=ROOT) in events[0]["message"]
+    assert events[0] | {"hint": "?"} == {"type": "error", "hint": "?", "retryable": False,
+                                         "message": f"cannot connect to 127.0.0.1:{port}: "
+                                                    "Connection refused",
+                                         "kind": "connect", "host": f"127.0.0.1:{port}"}
+    assert LOCAL_HINT.format(port=port, root=ROOT) in events[0]["hint"]
 
 
 def test_a_copy_of_the_local_template_gets_the_hint_and_others_do_not(chatpipe, tmp_path):
@@ -112,7 +115,7 @@ def test_serve_says_it_at_once_too(serve):
     assert when - sent < 1.0
     assert event["type"] == "error" and event["retryable"] is False
     assert (event["kind"], event["host"]) == ("connect", f"127.0.0.1:{port}")
-    assert LOCAL_HINT.format(port=port, root=ROOT) in event["message"]
+    assert LOCAL_HINT.format(port=port, root=ROOT) in event["hint"]
 
 
 def test_models_of_the_local_template_say_how_to_start_it(chatpipe, tmp_path):
@@ -124,5 +127,6 @@ def test_models_of_the_local_template_say_how_to_start_it(chatpipe, tmp_path):
     event = json.loads(proc.stdout)
     assert (event["kind"], event["host"], event["retryable"]) == ("connect", f"127.0.0.1:{port}",
                                                                   False)
-    assert LOCAL_HINT.format(port=port, root=ROOT) in event["message"]
-    assert LOCAL_HINT.format(port=port, root=ROOT) in proc.stderr
+    assert event["message"] == f"cannot connect to 127.0.0.1:{port}: Connection refused"
+    assert LOCAL_HINT.format(port=port, root=ROOT) in event["hint"]
+    assert proc.stderr == f"chatpipe: error: {event['message']}; {event['hint']}\n"

@@ -16,7 +16,9 @@ class ChatpipeError(Exception):
         details: machine-readable fields for the ``error`` event, so that
             an editor can give its own hint: ``{"kind": "missing_env",
             "variable": NAME}``, ``{"kind": "placeholder", "placeholder":
-            NAME}``, ``{"kind": "connect", "host": "HOST:PORT"}``.
+            NAME}``, ``{"kind": "connect", "host": "HOST:PORT"}``; and
+            ``hint``, what to do about the error in words, where chatpipe
+            knows (the text output says it after the message).
     """
 
     exit_code = 1

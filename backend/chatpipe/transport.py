@@ -181,14 +181,14 @@ def connect_error(err: requests.exceptions.ConnectionError, url: str, connect_ti
     - a host name that does not resolve: not retryable;
     - a connection refused by this machine (a loopback host, see
       :func:`is_loopback`, not through a proxy): nothing listens on that
-      port, and nothing will a few seconds later, so it is not retryable
-      and the message says what to do: REFUSED_HINT (the template's, e.g.
+      port, and nothing will a few seconds later, so it is not retryable,
+      and its ``hint`` says what to do: REFUSED_HINT (the template's, e.g.
       how to start the local model server) or :data:`REFUSED_HINT`;
     - anything else (refused by another host, no answer within
       CONNECT_TIMEOUT seconds, a TLS failure): retryable.
 
     All but the first have the ``details`` ``{"kind": "connect", "host":
-    "HOST:PORT"}``.
+    "HOST:PORT"}`` (and ``hint``).
     """
     host = _host(url)
     details = {"kind": "connect", "host": host}
@@ -202,8 +202,8 @@ def connect_error(err: requests.exceptions.ConnectionError, url: str, connect_ti
     refused = _find(err, (ConnectionRefusedError,))
     if (refused is not None and not isinstance(err, requests.exceptions.ProxyError)
             and is_loopback(urlsplit(url).hostname or "")):
-        return StreamError(f"cannot connect to {host}: {_reason(refused)}; "
-                           f"{refused_hint or REFUSED_HINT}", details=details)
+        return StreamError(f"cannot connect to {host}: {_reason(refused)}",
+                           details={**details, "hint": refused_hint or REFUSED_HINT})
     return StreamError(f"cannot connect to {host}: {_reason(err)}", retryable=True,
                        details=details)
 
