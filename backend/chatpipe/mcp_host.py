@@ -11,8 +11,8 @@ The servers are configured in the user's chatpipe folder,
 
 A server has either ``command`` (with ``args``, ``env``, ``cwd``: a
 subprocess spoken to over stdio; a bare name not on PATH is looked for
-next to chatpipe's Python too, see :func:`find_command`) or ``url`` (with ``headers``: streamable
-HTTP); and may have ``timeout`` (seconds a tool call may take, default
+next to chatpipe's Python too, see :func:`find_command`) or ``url``
+(with ``headers``: streamable HTTP); and may have ``timeout`` (seconds a tool call may take, default
 :data:`CALL_TIMEOUT`), ``autoApprove`` (names of its tools that run
 without asking; every other call is confirmed first) and ``disabled``.
 The values of ``env`` and ``headers`` are secrets: redacted from every

@@ -21,7 +21,8 @@ class TextView(Output):
     streams (the answers of a request's steps separated by a newline); at
     the end a newline and one ``[tool call: NAME(ARGUMENTS)]`` line per
     tool call that was not run; on ERR, as ``chatpipe: ...`` lines:
-    ``retry``, ``warning`` and ``error`` (with its ``hint``), what each tool call did (its
+    ``retry``, ``warning`` and ``error`` (its ``hint`` after its message),
+    what each tool call did (its
     result on one line, cut to :data:`MAX_SHOWN_RESULT` characters), and a note when
     the answer was cut off at the token limit, stopped by a content filter
     or at the tool step limit.  Reasoning is not shown.  Control
