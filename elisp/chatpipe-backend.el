@@ -152,7 +152,9 @@ FORMAT-STRING and ARGS are as for `format'.  Return nil."
 
 (defun chatpipe--command ()
   "Return the backend command as a list: the program, then arguments.
-The program is an absolute file name.  Signal
+The program is an absolute file name, expanded, and so is each
+argument that is a file name starting with \"~\" (see
+`chatpipe--expand-home'), as a process takes them.  Signal
 `chatpipe-backend-missing' if it cannot be found, and
 `chatpipe-error' if this Emacs cannot parse JSON."
   (unless (json-available-p)
@@ -176,7 +178,17 @@ The program is an absolute file name.  Signal
     (unless found
       (signal 'chatpipe-backend-missing
               (list (chatpipe--backend-missing-text (or program "chatpipe")))))
-    (cons found (cdr argv))))
+    (cons (expand-file-name found)
+          (mapcar #'chatpipe--expand-home (cdr argv)))))
+
+(defun chatpipe--expand-home (arg)
+  "Return ARG, a string, expanded if it is a file name under a home folder.
+That is one that starts with \"~\" (\"~/venv\", \"~user/x\"): no
+shell expands it for a process.  Other strings are returned as they
+are."
+  (if (and (string-prefix-p "~" arg) (file-name-absolute-p arg))
+      (expand-file-name arg)
+    arg))
 
 (defun chatpipe--checkout-dir ()
   "Return the chatpipe checkout this package was loaded from, or nil.
@@ -206,11 +218,12 @@ or set it to nil and " venv))
                   (t venv)))))
 
 (defun chatpipe--local-directory ()
-  "Return a local, existing directory to run the backend in."
-  (if (and (not (file-remote-p default-directory))
-           (file-directory-p default-directory))
-      default-directory
-    (expand-file-name "~/")))
+  "Return a local, existing directory to run the backend in, expanded."
+  (expand-file-name
+   (if (and (not (file-remote-p default-directory))
+            (file-directory-p default-directory))
+       default-directory
+     "~/")))
 
 (defun chatpipe-call (&rest args)
   "Run the backend synchronously with the arguments ARGS.
@@ -384,7 +397,8 @@ TEMPLATE is no template file."
          (files (chatpipe--catalog-files catalog)))
     (or (gethash key files)
         (let* ((out (condition-case err
-                        (cdr (chatpipe-call "templates" "info" template
+                        (cdr (chatpipe-call "templates" "info"
+                                            (chatpipe--expand-home template)
                                             "--json"))
                       (chatpipe-backend-failed
                        (chatpipe--log "%s" (error-message-string err))
@@ -416,10 +430,10 @@ the backend cannot tell."
   "Return TEMPLATE as the backend should get it, from any folder.
 ENTRY is TEMPLATE's `chatpipe-template-info'.  The value is the
 absolute file name of a template given as a file name, else
-TEMPLATE."
+TEMPLATE (expanded if it is a file name starting with \"~\")."
   (if (equal (plist-get entry :source) "file")
       (plist-get entry :path)
-    template))
+    (chatpipe--expand-home template)))
 
 (defun chatpipe--user-template-dir ()
   "Return the user's template folder, as the backend has it."

@@ -100,16 +100,22 @@ That is the nearest folder, from this file's folder up, holding
 pyproject.toml and backend/: the package's own folder when it is
 installed with package.el, the checkout when it is used from its
 elisp/ folder.  If this file's folder is a build folder of symbolic
-links (as straight.el makes), the search starts from the real file."
+links (as straight.el makes), the search starts from the real file.
+The value is an absolute directory name, never abbreviated (it goes
+to pip as it is)."
   (let* ((dir (or chatpipe-install--library-directory
                   (let ((library (locate-library "chatpipe-install")))
                     (and library (file-name-directory library)))))
-         (source (and dir (expand-file-name "chatpipe-install.el" dir))))
-    (cl-some (lambda (start)
-               (and start (locate-dominating-file
-                           start #'chatpipe-install--source-p)))
-             (list dir (and source (file-symlink-p source)
-                            (file-name-directory (file-truename source)))))))
+         (source (and dir (expand-file-name "chatpipe-install.el" dir)))
+         (found (cl-some (lambda (start)
+                           (and start (locate-dominating-file
+                                       start #'chatpipe-install--source-p)))
+                         (list dir (and source (file-symlink-p source)
+                                        (file-name-directory
+                                         (file-truename source)))))))
+    ;; `locate-dominating-file' abbreviates (~/.emacs.d/elpa/...), and
+    ;; no shell expands the ~ for pip.
+    (and found (file-name-as-directory (expand-file-name found)))))
 
 (defun chatpipe-install--read-version (file regexp)
   "Return the first group of REGEXP's first match in FILE, or nil."
@@ -136,9 +142,10 @@ says."
 ;;;; Python and the venv
 
 (defun chatpipe-install-default-venv ()
-  "Return the default venv of the backend, a directory name.
+  "Return the default venv of the backend, an absolute directory name.
 It is chatpipe/venv in the user's Emacs directory."
-  (file-name-as-directory (locate-user-emacs-file "chatpipe/venv")))
+  (file-name-as-directory
+   (expand-file-name (locate-user-emacs-file "chatpipe/venv"))))
 
 (defun chatpipe-install--environment ()
   "Return `process-environment' for Python processes of an install.
@@ -163,10 +170,11 @@ PROGRAM cannot be run."
 (defun chatpipe-install--check-python (program)
   "Signal `chatpipe-error' unless PROGRAM is Python 3.11 or newer.
 PROGRAM is a file name or a name to look up in the variable
-`exec-path'.  Return its absolute file name."
+`exec-path'.  Return its absolute file name, expanded (\"~\" too)."
   (let* ((found (if (file-name-absolute-p program)
-                    (and (file-executable-p program) program)
-                  (executable-find program)))
+                    (and (file-executable-p program) (expand-file-name program))
+                  (let ((file (executable-find program)))
+                    (and file (expand-file-name file)))))
          (result (and found (chatpipe-install--output
                              found "-c" "import sys; print(sys.version_info[:2])")))
          (version (and result (eql (car result) 0)
@@ -342,7 +350,8 @@ ask for it.  The backend is the one that ships with this package (see
 If VENV already has that version of the backend, use it as it is.
 Else create VENV with `chatpipe-install-python' if it has no pip,
 and install the backend with VENV/bin/pip, asynchronously, showing
-the output in the buffer named by `chatpipe-install-buffer-name'.
+the output in the buffer named by `chatpipe-install-buffer-name',
+which each run empties first (it shows this run only).
 At the end set `chatpipe-python-venv' to VENV (see
 `chatpipe-install-save'), then call CALLBACK, if non-nil, and the
 functions of `chatpipe-install-functions', with VENV and nil, or
@@ -358,9 +367,34 @@ process of the first command, or nil if VENV was reused."
          nil))
   (when (process-live-p chatpipe-install--process)
     (user-error "An install of the chatpipe backend is already running"))
-  (let* ((venv (file-name-as-directory
-                (expand-file-name (or venv (chatpipe-install-default-venv)))))
-         (source (or (chatpipe-install-source-directory)
+  (let ((venv (file-name-as-directory
+               (expand-file-name (or venv (chatpipe-install-default-venv))))))
+    ;; The progress buffer shows this run only, from its start.
+    (chatpipe-install--begin)
+    (condition-case err
+        (chatpipe-install--start venv callback)
+      (chatpipe-error
+       (chatpipe-install--insert "Failed: " (cadr err) "\n")
+       (chatpipe-install--status "failed")
+       (signal (car err) (cdr err))))))
+
+(defun chatpipe-install--begin ()
+  "Start a new run in the progress buffer: empty it, status \"run\".
+What an earlier run wrote, its failure for one, goes away, so that
+the buffer and its mode line always tell of the same run."
+  (with-current-buffer (chatpipe-install--buffer)
+    (let ((inhibit-read-only t)) (erase-buffer)))
+  (chatpipe-install--status "run")
+  (chatpipe-install--insert
+   (format-time-string "chatpipe-install-backend, %F %T\n")))
+
+(defun chatpipe-install--start (venv callback)
+  "Install the backend into VENV, or reuse it; see `chatpipe-install-backend'.
+VENV is an absolute directory name; CALLBACK is as for
+`chatpipe-install-backend'.  Signal `chatpipe-error' before running
+anything if there is no backend or no Python that can run it.
+Return the process of the first command, or nil if VENV was reused."
+  (let* ((source (or (chatpipe-install-source-directory)
                      (signal 'chatpipe-error
                              (list "the chatpipe backend (pyproject.toml, \
 backend/) was not found next to chatpipe-install.el: install the package \
@@ -371,6 +405,9 @@ and set `chatpipe-python-venv'"))))
          (start (float-time)))
     (if (equal installed version)
         (progn
+          (chatpipe-install--insert
+           (format "The chatpipe backend %s is installed in %s already: it \
+is used as it is\n" version venv))
           (message "The chatpipe backend %s is installed in %s" version venv)
           (chatpipe-install--finish venv nil callback)
           nil)
@@ -383,9 +420,6 @@ and set `chatpipe-python-venv'"))))
              (fresh (or broken (not (file-executable-p pip))))
              (python (chatpipe-install--check-python
                       (if fresh chatpipe-install-python venv-python))))
-        (with-current-buffer (chatpipe-install--buffer)
-          (let ((inhibit-read-only t)) (erase-buffer)))
-        (chatpipe-install--status "run")
         (chatpipe-install--insert
          (format "%s the chatpipe backend %s from %s into %s\n"
                  (if installed (format "Upgrading (from %s)" installed)

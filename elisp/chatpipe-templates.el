@@ -118,7 +118,7 @@ the echo area, and return them as a list of (LINE COLUMN MESSAGE).
 Warnings (such as streaming being off) are shown, not returned."
   (interactive)
   (let* ((file (or buffer-file-name (user-error "Buffer has no file")))
-         (result (chatpipe-call "templates" "check" file))
+         (result (chatpipe-call "templates" "check" (expand-file-name file)))
          (errors nil)
          (warnings nil))
     (dolist (line (split-string (cdr result) "\n" t))

@@ -255,6 +255,95 @@ future sessions\\? \\'" asked))
         (put 'chatpipe-python-venv 'saved-value nil)
         (delete-file init)))))
 
+;;;; Under the home folder, and a new run
+
+(defmacro chatpipe-test-install--with-home (home &rest body)
+  "Run BODY with HOME bound to a new temporary home folder.
+The environment's HOME is that folder (so that `abbreviate-file-name'
+gives \"~/...\" for the files under it, as for a user's), and so are
+`temporary-file-directory' and `user-emacs-directory' (its .emacs.d)."
+  (declare (indent 1) (debug (symbolp body)))
+  `(let* ((,home (file-name-as-directory (make-temp-file "chatpipe-home" t)))
+          (process-environment (cons (concat "HOME=" (directory-file-name ,home))
+                                     process-environment))
+          (abbreviated-home-dir nil)
+          (temporary-file-directory ,home)
+          (user-emacs-directory "~/.emacs.d/"))
+     (unwind-protect (progn ,@body)
+       (delete-directory ,home t))))
+
+(ert-deftest chatpipe-test-install-home ()
+  "Under the home folder, every file name reaches pip and python expanded.
+`locate-dominating-file' gives \"~/...\" there, and pip takes
+\"~/src\" for an invalid requirement: no shell expands it."
+  (chatpipe-test-install--with-home home
+    (chatpipe-test-install--with-fakes (source venv)
+      (let ((chatpipe-command nil)
+            (python (expand-file-name "python3" home))
+            (default (expand-file-name ".emacs.d/chatpipe/venv/" home)))
+        (copy-file chatpipe-install-python python)
+        (set-file-modes python #o755)
+        (setq chatpipe-install-python (abbreviate-file-name python))
+        (should (string-prefix-p "~/" (abbreviate-file-name source)))
+        ;; The default venv, ~/.emacs.d/chatpipe/venv.
+        (should (processp (chatpipe-install-backend
+                           nil #'chatpipe-test-install--callback)))
+        (should (equal (chatpipe-test-install--wait-calls 1) (list default nil)))
+        (let ((log (chatpipe-test-install--log)))
+          (should (string-search (format "\n$ %s -m venv %s\n" python
+                                         (directory-file-name default))
+                                 log))
+          (should (string-search (format "\nfake pip install %s\n"
+                                         (directory-file-name source))
+                                 log))
+          (should-not (string-search "~" log)))
+        (should (equal (chatpipe-install-source-directory) source))
+        (should (equal (chatpipe-install-default-venv) default))
+        (should (equal (chatpipe-install-installed-version default) "1.0.0"))
+        (should (file-equal-p chatpipe-python-venv default))
+        (should (equal (chatpipe--command)
+                       (list (expand-file-name "bin/chatpipe" default))))))))
+
+(ert-deftest chatpipe-test-install-buffer-new-run ()
+  "The progress buffer shows the run going on, never an earlier one's failure."
+  (chatpipe-test-install--with-fakes (source venv)
+    (let ((chatpipe-command nil)
+          (process-environment (copy-sequence process-environment)))
+      (chatpipe-install-backend venv #'chatpipe-test-install--callback)
+      (should (equal (chatpipe-test-install--wait-calls 1) (list venv nil)))
+      ;; pip fails: the buffer says so, and its mode line.
+      (chatpipe-test-install--set-version source "1.2.0")
+      (setenv "FAKE_PIP_FAIL" "1")
+      (chatpipe-install-backend venv #'chatpipe-test-install--callback)
+      (should (cadr (chatpipe-test-install--wait-calls 2)))
+      (should (string-match-p "^Failed: .*pip install" (chatpipe-test-install--log)))
+      (should (equal (buffer-local-value 'mode-line-process
+                                         (get-buffer chatpipe-install-buffer-name))
+                     ":failed"))
+      ;; The next run reuses the venv: done, and the failure is gone.
+      (setenv "FAKE_PIP_FAIL")
+      (chatpipe-test-install--set-version source "1.0.0")
+      (should-not (chatpipe-install-backend venv #'chatpipe-test-install--callback))
+      (should (equal (chatpipe-test-install--wait-calls 3) (list venv nil)))
+      (let ((log (chatpipe-test-install--log)))
+        (should (string-match-p (concat "\\`chatpipe-install-backend, .*\n\
+The chatpipe backend 1\\.0\\.0 is installed in "
+                                        (regexp-quote venv) " already")
+                                log))
+        (should-not (string-match-p "Failed\\|no luck\\|fake pip" log)))
+      (should (equal (buffer-local-value 'mode-line-process
+                                         (get-buffer chatpipe-install-buffer-name))
+                     ":done"))
+      ;; A run that stops before running anything says why, in the buffer.
+      (delete-directory venv t)
+      (setenv "FAKE_PYTHON_VERSION" "(3, 9)")
+      (should-error (chatpipe-install-backend venv) :type 'chatpipe-error)
+      (should (string-match-p "\\`chatpipe-install-backend, .*\nFailed: .* is Python 3\\.9"
+                              (chatpipe-test-install--log)))
+      (should (equal (buffer-local-value 'mode-line-process
+                                         (get-buffer chatpipe-install-buffer-name))
+                     ":failed")))))
+
 ;;;; The package, installed with package.el in a fresh Emacs
 
 (defun chatpipe-test-install--script (file form)
@@ -265,19 +354,21 @@ future sessions\\? \\'" asked))
       (prin1 form (current-buffer)))
     (insert "\n")))
 
-(defun chatpipe-test-install--sub-emacs-form (tmp tar template question result)
-  "Return the program of the fresh Emacs, which works in the folder TMP.
-It installs the package TAR with `package-install-file', its backend
+(defun chatpipe-test-install--sub-emacs-form (tar template question result)
+  "Return the program of the fresh Emacs, whose HOME is a temporary folder.
+Its package folder is ~/.emacs.d/elpa there, as a user's is (so that
+the package's files are \"~/...\" to `abbreviate-file-name').  It
+installs the package TAR with `package-install-file', its backend
 with `chatpipe-install-backend', asks QUESTION in a chat of TEMPLATE
-and writes what it saw to the file RESULT, as an alist."
+and writes what it saw to the file RESULT, as an alist; file names
+in it are expanded."
   `(let ((out nil) (done nil) (start (float-time)))
      (condition-case err
          (progn
-           (setq user-emacs-directory ,(file-name-as-directory
-                                        (expand-file-name "emacs.d" tmp))
-                 package-user-dir ,(expand-file-name "emacs.d/elpa" tmp)
+           (setq user-emacs-directory "~/.emacs.d/"
+                 package-user-dir "~/.emacs.d/elpa"
                  package-archives nil
-                 user-init-file ,(expand-file-name "emacs.d/init.el" tmp)
+                 user-init-file "~/.emacs.d/init.el"
                  custom-file user-init-file
                  chatpipe-major-mode 'text-mode)
            (make-directory package-user-dir t)
@@ -285,7 +376,8 @@ and writes what it saw to the file RESULT, as an alist."
            (package-initialize)
            (package-install-file ,tar)
            (push (cons 'package-seconds (- (float-time) start)) out)
-           (push (cons 'library (locate-library "chatpipe")) out)
+           (push (cons 'library (expand-file-name (locate-library "chatpipe")))
+                 out)
            (push (cons 'fboundp (fboundp 'chatpipe-install-backend)) out)
            (setq chatpipe-install-save nil start (float-time))
            (chatpipe-install-backend nil (lambda (venv error)
@@ -293,11 +385,14 @@ and writes what it saw to the file RESULT, as an alist."
            (while (and (not done) (< (- (float-time) start) 900))
              (accept-process-output nil 0.1))
            (push (cons 'install done) out)
+           (push (cons 'source (chatpipe-install-source-directory)) out)
            (push (cons 'install-seconds (- (float-time) start)) out)
            (push (cons 'install-log (with-current-buffer chatpipe-install-buffer-name
                                       (buffer-string)))
                  out)
-           (push (cons 'python-venv chatpipe-python-venv) out)
+           (push (cons 'python-venv (and chatpipe-python-venv
+                                         (expand-file-name chatpipe-python-venv)))
+                 out)
            (push (cons 'command (chatpipe--command)) out)
            (setq done nil start (float-time))
            (push (cons 'reused (chatpipe-install-backend
@@ -322,7 +417,8 @@ and writes what it saw to the file RESULT, as an alist."
 
 (ert-deftest chatpipe-test-install-package ()
   "The package, built as MELPA would, installs with package.el and works alone.
-A fresh `emacs --batch -Q' with only package.el installs the tarball
+A fresh `emacs --batch -Q' with only package.el, its HOME a temporary
+folder and its packages in ~/.emacs.d/elpa there, installs the tarball
 with `package-install-file', the backend with `chatpipe-install-backend'
 (a real venv and pip), and streams an answer from the replay server."
   :tags '(:install)
@@ -335,15 +431,18 @@ with `package-install-file', the backend with `chatpipe-install-backend'
          (script (expand-file-name "install.el" tmp))
          (output (generate-new-buffer " *chatpipe package emacs*"))
          (start (float-time))
-         (process-environment (append '("EMACSLOADPATH" "EMACSDATA")
+         (home (expand-file-name "home" tmp))
+         (process-environment (append (list "EMACSLOADPATH" "EMACSDATA"
+                                            (concat "HOME=" home))
                                       process-environment))
          emacs)
     (unwind-protect
         (progn
           (chatpipe-test--http "DELETE" "/requests")
+          (make-directory home)
           (chatpipe-test-install--script
            script (chatpipe-test-install--sub-emacs-form
-                   tmp tar template chatpipe-test--question result))
+                   tar template chatpipe-test--question result))
           (setq emacs (make-process
                        :name "chatpipe-package-emacs" :buffer output :noquery t
                        :connection-type 'pipe
@@ -355,7 +454,7 @@ with `package-install-file', the backend with `chatpipe-install-backend'
                            (with-temp-buffer (insert-file-contents result)
                                              (read (current-buffer)))))
                  (venv (file-name-as-directory
-                        (expand-file-name "emacs.d/chatpipe/venv" tmp))))
+                        (expand-file-name ".emacs.d/chatpipe/venv" home))))
             (unless (and out (not (assq 'error out)))
               (ert-fail (list "the fresh Emacs failed" (alist-get 'error out)
                               (alist-get 'install-log out)
@@ -366,8 +465,13 @@ reused in %.2f s; all in %.1f s"
                      (alist-get 'install-seconds out)
                      (cadr (alist-get 'reuse out)) (- (float-time) start))
             ;; The package came from package.el's folder, not the checkout.
-            (should (string-prefix-p (expand-file-name "emacs.d/elpa/chatpipe-" tmp)
+            (should (string-prefix-p (expand-file-name ".emacs.d/elpa/chatpipe-"
+                                                       home)
                                      (alist-get 'library out)))
+            ;; Its backend, given to pip expanded (pip takes "~/..." for
+            ;; an invalid requirement).
+            (should (equal (alist-get 'source out)
+                           (file-name-directory (alist-get 'library out))))
             (should (alist-get 'fboundp out))
             ;; The backend: installed, set, found; then reused.
             (should (equal (alist-get 'install out) (list venv nil)))

@@ -192,6 +192,56 @@ serve process goes on."
                             (plist-get (chatpipe-template-info "my.json")
                                        :error)))))
 
+(ert-deftest chatpipe-test-home-file-names ()
+  "File names under the home folder reach the backend's processes expanded.
+The command (\"/bin/sh\" \"~/chatpipe-wrapper\"), a template given as
+\"~/chat.json\", a `default-directory' of \"~/\": no shell expands
+the ~ for a process, so Emacs must."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let* ((home (file-name-as-directory (make-temp-file "chatpipe-home" t)))
+         (process-environment (cons (concat "HOME=" (directory-file-name home))
+                                    process-environment))
+         (abbreviated-home-dir nil)
+         (chatpipe-command '("/bin/sh" "~/chatpipe-wrapper"))
+         (log-file (expand-file-name "argv" home)))
+    (unwind-protect
+        (progn
+          (with-temp-file (expand-file-name "chatpipe-wrapper" home)
+            (insert (format "echo \"$@\" >> %s\nexec %s \"$@\"\n"
+                            (shell-quote-argument log-file)
+                            (shell-quote-argument chatpipe-test-command))))
+          (copy-file (expand-file-name
+                      (concat (chatpipe-test--template
+                               "/replay/openai-chat/text-with-usage.sse")
+                              ".json")
+                      chatpipe-test-template-dir)
+                     (expand-file-name "chat.json" home))
+          (should (equal (chatpipe--command)
+                         (list "/bin/sh" (expand-file-name "chatpipe-wrapper" home))))
+          (dolist (mode '(serve send))
+            (let ((chatpipe-backend-mode mode))
+              (with-temp-buffer
+                (setq default-directory "~/")
+                (insert "### User\n\nHi\n")
+                (setq chatpipe-template "~/chat.json")
+                (chatpipe-send)
+                (chatpipe-test--wait-idle (current-buffer))
+                (should (string-suffix-p "weather app.\n\n### User\n\n"
+                                         (buffer-string))))))
+          (should (= 2 (length (chatpipe-test--requests))))
+          (let ((argv (with-temp-buffer
+                        (insert-file-contents log-file)
+                        (buffer-string))))
+            (should (string-search (concat "templates info "
+                                           (expand-file-name "chat.json" home))
+                                   argv))
+            (should (string-search (concat "send " (expand-file-name "chat.json" home))
+                                   argv))
+            (should-not (string-search "~" argv))))
+      (chatpipe-serve-stop)
+      (chatpipe-templates-refresh)
+      (delete-directory home t))))
+
 (defun chatpipe-test--authorization ()
   "Return the Authorization header of the last request of the replay server."
   (alist-get 'Authorization
