@@ -137,19 +137,23 @@ Return nil if TEXT is no valid value of VAR."
     (pcase-dolist (`(,var . ,_) chatpipe--state-properties)
       (let ((value (chatpipe--state-value var)))
         (cond (value (add-file-local-variable var value))
-              ((chatpipe--local-variables-start)
+              ((chatpipe--local-variables-block)
                (delete-file-local-variable var)))))))
 
 (defconst chatpipe--mode-form '(chatpipe-mode 1)
   "The form that turns `chatpipe-mode' on in a saved chat's Local Variables.")
 
 (defun chatpipe--mode-variable-p ()
-  "Return non-nil if the file's Local Variables turn `chatpipe-mode' on."
-  (let ((start (chatpipe--local-variables-start)))
-    (and start
+  "Return non-nil if the file's Local Variables turn `chatpipe-mode' on.
+The block is the one `add-file-local-variable' writes to, wherever it
+is (see `chatpipe--local-variables-block'), so that saving never adds
+a second entry to it."
+  (let ((block (chatpipe--local-variables-block)))
+    (and block
          (save-excursion
-           (goto-char start)
-           (search-forward (format "eval: %S" chatpipe--mode-form) nil t)))))
+           (goto-char (nth 0 block))
+           (search-forward (format "eval: %S" chatpipe--mode-form)
+                           (nth 1 block) t)))))
 
 (defun chatpipe-save-state ()
   "Write this chat's settings into the buffer, to be saved with it.
@@ -170,6 +174,47 @@ chatpipe-state.el.  Return nil."
         (unless (chatpipe--mode-variable-p)
           (add-file-local-variable 'eval chatpipe--mode-form)))))
   nil)
+
+(defun chatpipe--take-text-after-block (end)
+  "Move the text after the chat's Local Variables block to before it.
+END is the end of the text to send; do nothing unless it is past the
+start of the block (see `chatpipe--settings-block').  That is text
+typed at the end of a saved chat's file (after \\[end-of-buffer]):
+it belongs to the chat, not to the block, which ends the file.  It
+goes after the chat's last turn: added to it if it is the user's,
+else under a new user heading.  Point, if it was past the start of
+the block, moves with the text.  Return the new position of END:
+the end of the chat sent when it was past all the text."
+  (let* ((block (chatpipe--settings-block))
+         (text-beg (and block (> end (car block))
+                        (save-excursion (goto-char (nth 1 block))
+                                        (skip-chars-forward " \t\n")
+                                        (point))))
+         (text-end (and text-beg (save-excursion (goto-char (point-max))
+                                                 (skip-chars-backward " \t\n")
+                                                 (point)))))
+    (if (not (and text-beg (< text-beg text-end)))
+        end
+      (let* ((text (buffer-substring-no-properties text-beg text-end))
+             (offset (lambda (pos) (max 0 (min (- pos text-beg) (length text)))))
+             (end-offset (funcall offset end))
+             (point-offset (and (> (point) (car block)) (funcall offset (point))))
+             (last (car (last (chatpipe-turns))))
+             (orig (point-marker))
+             (start (copy-marker (car block))))
+        (delete-region (nth 1 block) (point-max))
+        (goto-char start)
+        (skip-chars-backward " \t\n")
+        (delete-region (point) start)
+        (cond ((bobp))
+              ((memq (car last) '(nil user)) (insert "\n\n"))
+              (t (insert "\n\n" (chatpipe--heading 'user) "\n\n")))
+        (let ((pos (point)))
+          (insert text "\n\n")
+          (goto-char (if point-offset (+ pos point-offset) orig))
+          (set-marker start nil)
+          (set-marker orig nil)
+          (+ pos end-offset))))))
 
 (defun chatpipe--restore-org-state ()
   "Set the chat's settings that are not set yet from the Org file's properties."

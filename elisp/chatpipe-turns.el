@@ -242,12 +242,15 @@ no such block, return nil and move point to the end of the line."
       (end-of-line)
       nil)))
 
-(defun chatpipe--local-variables-start ()
-  "Return the start of the file's Local Variables block, or nil.
-It is looked for where `hack-local-variables' looks: in the last
-3000 characters, after the last form feed.  The block counts only if
-it is whole: each of its lines has the prefix and suffix of its
-first line, the last is \"End:\", and only blank lines follow it."
+(defun chatpipe--local-variables-block ()
+  "Return the file's Local Variables block as a list (START END), or nil.
+It is looked for where `hack-local-variables' and
+`add-file-local-variable' look: the first \"Local Variables:\" in the
+last 3000 characters, after the last form feed.  It counts only if it
+is whole: each of its lines has the prefix and suffix of its first
+line, and the last is \"End:\".  START is the beginning of its first
+line, END the beginning of the line after its last (or the end of
+the buffer).  Text may follow it."
   (save-excursion
     (save-restriction
       (widen)
@@ -264,11 +267,37 @@ first line, the last is \"End:\", and only blank lines follow it."
                         (looking-at (concat prefix ".*" suffix "[ \t]*$"))
                         (not (looking-at (concat prefix "[ \t]*End:"))))
               (forward-line 1))
-            (and (looking-at (concat prefix "[ \t]*End:[ \t]*" suffix "[ \t]*$"))
-                 (progn (forward-line 1)
-                        (skip-chars-forward " \t\n")
-                        (eobp))
-                 start)))))))
+            (when (looking-at (concat prefix "[ \t]*End:[ \t]*" suffix "[ \t]*$"))
+              (forward-line 1)
+              (list start (point)))))))))
+
+(defun chatpipe--settings-block ()
+  "Return the Local Variables block that ends the chat, or nil.
+The value is as for `chatpipe--local-variables-block'.  The block
+ends the chat if only blank lines follow it or, for the block of a
+saved chat (one that names `chatpipe-mode' or a chatpipe- variable),
+if no role heading follows it: text typed after such a block, at
+the end of the file, is still the chat's (sending moves it before
+the block, see `chatpipe--take-text-after-block')."
+  (let ((block (chatpipe--local-variables-block)))
+    (save-excursion
+      (save-restriction
+        (widen)
+        (and block
+             (progn (goto-char (nth 1 block))
+                    (skip-chars-forward " \t\n")
+                    (or (eobp)
+                        (and (not (let ((case-fold-search nil))
+                                    (re-search-forward (chatpipe--heading-regexp)
+                                                       nil t)))
+                             (progn (goto-char (nth 0 block))
+                                    (search-forward "chatpipe-" (nth 1 block) t)))))
+             block)))))
+
+(defun chatpipe--local-variables-start ()
+  "Return the start of the Local Variables block that ends the chat, or nil.
+See `chatpipe--settings-block'."
+  (car (chatpipe--settings-block)))
 
 (defun chatpipe--chat-end ()
   "Return the end of the chat: the start of the file's Local Variables.

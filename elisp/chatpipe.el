@@ -252,7 +252,13 @@ changes, the headings converted to its style."
 BEG and END default to the whole chat (see `chatpipe--chat-end').
 If the text has no role heading, it is the user's question and a
 user heading is inserted before it.  The answer goes after END,
-under an assistant heading.  Return the new job."
+under an assistant heading.  A saved chat's Local Variables block
+is never sent: the chat ends before it, the answer goes before it,
+and text after it goes before it when END is past its start (see
+`chatpipe--take-text-after-block').  Return the new job."
+  (chatpipe--check-idle)
+  (let ((moved (chatpipe--take-text-after-block (or end (point-max)))))
+    (when end (setq end moved)))
   (let* ((chat-end (chatpipe--chat-end))
          (beg (copy-marker (min (or beg (point-min)) chat-end)))
          (end (copy-marker (min (or end chat-end) chat-end)))

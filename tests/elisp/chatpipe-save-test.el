@@ -173,6 +173,118 @@ same chat."
         (with-current-buffer buffer (set-buffer-modified-p nil))
         (kill-buffer buffer)))))
 
+;;;; Typing at the end of a saved chat, after its Local Variables
+
+(defun chatpipe-test--count (string text)
+  "Return how many times STRING occurs in TEXT."
+  (let ((count 0) (start 0))
+    (while (setq start (string-search string text start))
+      (setq count (1+ count) start (+ start (length string))))
+    count))
+
+(defun chatpipe-test--chat-before-block (text setting)
+  "Check that TEXT, a saved chat, ends with its only Local Variables block.
+The block is whole and last, with one eval entry; SETTING, the name
+of the template setting, occurs once in TEXT.  Return the chat
+before the block, without an Org property drawer at its top."
+  (should (string-match "\\(?:\n\\|\\`\\)\\([^\n]*Local Variables:\\)" text))
+  (let ((chat (substring text 0 (match-beginning 1)))
+        (block (substring text (match-beginning 1))))
+    (should (string-match-p "\\`[^\n]*Local Variables:[^\n]*\n\\(?:.*\n\\)*\
+[^\n]*End:[^\n]*\n\\'" block))
+    (should (= 1 (chatpipe-test--count "Local Variables:" text)))
+    (should (= 1 (chatpipe-test--count "eval: (chatpipe-mode 1)" text)))
+    (should (= 1 (chatpipe-test--count setting text)))
+    (replace-regexp-in-string "\\`:PROPERTIES:\n\\(?:.*\n\\)*?:END:\n\n" ""
+                              chat)))
+
+(defun chatpipe-test--send-at-end (extension)
+  "Continue a saved chat by typing at its file's end, after the settings.
+EXTENSION is the file's: \"md\", \"txt\" or \"org\".  The Local
+Variables block is never sent, the answers go before it, and saving
+keeps one block, at the end, with one entry of each setting."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let* ((template (chatpipe-test--template
+                    "/replay/openai-chat/text-with-usage.sse"))
+         (answer (chatpipe-test--expected "openai-chat/text-with-usage.sse"))
+         (file (expand-file-name (concat "at-end." extension) chatpipe-test-tmp))
+         (headings (if (equal extension "org") chatpipe-org-headings
+                     chatpipe-headings))
+         (setting (if (equal extension "org") "CHATPIPE_TEMPLATE"
+                    "chatpipe-template"))
+         (chat (lambda (&rest questions)
+                 (concat (mapconcat (lambda (q)
+                                      (format "%s\n\n%s\n\n%s\n\n%s\n\n"
+                                              (alist-get 'user headings) q
+                                              (alist-get 'assistant headings)
+                                              answer))
+                                    questions "")
+                         (alist-get 'user headings) "\n\n")))
+         (send (lambda ()
+                 (if (derived-mode-p 'org-mode)
+                     (org-ctrl-c-ctrl-c)
+                   (call-interactively #'chatpipe-send))
+                 (chatpipe-test--wait-idle (current-buffer))
+                 (chatpipe-test--request-messages
+                  (car (last (chatpipe-test--requests)))))))
+    (chatpipe-test--with-chat (buffer template)
+      (chatpipe-test--ask "Hi")
+      (chatpipe-test--wait-idle buffer)
+      (write-file file))
+    (let ((buffer (find-file-noselect file)))
+      (unwind-protect
+          (with-current-buffer buffer
+            (should chatpipe-mode)
+            ;; M-> (after the block's End: line), a question, send.
+            (goto-char (point-max))
+            (should (string-match-p "End:" (buffer-substring
+                                            (line-beginning-position 0) (point))))
+            (insert "Again?")
+            (should (equal (funcall send)
+                           `(("user" . "Hi") ("assistant" . ,answer)
+                             ("user" . "Again?"))))
+            (should (equal (chatpipe-test--chat-before-block (buffer-string) setting)
+                           (concat (funcall chat "Hi" "Again?") "\n\n")))
+            ;; A question in the last turn, sent with point after the
+            ;; block: the turn above the block is sent.
+            (goto-char (chatpipe--chat-end))
+            (re-search-backward (concat "^" (regexp-quote (alist-get 'user headings))
+                                        "\n\n"))
+            (goto-char (match-end 0))
+            (insert "Third?")
+            (goto-char (point-max))
+            (should (equal (last (funcall send)) '(("user" . "Third?"))))
+            (save-buffer)
+            (should (equal (chatpipe-test--chat-before-block
+                            (chatpipe-test--file-text file) setting)
+                           (concat (funcall chat "Hi" "Again?" "Third?") "\n\n"))))
+        (with-current-buffer buffer (set-buffer-modified-p nil))
+        (kill-buffer buffer)))
+    ;; Visited again: the same chat, with its settings.
+    (let ((buffer (find-file-noselect file)))
+      (unwind-protect
+          (with-current-buffer buffer
+            (should chatpipe-mode)
+            (should (equal chatpipe-template template))
+            (should (equal (chatpipe-messages)
+                           `(("user" . "Hi") ("assistant" . ,answer)
+                             ("user" . "Again?") ("assistant" . ,answer)
+                             ("user" . "Third?") ("assistant" . ,answer)))))
+        (kill-buffer buffer)))))
+
+(ert-deftest chatpipe-test-send-after-local-variables-markdown ()
+  "Markdown: typed after the saved chat's Local Variables, sent without them."
+  (chatpipe-test--require-markdown)
+  (chatpipe-test--send-at-end "md"))
+
+(ert-deftest chatpipe-test-send-after-local-variables-text ()
+  "Plain text: typed after the saved chat's Local Variables, sent without them."
+  (chatpipe-test--send-at-end "txt"))
+
+(ert-deftest chatpipe-test-send-after-local-variables-org ()
+  "Org: typed after the Local Variables, sent without them or the properties."
+  (chatpipe-test--send-at-end "org"))
+
 (defun chatpipe-test--params (mode)
   "Check parameters and the system prompt with `chatpipe-backend-mode' MODE."
   (chatpipe-test--http "DELETE" "/requests")
