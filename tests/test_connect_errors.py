@@ -63,7 +63,7 @@ def test_a_port_of_this_machine_that_refuses_is_tried_once(host):
     port = closed_port(socket.AF_INET6, "::1") if host == "[::1]" else closed_port()
     sink, err, elapsed = run_stream_in_process(request(f"http://{host}:{port}/v1/chat/completions"))
     assert sink.of("retry") == []                         # one attempt: no retry announced
-    assert elapsed < 1.0                                  # not the ~7 s of three backoffs
+    assert elapsed < 4.0                                  # not the ~7 s of three backoffs
     assert err.message == f"cannot connect to {host}:{port}: Connection refused"
     assert not err.retryable and err.details == {
         "kind": "connect", "host": f"{host}:{port}",
@@ -82,7 +82,7 @@ def test_send_says_how_to_start_the_local_server_at_once(chatpipe):
                            "refused; the local model server is not running: "
                            + LOCAL_HINT.format(port=port, root=ROOT)
                            + ", in a terminal of its own (it keeps running until Ctrl-C)\n")
-    assert "retry" not in text.stderr and elapsed < 3    # Python's start, and one attempt
+    assert "retry" not in text.stderr and elapsed < 5    # Python's start, and one attempt
     events = ndjson(chatpipe("send", "local", "--url", url, "--output", "ndjson", "-m", "hi").stdout)
     assert [e["type"] for e in events] == ["error"]
     assert events[0] | {"hint": "?"} == {"type": "error", "hint": "?", "retryable": False,
@@ -112,7 +112,7 @@ def test_serve_says_it_at_once_too(serve):
     sent = serve.send(req("r1", f"http://127.0.0.1:{port}/v1/chat/completions", template="local"))
     got = serve.until(lambda e: e.get("id") == "r1" and e["type"] in ("done", "error"))
     (when, event), = [(t, e) for t, e in got if e.get("id") == "r1"]   # no retry events
-    assert when - sent < 1.0
+    assert when - sent < 4.0
     assert event["type"] == "error" and event["retryable"] is False
     assert (event["kind"], event["host"]) == ("connect", f"127.0.0.1:{port}")
     assert LOCAL_HINT.format(port=port, root=ROOT) in event["hint"]
