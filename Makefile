@@ -7,7 +7,7 @@ PROMPT ?= Tell me a joke
 
 export LLAMA_VENV ?= $(CURDIR)/.venv-llama
 
-.PHONY: all setup local-server demo test test-all test-python test-emacs emacs-deps bench clean
+.PHONY: all setup local-server demo tools-demo test test-all test-python test-emacs emacs-deps bench clean
 
 all: setup
 
@@ -28,6 +28,11 @@ local-server:
 demo: setup local-server
 	scripts/local-server run --port $(PORT) --log local-server.log -- \
 	    $(VENV)/bin/chatpipe send local --url http://127.0.0.1:$(PORT)/v1/chat/completions -m "$(PROMPT)"
+
+## tools-demo: a scripted local model calls the real MCP server mcp-server-time
+## through chatpipe send --tools mcp:time (no API key, no network)
+tools-demo: setup
+	$(VENV)/bin/python scripts/tools-demo
 
 ## emacs-deps: emacs-nox, package-lint and markdown-mode, installed with apt when root
 EMACS_PACKAGES = emacs-nox elpa-package-lint elpa-markdown-mode
