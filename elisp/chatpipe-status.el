@@ -303,8 +303,8 @@ login %s password YOUR-KEY\" in ~/.authinfo.gpg) or " host
                          (match-string 1 where))))
          (if (chatpipe--local-server-p template entry)
              (format "cannot connect to %s: the local model server is not \
-running; start it with \"scripts/local-server serve --port %s\" in %s (or \
-\"make demo\")" where (or port "8080")
+running; start it with \"scripts/local-server serve --port %s\" in %s"
+                     where (or port "8080")
                      (if checkout (concat "the chatpipe checkout " checkout)
                        "the chatpipe checkout"))
            (format "cannot connect to %s: is the server running, and is the \

@@ -117,7 +117,7 @@ Another server: is it running?"
     (should (equal (chatpipe-test--error-note local)
                    (format "cannot connect to 127.0.0.1:%d: the local model \
 server is not running; start it with \"scripts/local-server serve --port %d\" \
-in the chatpipe checkout (or \"make demo\")" port port)))
+in the chatpipe checkout" port port)))
     (should (equal (chatpipe-test--error-note other)
                    (format "cannot connect to 127.0.0.1:%d: is the server \
 running, and is the template's URL right? (M-x chatpipe-edit-template)"
