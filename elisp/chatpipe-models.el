@@ -40,6 +40,7 @@
 (require 'cl-lib)
 (require 'subr-x)
 (require 'chatpipe-backend)
+(require 'chatpipe-status)
 
 (define-error 'chatpipe-models-failed
   "Cannot list the models" 'chatpipe-error)
@@ -128,27 +129,46 @@ puts before it, on one line of at most 100 characters."
       (setq text (substring text (match-end 0))))
     (truncate-string-to-width text 100 nil nil "...")))
 
+(defun chatpipe--model-candidates (models)
+  "Return the completion candidates of MODELS, a list of model ids.
+The value is an alist of (NAME . ID): NAME is the short name of
+`chatpipe-model-name' (a llama.cpp server's file name without its
+folders), or the id itself where two models would have the same."
+  (let ((names (mapcar #'chatpipe-model-name models)))
+    (cl-mapcar (lambda (id name)
+                 (cons (if (= 1 (cl-count name names :test #'equal)) name id)
+                       id))
+               models names)))
+
 ;;;###autoload
 (defun chatpipe-read-model (prompt template &optional default)
-  "Read a model name in the minibuffer with PROMPT, and return it.
+  "Read a model name in the minibuffer with PROMPT, and return its id.
 Complete over the models of TEMPLATE's endpoint (see
-`chatpipe-models'); a name not in the list is accepted too.
-DEFAULT is the default, shown in the prompt.  If the models cannot
-be listed, read the name without completion: the prompt says why,
-and the message is logged in `chatpipe-log-buffer-name'."
+`chatpipe-models'), shown by their short names (see
+`chatpipe-model-name'): the id of the model chosen is returned, the
+long file name a llama.cpp server gives for one.  A name not in the
+list is accepted too, and returned as it is.  DEFAULT is the
+default id, shown in the prompt.  If the models cannot be listed,
+read the name without completion: the prompt says why, and the
+message is logged in `chatpipe-log-buffer-name'."
   (let* ((failure nil)
          (models (condition-case err (chatpipe-models template)
                    (chatpipe-error
                     (setq failure (chatpipe--models-reason err))
                     (chatpipe--log "chatpipe models %s: %s" template
                                    (error-message-string err))
-                    nil))))
-    (completing-read
-     (format-prompt (if failure
-                        (format "%s (no model list: %s)" prompt failure)
-                      prompt)
-                    default)
-     models nil nil nil 'chatpipe-model-history default)))
+                    nil)))
+         (candidates (chatpipe--model-candidates models))
+         (default (and default (or (car (rassoc default candidates)) default)))
+         (answer (completing-read
+                  (format-prompt (if failure
+                                     (format "%s (no model list: %s)" prompt
+                                             failure)
+                                   prompt)
+                                 default)
+                  (mapcar #'car candidates) nil nil nil 'chatpipe-model-history
+                  default)))
+    (or (cdr (assoc answer candidates)) answer)))
 
 (provide 'chatpipe-models)
 ;;; chatpipe-models.el ends here

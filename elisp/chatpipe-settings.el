@@ -265,7 +265,8 @@ tools are saved with the chat.  Return the new `chatpipe-tools'."
 
 (defun chatpipe--menu-model ()
   "Return the menu's description of the model command."
-  (format "Model: %s" (or chatpipe-model "the template's")))
+  (format "Model: %s" (if chatpipe-model (chatpipe-model-name chatpipe-model)
+                        "the template's")))
 
 (defun chatpipe--menu-temperature ()
   "Return the menu's description of the temperature command."

@@ -170,15 +170,60 @@ small example, and end with a question that checks understanding."))
                                                        " ")))))))
     (and parts (string-join parts ", "))))
 
+(defconst chatpipe--model-name-width 40
+  "The most characters of a model's name that the header line shows.")
+
+(defun chatpipe-model-name (model)
+  "Return a short name of MODEL, a model id, to show; see `chatpipe-model'.
+A model id that is a file name, as a llama.cpp server gives (an
+absolute one, or one that ends in .gguf), is shown as the file's
+name without its folders; other ids, such as \"gpt-4o\" or
+\"meta-llama/Llama-3-8B\", as they are.  A name longer than
+`chatpipe--model-name-width' is cut, with \"...\" at its end.
+Requests always send the id itself."
+  (truncate-string-to-width
+   (if (or (string-match-p "\\`\\(?:[/~]\\|[A-Za-z]:[/\\]\\)" model)
+           (string-match-p "\\.gguf\\'" model))
+       (replace-regexp-in-string "\\`.*[/\\]" "" model)
+     model)
+   chatpipe--model-name-width nil nil "..."))
+
+(defvar-local chatpipe--template-model nil
+  "The model of the chat's template, kept: (TEMPLATE CATALOG MODEL), or nil.
+CATALOG is the `chatpipe--catalog' MODEL was read from.")
+
+(defun chatpipe--template-model ()
+  "Return the model of this chat's template, or nil if it is not known yet.
+It is read from what the backend said of its templates, if it said
+it already (see `chatpipe-template-info'): the header line never
+runs the backend.  Opening a chat has it said soon (see
+`chatpipe--prestart-soon')."
+  (let ((template (chatpipe--current-template))
+        (catalog chatpipe--catalog))
+    (unless (and (equal (nth 0 chatpipe--template-model) template)
+                 (eq (nth 1 chatpipe--template-model) catalog))
+      (setq chatpipe--template-model
+            (list template catalog
+                  (and catalog
+                       (plist-get (or (gethash template
+                                               (chatpipe--catalog-table catalog))
+                                      (gethash (cons (chatpipe--local-directory)
+                                                     template)
+                                               (chatpipe--catalog-files catalog)))
+                                  :model)))))
+    (nth 2 chatpipe--template-model)))
+
 (defun chatpipe-header-line ()
   "Return the text of the chat header line.
-It shows the template, the model, the parameters, system prompt and
+It shows the template, the model (the one chosen for this chat, else
+the one the last answer came from, else the template's; as
+`chatpipe-model-name' shows it), the parameters, system prompt and
 tools set for this chat, and the status."
-  (let ((model (or chatpipe-model chatpipe--model-seen))
+  (let ((model (or chatpipe-model chatpipe--model-seen (chatpipe--template-model)))
         (settings (chatpipe--settings-text)))
     (concat (propertize "chatpipe" 'face 'bold) " "
             (or chatpipe-template chatpipe-default-template)
-            (if model (format " [%s]" model) "")
+            (if (stringp model) (format " [%s]" (chatpipe-model-name model)) "")
             (if settings (format " (%s)" settings) "")
             (if chatpipe--status (concat " | " chatpipe--status) ""))))
 
@@ -354,28 +399,32 @@ KIND is as for `chatpipe--done-kind'."
 (defun chatpipe--prestart-soon ()
   "Get the backend ready for this chat once Emacs is idle a moment.
 See `chatpipe-prestart' and `chatpipe--prestart'."
-  (when (and chatpipe-prestart (eq chatpipe-backend-mode 'serve))
+  (when chatpipe-prestart
     (run-with-idle-timer chatpipe--prestart-delay nil
                          #'chatpipe--prestart (current-buffer))))
 
 (defun chatpipe--prestart (buffer)
   "Get the backend ready for the chat in BUFFER, if it is one still.
-Start the shared `chatpipe serve' process and have it connect to
-the endpoint of the chat's template (see
+Have the backend describe the chat's template, so that the header
+line shows its model (see the function `chatpipe--template-model'),
+and, if `chatpipe-backend-mode' is `serve', start the shared `chatpipe
+serve' process and have it connect to the endpoint of the template (see
 `chatpipe-process-preconnect'), unless an answer was asked for
 already.  A missing backend or any other error is logged, not
 shown: sending will say it."
-  (when (and (buffer-live-p buffer) chatpipe-prestart
-             (eq chatpipe-backend-mode 'serve))
+  (when (and (buffer-live-p buffer) chatpipe-prestart)
     (with-current-buffer buffer
       (when (and chatpipe-mode (not chatpipe--job))
         (condition-case err
-            (chatpipe-process-preconnect
-             :template (chatpipe--current-template)
-             :url chatpipe-url :vars chatpipe-template-vars)
+            (if (eq chatpipe-backend-mode 'serve)
+                (chatpipe-process-preconnect
+                 :template (chatpipe--current-template)
+                 :url chatpipe-url :vars chatpipe-template-vars)
+              (chatpipe-template-info (chatpipe--current-template)))
           (error (chatpipe--log "cannot get the backend ready for %s: %s"
                                 (buffer-name)
-                                (error-message-string err))))))))
+                                (error-message-string err))))
+        (force-mode-line-update)))))
 
 (provide 'chatpipe-status)
 ;;; chatpipe-status.el ends here

@@ -194,8 +194,9 @@ Names follow the template; switching templates clears the status."
               (chatpipe-select-template other)
               (should (equal (buffer-name) (format "*chatpipe: %s*" other)))
               (should-not chatpipe-model)
+              ;; The model shown is the new template's.
               (should (equal (substring-no-properties (chatpipe-header-line))
-                             (concat "chatpipe " other)))
+                             (concat "chatpipe " other " [test-model]")))
               (chatpipe-test--ask "Two?")
               (chatpipe-test--wait-idle b2)
               (should (string-match-p (concat "\\`chatpipe " other

@@ -161,6 +161,94 @@ and what it asked of `completing-read'."
                           "m" "Model" "no-such-template"))))
       (should (string-search "no template named 'no-such-template'" prompt)))))
 
+;;;; A llama.cpp server's model, and the template's, in the header line
+
+(defconst chatpipe-test--gguf
+  "/home/someone/.cache/chatpipe/models/gemma-3-270m-it-Q4_K_M.gguf"
+  "A model id as a llama.cpp server gives it: the model's file.")
+
+(ert-deftest chatpipe-test-model-file-name ()
+  "A llama.cpp server's model, a long .gguf file name: shown short, sent whole.
+The completion candidates and the header line show the file's name
+without its folders; the request has the id that the server gave."
+  (chatpipe-test--with-model-cache
+    (chatpipe-test--with-route-server
+        (url (format "
+import json
+models = {'object': 'list', 'data': [
+    {'id': %S, 'object': 'model', 'owned_by': 'llamacpp'},
+    {'id': 'other', 'object': 'model', 'owned_by': 'llamacpp'}]}
+server.add('/llama/v1/models', Reply([json.dumps(models).encode()],
+           framing='length', content_type='application/json'))
+with open(sys.argv[1] + '/streams/openai-chat/text-with-usage.sse', 'rb') as f:
+    server.add('/llama/v1/chat/completions', Reply([f.read()]))
+" chatpipe-test--gguf))
+      (let ((template (chatpipe-test--template
+                       nil nil (concat url "/llama/v1/chat/completions")))
+            (short "gemma-3-270m-it-Q4_K_M.gguf"))
+        (pcase-let ((`(,value ,prompt ,collection)
+                     (chatpipe-test--read-model-with short "Model" template
+                                                     chatpipe-test--gguf)))
+          (should (equal collection (list short "other")))
+          (should (equal prompt (format "Model (default %s): " short)))
+          (should (equal value chatpipe-test--gguf)))
+        (should (equal (car (chatpipe-test--read-model-with "other" "Model" template))
+                       "other"))
+        (chatpipe-test--with-chat (buffer template)
+          (chatpipe-set-model chatpipe-test--gguf)
+          (should (equal (substring-no-properties (chatpipe-header-line))
+                         (format "chatpipe %s [%s]" template short)))
+          (chatpipe-test--ask "Hi")
+          (chatpipe-test--wait-idle buffer)
+          (should (equal chatpipe--model-seen chatpipe-test--gguf))
+          (setq chatpipe-model nil)
+          (should (string-prefix-p (format "chatpipe %s [%s] | done: " template short)
+                                   (substring-no-properties (chatpipe-header-line)))))
+        (let ((post (cl-find-if (lambda (r) (alist-get 'body r))
+                                (chatpipe-test--http "GET" "/requests" url))))
+          (should (equal (alist-get 'model (alist-get 'body post))
+                         chatpipe-test--gguf))))))
+  ;; Short names: of files only, and cut when long.
+  (should (equal (chatpipe-model-name chatpipe-test--gguf)
+                 "gemma-3-270m-it-Q4_K_M.gguf"))
+  (should (equal (chatpipe-model-name "C:\\models\\m.gguf") "m.gguf"))
+  (dolist (id '("gpt-4o" "meta-llama/Llama-3-8B"))
+    (should (equal (chatpipe-model-name id) id)))
+  (should (equal (chatpipe-model-name (concat "/m/" (make-string 60 ?x) ".gguf"))
+                 (concat (make-string 37 ?x) "..."))))
+
+(defun chatpipe-test--run-idle-timers (buffer)
+  "Run BUFFER's idle timers of `chatpipe--prestart' now, as Emacs idle would."
+  (dolist (timer timer-idle-list)
+    (when (and (eq (timer--function timer) #'chatpipe--prestart)
+               (eq (car (timer--args timer)) buffer))
+      (cancel-timer timer)
+      (apply (timer--function timer) (timer--args timer)))))
+
+(ert-deftest chatpipe-test-header-template-model ()
+  "A new chat's header line shows its template's model before any answer."
+  (let ((template (chatpipe-test--template "/replay/openai-chat/text-with-usage.sse"))
+        (chatpipe-prestart t))
+    (chatpipe-test--http "DELETE" "/requests")
+    (dolist (mode '(serve send))
+      (let ((chatpipe-backend-mode mode))
+        (chatpipe-templates-refresh)
+        (chatpipe-test--with-chat (buffer template)
+          ;; Once Emacs is idle a moment.
+          (chatpipe-test--run-idle-timers buffer)
+          (should (equal (substring-no-properties (chatpipe-header-line))
+                         (format "chatpipe %s [test-model]" template)))
+          ;; The chat's own model wins.
+          (chatpipe-set-model "gpt-4o")
+          (should (equal (substring-no-properties (chatpipe-header-line))
+                         (format "chatpipe %s [gpt-4o]" template))))))
+    ;; Templates known already: at once, without waiting.
+    (let ((chatpipe-prestart nil))
+      (chatpipe-test--with-chat (buffer template)
+        (should (equal (substring-no-properties (chatpipe-header-line))
+                       (format "chatpipe %s [test-model]" template)))))
+    (should-not (chatpipe-test--requests))))
+
 (defvar package-lint-main-file)
 (declare-function package-lint-buffer "package-lint")
 
