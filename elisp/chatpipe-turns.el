@@ -415,14 +415,36 @@ neutral shape of docs/protocol.md (see `chatpipe--tool-messages'):
 an assistant message with `tool_calls', whose items have `id',
 `name' and `arguments', and a `tool' message for each result, with
 `tool_call_id', `name', `content' and `is_error' (t or :false).
-Empty turns are left out."
-  (mapcan (lambda (turn)
-            (if (eq (car turn) 'assistant)
-                (chatpipe--assistant-messages turn)
-              (let ((text (chatpipe--turn-text turn)))
-                (unless (string-empty-p text)
-                  (list (cons (symbol-name (car turn)) text))))))
-          (chatpipe-turns beg end)))
+Empty turns are left out, and user turns that follow each other are
+one message (see `chatpipe--join-user-messages')."
+  (chatpipe--join-user-messages
+   (mapcan (lambda (turn)
+             (if (eq (car turn) 'assistant)
+                 (chatpipe--assistant-messages turn)
+               (let ((text (chatpipe--turn-text turn)))
+                 (unless (string-empty-p text)
+                   (list (cons (symbol-name (car turn)) text))))))
+           (chatpipe-turns beg end))))
+
+(defun chatpipe--join-user-messages (messages)
+  "Return MESSAGES, (ROLE . CONTENT) pairs, with no two user messages in a row.
+An answer that failed or was stopped before any text sends nothing
+\(its note, such as \"[error: ...]\", is never sent), so the question
+before it and the next one would follow each other.  Each run of
+user messages is one: a text that is the same as the one before it
+\(the question typed again after the failure) is sent once, other
+texts are joined by a blank line, in order.  The buffer keeps every
+turn as it is."
+  (let (out)
+    (dolist (message messages)
+      (let ((last (car out)))
+        (if (and (equal (car-safe message) "user") (stringp (cdr message))
+                 (equal (car-safe last) "user") (stringp (cdr last)))
+            (unless (equal (cdr message) (cdr last))
+              (setcar out (cons "user" (concat (cdr last) "\n\n"
+                                               (cdr message)))))
+          (push message out))))
+    (nreverse out)))
 
 (defun chatpipe--question-start (beg end)
   "Return the start of the question in the text from BEG to END.

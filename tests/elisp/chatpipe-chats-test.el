@@ -157,6 +157,44 @@
         (should (equal (chatpipe-test--request-messages request)
                        '(("user" . "Hi"))))))))
 
+(ert-deftest chatpipe-test-ask-again-after-error ()
+  "A question asked again after a failed answer is sent once, not twice.
+The failed answer sends nothing, so the user turns around it are one
+message: the same text once, other texts joined by a blank line."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let ((failing (chatpipe-test--template "/error/500"))
+        (working (chatpipe-test--template
+                  "/replay/openai-chat/text-with-usage.sse"))
+        (answer (chatpipe-test--expected "openai-chat/text-with-usage.sse")))
+    (chatpipe-test--with-chat (buffer failing)
+      (chatpipe-test--ask "Hi")
+      (chatpipe-test--wait-idle buffer)
+      (should (string-search "[error: HTTP 500: " (buffer-string)))
+      (chatpipe-select-template working)
+      ;; The same question, typed again in the next turn.
+      (chatpipe-test--ask "Hi")
+      (chatpipe-test--wait-idle buffer)
+      (should (string-match-p (concat "\\`### User\n\nHi\n\n### Assistant\n\n\\[error: \
+.*\\]\n\n### User\n\nHi\n\n### Assistant\n\n" (regexp-quote answer)
+                                      "\n\n### User\n\n\\'")
+                              (buffer-string)))
+      ;; Failed again, then another text: both go, as one message.
+      (chatpipe-select-template failing)
+      (chatpipe-test--ask "And tomorrow?")
+      (chatpipe-test--wait-idle buffer)
+      (chatpipe-select-template working)
+      (chatpipe-test--ask "Please try again.")
+      (chatpipe-test--wait-idle buffer))
+    (let ((requests (mapcar #'chatpipe-test--request-messages
+                            (chatpipe-test--requests))))
+      (should (equal requests
+                     `((("user" . "Hi"))
+                       (("user" . "Hi"))
+                       (("user" . "Hi") ("assistant" . ,answer)
+                        ("user" . "And tomorrow?"))
+                       (("user" . "Hi") ("assistant" . ,answer)
+                        ("user" . "And tomorrow?\n\nPlease try again."))))))))
+
 ;;;; Buffers of other kinds
 
 (ert-deftest chatpipe-test-org-buffer-with-system-prompt ()
