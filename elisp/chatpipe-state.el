@@ -61,6 +61,7 @@
 (declare-function org-entry-get "org")
 (declare-function org-entry-put "org")
 (declare-function org-entry-delete "org")
+(declare-function markdown-mode "markdown-mode")
 
 (defconst chatpipe--state-properties
   '((chatpipe-template . "CHATPIPE_TEMPLATE")
@@ -298,13 +299,21 @@ Org's if TO-ORG is non-nil, else the other."
 (defun chatpipe--after-major-mode-change ()
   "Turn `chatpipe-mode' on again after the buffer's major mode changed.
 Convert the chat's headings and reasoning blocks if the new mode
-wants another style (Org's or the other)."
+wants another style (Org's or the other).  A chat that lands in
+`fundamental-mode', as when \\[write-file] gives it a name no mode is
+for (chat.md without markdown-mode), goes on in `markdown-mode' if
+it is there, else `text-mode', as new chats do; unless the user
+asked for `fundamental-mode' itself."
   (unless chatpipe-mode
-    (let ((org (and (derived-mode-p 'org-mode) t)))
-      (unless (eq org chatpipe--org-style)
-        (with-demoted-errors "chatpipe: cannot convert the chat: %S"
-          (chatpipe--convert-chat chatpipe--org-style org)))
-      (chatpipe-mode 1))))
+    (if (and (eq major-mode 'fundamental-mode)
+             (not (eq this-command 'fundamental-mode)))
+        ;; This hook runs again, in the new mode.
+        (if (fboundp 'markdown-mode) (markdown-mode) (text-mode))
+      (let ((org (and (derived-mode-p 'org-mode) t)))
+        (unless (eq org chatpipe--org-style)
+          (with-demoted-errors "chatpipe: cannot convert the chat: %S"
+            (chatpipe--convert-chat chatpipe--org-style org)))
+        (chatpipe-mode 1)))))
 (put 'chatpipe--after-major-mode-change 'permanent-local-hook t)
 
 ;;;; Turning the mode on and off

@@ -285,6 +285,58 @@ keeps one block, at the end, with one entry of each setting."
   "Org: typed after the Local Variables, sent without them or the properties."
   (chatpipe-test--send-at-end "org"))
 
+(ert-deftest chatpipe-test-write-file-without-markdown-mode ()
+  "\\[write-file] chat.md without markdown-mode: still a chat, in `text-mode'.
+In a fresh `emacs --batch -Q' that has no markdown-mode on its
+`load-path', no mode is for chat.md: the chat written there goes on
+in `text-mode', with `chatpipe-mode', its header line and its
+settings saved."
+  (let* ((dir (make-temp-file "chatpipe-no-markdown" t))
+         (file (expand-file-name "chat.md" dir))
+         (result (expand-file-name "result.eld" dir))
+         (script (expand-file-name "run.el" dir))
+         (process-environment (append '("EMACSLOADPATH" "EMACSDATA")
+                                      process-environment)))
+    (unwind-protect
+        (progn
+          (with-temp-file script
+            (insert ";; -*- lexical-binding: t -*-\n")
+            (prin1
+             `(let ((out nil))
+                (setq load-path
+                      (cons ,(file-name-directory (locate-library "chatpipe"))
+                            (seq-remove (lambda (d) (string-match-p "markdown" d))
+                                        load-path)))
+                (require 'chatpipe)
+                (push (cons 'markdown (locate-library "markdown-mode")) out)
+                (with-current-buffer (chatpipe "local")
+                  (push (cons 'new major-mode) out)
+                  (goto-char (point-max))
+                  (insert "Hi")
+                  (let ((this-command 'write-file))
+                    (write-file ,file))
+                  (push (list 'written major-mode chatpipe-mode
+                              (equal header-line-format
+                                     '(:eval (chatpipe-header-line)))
+                              (chatpipe-messages))
+                        out))
+                (with-temp-file ,result (prin1 out (current-buffer))))
+             (current-buffer)))
+          (with-temp-buffer
+            (should (eq 0 (call-process (expand-file-name invocation-name
+                                                          invocation-directory)
+                                        nil t nil "--batch" "-Q" "-l" script)))
+            (should (file-exists-p result)))
+          (let ((out (with-temp-buffer (insert-file-contents result)
+                                       (read (current-buffer)))))
+            (should (equal (alist-get 'markdown out) nil))
+            (should (equal (alist-get 'new out) 'text-mode))
+            (should (equal (alist-get 'written out)
+                           '(text-mode t t (("user" . "Hi"))))))
+          (should (string-match-p "eval: (chatpipe-mode 1)"
+                                  (chatpipe-test--file-text file))))
+      (delete-directory dir t))))
+
 (defun chatpipe-test--params (mode)
   "Check parameters and the system prompt with `chatpipe-backend-mode' MODE."
   (chatpipe-test--http "DELETE" "/requests")
