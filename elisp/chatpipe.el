@@ -257,7 +257,8 @@ is never sent: the chat ends before it, the answer goes before it,
 and text after it goes before it when END is past its start (see
 `chatpipe--take-text-after-block').  Return the new job."
   (chatpipe--check-idle)
-  (let ((moved (chatpipe--take-text-after-block (or end (point-max)))))
+  (let* ((inhibit-read-only t)
+         (moved (chatpipe--take-text-after-block (or end (point-max)))))
     (when end (setq end moved)))
   (let* ((chat-end (chatpipe--chat-end))
          (beg (copy-marker (min (or beg (point-min)) chat-end)))
