@@ -258,10 +258,11 @@ Plan:
                        (chatpipe-test--tool-lines anthropic)
                        "\n\n### User\n\n")
                (buffer-string)))
-      ;; The tool call lines are not sent back.
+      ;; The tool call lines are not sent back: the answer of calls
+      ;; only sends nothing, and the questions around it are one.
       (should (equal (chatpipe-messages)
-                     `(("user" . "Weather in Edinburgh, and AAPL?")
-                       ("user" . "Weather in Paris?")
+                     `(("user" . "Weather in Edinburgh, and AAPL?\n\n\
+Weather in Paris?")
                        ("assistant" . ,(chatpipe-test--expected anthropic)))))
       ;; Gemini: reasoning (to its buffer), then a call, no text.
       (chatpipe-select-template t3)
@@ -282,8 +283,8 @@ Plan:
                                         :object-type 'alist))))
     (should (equal (chatpipe-test--request-messages
                     (nth 1 (chatpipe-test--requests)))
-                   '(("user" . "Weather in Edinburgh, and AAPL?")
-                     ("user" . "Weather in Paris?"))))))
+                   '(("user" . "Weather in Edinburgh, and AAPL?\n\n\
+Weather in Paris?"))))))
 
 (ert-deftest chatpipe-test-refusal ()
   "A refusal is shown as the answer."

@@ -284,15 +284,16 @@ without the call.  Return the chat's messages after the abort."
             (should (string-prefix-p "aborted" chatpipe--status))
             (setq messages (chatpipe-messages))
             ;; The backend's stream ended: the chat goes on, and the
-            ;; call without a result is not sent.
+            ;; call without a result is not sent.  The aborted answer
+            ;; sends nothing: the two questions are one user message.
             (chatpipe-set-tools nil)
             (chatpipe-test--ask "Hello?")
             (chatpipe-test--wait-idle buffer 60)
             (let ((bodies (chatpipe-test--bodies url)))
               (should (= 2 (length bodies)))
               (should (equal (alist-get 'messages (nth 1 bodies))
-                             '(((role . "user") (content . "Weather in Paris?"))
-                               ((role . "user") (content . "Hello?"))))))
+                             '(((role . "user")
+                                (content . "Weather in Paris?\n\nHello?"))))))
             messages)
         (with-current-buffer buffer (set-buffer-modified-p nil))
         (kill-buffer buffer)))))
