@@ -240,6 +240,12 @@ keeps one block, at the end, with one entry of each setting."
             (should (string-match-p "End:" (buffer-substring
                                             (line-beginning-position 0) (point))))
             (insert "Again?")
+            ;; Saved as it is: the block is found, and kept to one entry each.
+            (save-buffer)
+            (let ((text (chatpipe-test--file-text file)))
+              (should (string-match-p "End:[^\n]*\nAgain\\?\n*\\'" text))
+              (should (= 1 (chatpipe-test--count "eval: (chatpipe-mode 1)" text)))
+              (should (= 1 (chatpipe-test--count setting text))))
             (should (equal (funcall send)
                            `(("user" . "Hi") ("assistant" . ,answer)
                              ("user" . "Again?"))))
