@@ -205,7 +205,7 @@ def test_the_terminal_prompt_takes_a_no_and_a_reason(server, mcp_env):
             seen += os.read(master, 1024)
 
     read_until(b"[n]o: ")
-    assert b'run echo({"text": "x"}) from mcp:fx?' in seen
+    assert b'run echo of mcp:fx with these arguments:\r\n{\r\n  "text": "x"\r\n}' in seen
     os.write(master, b"n\n")
     read_until(b"may be empty)? ")
     os.write(master, b"not today\n")

@@ -174,17 +174,20 @@ def step(number: int, model: str | None = None, response_id: str | None = None) 
 
 
 def tool_request(call_id: str, name: str, arguments: str, *, confirm: bool = False,
-                 source: str | None = None) -> dict:
+                 source: str | None = None, tool: str | None = None) -> dict:
     """``tool_request`` (``serve``): the client is asked to run its tool
     NAME with ARGUMENTS (a JSON text) for call CALL_ID and to answer with a
     ``tool_result`` line; with CONFIRM, to approve or deny running the
-    tool of SOURCE (e.g. ``mcp:time``) with a ``tool_confirm`` line."""
+    tool of SOURCE (e.g. ``mcp:time``) with a ``tool_confirm`` line; TOOL
+    is that tool's name at SOURCE (NAME is the one the model used)."""
     event: dict[str, Any] = {"type": "tool_request", "call_id": call_id, "name": name,
                              "arguments": arguments}
     if confirm:
         event["confirm"] = True
     if source:
         event["source"] = source
+    if tool:
+        event["tool"] = tool
     return event
 
 

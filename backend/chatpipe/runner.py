@@ -135,7 +135,8 @@ def run(build: Callable[[], Job], output: Output, *,
         if job.save:
             conversation.check_writable(template.path)
         output.secrets.extend(request.secrets)
-        toolbox = tools.toolbox(job.tools, job.mcp, asker, mcp, output.emit, output.secrets)
+        toolbox = tools.toolbox(job.tools, job.mcp, asker, mcp, output.emit, output.secrets,
+                                request.max_tool_result_bytes)
     except OutputClosed:
         raise
     except Exception as err:

@@ -15,7 +15,10 @@ Each request runs through :func:`chatpipe.runner.run`, as ``send`` does, in
 a thread of its own; its events are those ``send --output ndjson`` writes,
 with the request ``id`` added.  ``env`` adds environment variables for that
 request's ``${env:NAME}`` placeholders (how an editor passes API keys
-without a command line).  A cancel ends the stream at once with an
+without a command line).  ``chat`` (a string) names the conversation
+the request belongs to: a tool the user approved with "always" runs
+without asking in that chat's later requests, and only there (a request
+without ``chat``: in that request alone).  A cancel ends the stream at once with an
 ``error`` event carrying ``"aborted": true``.  A request with a usable
 ``id`` whose other fields are wrong is a stream of its own that ends with
 an ``error``.  A line that cannot start a stream (not JSON, too deep, no
@@ -54,7 +57,7 @@ from chatpipe.protocol import EventLines, LineWriter
 
 #: The keys a request line may have.
 REQUEST_KEYS = {"id", "template", "messages", "vars", "env", "model", "url", "params",
-                "price", "cancel", "preconnect", "tools", "mcp", "max_tool_steps"}
+                "price", "cancel", "preconnect", "tools", "mcp", "max_tool_steps", "chat"}
 
 #: The keys of the lines that answer a running stream's ``tool_request``.
 ANSWER_KEYS = ("tool_result", "tool_confirm")
@@ -92,6 +95,9 @@ def job_from_request(request: dict) -> runner.Job:
     mcp = request.get("mcp") or []
     if not (isinstance(mcp, list) and all(isinstance(n, str) and n for n in mcp)):
         raise UsageError('"mcp" must be a list of MCP server names')
+    if request.get("chat") is not None and not (isinstance(request["chat"], str)
+                                                and request["chat"]):
+        raise UsageError('"chat" must be a non-empty string')
     steps = request.get("max_tool_steps")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise UsageError('"max_tool_steps" must be a whole number, 0 or more')
@@ -110,10 +116,14 @@ class _Stream(tools.Asker):
     ``tool_confirm`` line (:meth:`answer`).
 
     Args:
-        always: the tools approved for good, shared by the server's streams.
+        always: the tools approved with "always" (``(source, name)``
+            keys): those of the request's chat, shared by the chat's
+            requests; None for a request of no chat (they hold for it
+            alone).
     """
 
-    def __init__(self, writer: LineWriter, rid: Any, always: set[str] | None = None) -> None:
+    def __init__(self, writer: LineWriter, rid: Any,
+                 always: set[tuple[str, str]] | None = None) -> None:
         super().__init__()
         self.id = rid
         self.output = EventLines(writer, rid)
@@ -185,7 +195,8 @@ class _Stream(tools.Asker):
         ``confirm``, answered by ``{"id", "tool_confirm": {"call_id",
         "decision": "once"|"always"|"deny", "reason"}}``."""
         answer = self._ask("tool_confirm", protocol.tool_request(
-            call.id, call.name, call.arguments, confirm=True, source=tool.source), control)
+            call.id, call.name, call.arguments, confirm=True, source=tool.source,
+            tool=tool.name), control)
         decision = answer.get("decision")
         return (decision if decision in ("once", "always") else "deny"), _text(answer.get("reason"))
 
@@ -212,7 +223,7 @@ class Server:
         self.output_closed = False
         self._lock = threading.Lock()
         self._sessions: dict[str, requests.Session] = {}
-        self.always: set[str] = set()
+        self.approvals: dict[str, set[tuple[str, str]]] = {}
         self.mcp = mcp_host.McpHost()
 
     def session_for(self, url: str) -> requests.Session:
@@ -276,7 +287,9 @@ class Server:
             if rid in self.streams:
                 self.reject(f"request id {rid!r} is already streaming", rid)
                 return
-            job = self.streams[rid] = _Stream(self.writer, rid, self.always)
+            chat = request.get("chat")
+            always = self.approvals.setdefault(chat, set()) if isinstance(chat, str) else None
+            job = self.streams[rid] = _Stream(self.writer, rid, always)
         job.thread = threading.Thread(target=self._work, args=(job, request), daemon=True,
                                       name=f"chatpipe-{rid}")
         job.thread.start()

@@ -60,6 +60,7 @@ BLOCK_KEYS = {
     "retry_budget": "seconds that failed attempts and the waits between retries may add up to",
     "max_event_bytes": "largest server-sent event or NDJSON line accepted, in bytes",
     "max_tool_steps": "how many rounds of tool calls one request may run (0: none)",
+    "max_tool_result_bytes": "largest tool result sent to the model, in bytes (0: no limit)",
 }
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -69,6 +70,7 @@ DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_BUDGET = 60.0
 DEFAULT_MAX_EVENT_BYTES = 8 << 20
 DEFAULT_MAX_TOOL_STEPS = 10
+DEFAULT_MAX_TOOL_RESULT_BYTES = 100_000
 
 #: What to do when the local model server's port refuses connections (see
 #: :meth:`Template.is_local_server`): PORT is the endpoint's, WHERE the
@@ -196,6 +198,8 @@ class Request:
         max_event_bytes: the largest event (or NDJSON line) accepted, bytes.
         max_tool_steps: how many rounds of tool calls one request may run
             (see :mod:`chatpipe.tools`).
+        max_tool_result_bytes: the largest tool result sent to the model
+            (longer ones are cut, and say so); 0: no limit.
         secrets: the values filled from the environment, to redact from any
             message shown to the user.
         refused_hint: what to do when the endpoint is on this machine and
@@ -215,6 +219,7 @@ class Request:
     retry_budget: float = DEFAULT_RETRY_BUDGET
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS
+    max_tool_result_bytes: int = DEFAULT_MAX_TOOL_RESULT_BYTES
     secrets: list[str] = field(default_factory=list)
     refused_hint: str | None = None
 
@@ -359,7 +364,7 @@ def _check_block(block: dict[str, Any], text: str, where: str) -> None:
         if key == "max_event_bytes" and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1024):
             raise fail(f'"{RESERVED_KEY}.{key}" must be a whole number of bytes, 1024 or more', key)
-        if key in ("max_retries", "max_tool_steps") and (
+        if key in ("max_retries", "max_tool_steps", "max_tool_result_bytes") and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise fail(f'"{RESERVED_KEY}.{key}" must be a whole number, 0 or more', key)
         if key == "headers" and not (isinstance(value, dict)
@@ -467,6 +472,8 @@ def fill(template: Template, vars: Mapping[str, str] | None = None,
         retry_budget=float(block.get("retry_budget", DEFAULT_RETRY_BUDGET)),
         max_event_bytes=int(block.get("max_event_bytes", DEFAULT_MAX_EVENT_BYTES)),
         max_tool_steps=int(block.get("max_tool_steps", DEFAULT_MAX_TOOL_STEPS)),
+        max_tool_result_bytes=int(block.get("max_tool_result_bytes",
+                                            DEFAULT_MAX_TOOL_RESULT_BYTES)),
         secrets=secrets,
         refused_hint=_local_server_hint(block["url"]) if template.is_local_server() else None)
 

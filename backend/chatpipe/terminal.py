@@ -1,11 +1,15 @@
 """Tool calls confirmed on the terminal, for ``chatpipe send --tools``.
 
 :class:`TerminalAsker` asks on the controlling terminal (``/dev/tty``), not
-on stdin or stdout, so that piped input and output stay the chat's: ``run
-get_current_time({"timezone": "UTC"}) from mcp:time? [y]es, [a]lways, [n]o``;
-a "no" asks for a reason, which goes back to the model.  ``--yes``
-approves every call; without a terminal (and without ``--yes``) every call
-is denied, with a reason that says so.
+on stdin or stdout, so that piped input and output stay the chat's: the
+whole arguments, pretty-printed, then ``run get_current_time of mcp:time?
+[y]es, [a]lways for get_current_time of mcp:time in this run, [n]o``
+(what is shown goes through :func:`chatpipe.tools.shown`: no bidi control
+or control character of the model's or the server's reaches the
+terminal).  "Always" holds for that tool of that server until the
+command ends.  A "no" asks for a reason, which goes back to the model.
+``--yes`` approves every call; without a terminal (and without
+``--yes``) every call is denied, with a reason that says so.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class TerminalAsker(tools.Asker):
         tty: the terminal's device file.
     """
 
+    scope = "in this run"
+
     def __init__(self, output: Output, yes: bool = False, tty: str = TTY) -> None:
         super().__init__()
         self.output = output
@@ -55,10 +61,22 @@ class TerminalAsker(tools.Asker):
                 writer.write(text.encode("utf-8", protocol.ENCODE_ERRORS))
                 return reader.readline().decode("utf-8", "replace").strip()
 
-            answer = ask(f"\nchatpipe: run {tool.name}({call.arguments}) from {tool.source}? "
-                         "[y]es, [a]lways for this tool, [n]o: ").lower()
+            answer = ask(question(call, tool, self.scope)).lower()
             if answer in ("y", "yes"):
                 return "once", ""
             if answer in ("a", "always"):
                 return "always", ""
             return "deny", ask("chatpipe: why not (sent to the model; may be empty)? ")
+
+
+def question(call: tools.ToolCall, tool: tools.Tool, scope: str) -> str:
+    """The question that asks whether CALL of TOOL may run, with the whole
+    arguments, pretty-printed; "always" holds for SCOPE (e.g. ``in this
+    run``).  Everything that comes from the model or the server is passed
+    through :func:`chatpipe.tools.shown`."""
+    what = f"{tools.shown(tool.name, False)} of {tools.shown(tool.source, False)}"
+    offered = (f" (offered to the model as {tools.shown(call.name, False)})"
+               if call.name != tool.name else "")
+    return (f"\nchatpipe: the model asks to run {what}{offered} with these arguments:\n"
+            f"{tools.shown_arguments(call.arguments)}\n"
+            f"chatpipe: run {what}? [y]es, [a]lways for {what} {scope}, [n]o: ")

@@ -19,12 +19,27 @@ an error result, so that the conversation stays valid).
 Where tools come from: :class:`Tool` objects in a :class:`Toolbox`, made by
 the front end: the client's own tools on ``serve`` (run by the client
 through an :class:`Asker`) and MCP servers' tools (:mod:`chatpipe.mcp_host`).
+
+What the user is asked, and what the model gets:
+
+- a tool is offered under a name the APIs take (:func:`offered_name`:
+  ``^[A-Za-z0-9_-]{1,64}$``, unique in the request); a call of that name
+  reaches that tool, whatever its server calls it;
+- "always" approves one tool of one source (``(source, name)``, the
+  name its server gives it) for the :class:`Asker`'s life: one ``send``
+  run, one ``serve`` request, or one chat (serve's ``chat``);
+- the question shows the whole arguments, pretty-printed, through
+  :func:`shown` (no bidi override or control character reaches the
+  screen);
+- a result longer than ``max_result_bytes`` is cut, and says so
+  (:func:`capped`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -94,7 +109,11 @@ class Tool:
             :class:`~chatpipe.errors.Aborted`; any other exception is the
             tool's error, sent to the model.
         source: where it runs: ``client`` or ``mcp:SERVER``.
-        confirm: ask the user before each call (unless "always" was said).
+        confirm: ask the user before each call (unless "always" was said
+            for this tool of this source).
+
+    NAME is the tool's name at its source; the model may know it by
+    another (see :class:`Toolbox`).
     """
 
     name: str
@@ -104,10 +123,16 @@ class Tool:
     source: str = "client"
     confirm: bool = False
 
-    def definition(self) -> dict:
-        """The neutral definition: ``{"name", "description", "parameters"}``."""
-        return {"name": self.name, "description": self.description,
+    def definition(self, name: str | None = None) -> dict:
+        """The neutral definition: ``{"name", "description", "parameters"}``,
+        under NAME (default its own)."""
+        return {"name": name or self.name, "description": self.description,
                 "parameters": self.parameters}
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What "always" approves: ``(source, name)``."""
+        return (self.source, self.name)
 
 
 class Asker:
@@ -116,11 +141,16 @@ class Asker:
     denies every confirmation and has no client tools.
 
     Attributes:
-        always: names of the tools the user approved for good ("always").
+        always: the tools the user approved for good ("always"), as
+            ``(source, name)`` keys (:attr:`Tool.key`): for as long as
+            this asker lives (a ``send`` run, a ``serve`` request or chat).
     """
 
+    #: What "always" covers, said in the question.
+    scope = "in this chat"
+
     def __init__(self) -> None:
-        self.always: set[str] = set()
+        self.always: set[tuple[str, str]] = set()
 
     def confirm(self, call: ToolCall, tool: Tool, control: Control | None) -> tuple[str, str]:
         """Ask whether CALL of TOOL may run: returns ``(decision, reason)``,
@@ -166,36 +196,124 @@ def check_tools(tools: Any, where: str = "tools") -> list:
     return tools
 
 
+#: A name every API takes for a tool (OpenAI's and Anthropic's rule).
+VALID_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+#: Default largest tool result sent to the model, in bytes (UTF-8).
+MAX_RESULT_BYTES = 100_000
+
+
+def offered_name(tool: Tool, taken: set[str] | dict) -> str:
+    """The name under which TOOL is offered to the model: its own name
+    when it is valid (:data:`VALID_NAME`) and not TAKEN; else its name
+    with every other character turned into ``_`` and cut to 64
+    characters; when that is taken, with ``_SERVER`` (its source's
+    name) added, then ``_2``, ``_3``...: never one of TAKEN."""
+    def fit(base: str, suffix: str) -> str:
+        return base[:64 - len(suffix)] + suffix
+
+    base = re.sub(r"[^A-Za-z0-9_-]", "_", tool.name)[:64] or "tool"
+    if base not in taken:
+        return base
+    server = re.sub(r"[^A-Za-z0-9_-]", "_", tool.source.removeprefix("mcp:"))[:30]
+    name = fit(base, f"_{server}")
+    number = 2
+    while name in taken:
+        name = fit(base, f"_{server}_{number}")
+        number += 1
+    return name
+
+
+#: Characters never shown as they are: bidi embeddings, overrides and
+#: isolates, the directional marks, and the control characters (C0 but
+#: tab and newline, DEL, C1); each is shown as its ``\uXXXX`` escape.
+_HIDDEN = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c"
+                     "\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str, newlines: bool = True) -> str:
+    """TEXT as it may be shown to the user when asking about a tool call:
+    each bidi control (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F,
+    U+061C) and control character (tab and, with NEWLINES, newline
+    kept) as its visible ``\\uXXXX`` escape, so that what the user reads
+    is what runs."""
+    text = _HIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text if newlines else text.replace("\n", "\\u000a")
+
+
+def shown_arguments(arguments: str) -> str:
+    """A call's ARGUMENTS (a JSON text) as shown when asking: the whole
+    of them, pretty-printed when they are JSON (else as written), through
+    :func:`shown`."""
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+        text = json.dumps(value, ensure_ascii=False, indent=2)
+    except ValueError:
+        text = arguments
+    return shown(text)
+
+
+def capped(content: str, limit: int) -> str:
+    """CONTENT, a tool's result, cut to at most LIMIT bytes of UTF-8 (at a
+    character's boundary) with ``\\n[truncated: N of M bytes]`` added when
+    it is longer (N the bytes kept, M the result's); a LIMIT of 0 or less
+    keeps it whole."""
+    data = content.encode("utf-8", "surrogatepass")
+    if limit <= 0 or len(data) <= limit:
+        return content
+    kept = data[:limit].decode("utf-8", "ignore")
+    size = len(kept.encode("utf-8", "surrogatepass"))
+    return f"{kept}\n[truncated: {size} of {len(data)} bytes]"
+
+
 class Toolbox:
     """The tools of one request, and how each call is answered.
 
     Args:
-        tools: the tools; for two of one name, the first is kept.
+        tools: the tools.  Each is offered under the name
+            :func:`offered_name` gives it, in order: two tools of one name
+            from two sources are both offered (the later one renamed);
+            for two client tools of one name, the first is kept.
         asker: the front end (confirmations, client tools).
+        max_result_bytes: the largest result sent to the model (see
+            :func:`capped`).
+
+    Attributes:
+        tools: the tools by the name offered to the model.
     """
 
-    def __init__(self, tools: list[Tool], asker: Asker | None = None) -> None:
+    def __init__(self, tools: list[Tool], asker: Asker | None = None,
+                 max_result_bytes: int = MAX_RESULT_BYTES) -> None:
         self.tools: dict[str, Tool] = {}
         for tool in tools:
-            self.tools.setdefault(tool.name, tool)
+            if tool.source == "client" and tool.name in self.tools:
+                continue
+            self.tools[offered_name(tool, self.tools)] = tool
         self.asker = asker or Asker()
+        self.max_result_bytes = max_result_bytes
 
     def __bool__(self) -> bool:
         return bool(self.tools)
 
     def definitions(self) -> list[dict]:
-        """The tools' neutral definitions, to offer to the model."""
-        return [tool.definition() for tool in self.tools.values()]
+        """The tools' neutral definitions, under their offered names."""
+        return [tool.definition(name) for name, tool in self.tools.items()]
 
     def answer(self, call: ToolCall, control: Control | None) -> ToolResult:
         """Run CALL, after asking the user when its tool needs it; never
         raises for the tool's own failures (an unknown tool, arguments that
         are not a JSON object, a denial, an exception): they are error
-        results for the model.
+        results for the model.  A result is capped (see :func:`capped`).
 
         Raises:
             Cancelled, Aborted: the request was stopped meanwhile.
         """
+        result = self._answer(call, control)
+        result.content = capped(result.content, self.max_result_bytes)
+        return result
+
+    def _answer(self, call: ToolCall, control: Control | None) -> ToolResult:
+        """:meth:`answer`, uncapped."""
         tool = self.tools.get(call.name)
         if tool is None:
             return ToolResult(f"there is no tool named {call.name!r}", is_error=True)
@@ -205,10 +323,10 @@ class Toolbox:
             return ToolResult(f"the arguments are not valid JSON: {err}", is_error=True)
         if not isinstance(arguments, dict):
             return ToolResult("the arguments must be a JSON object", is_error=True)
-        if tool.confirm and tool.name not in self.asker.always:
+        if tool.confirm and tool.key not in self.asker.always:
             decision, reason = self.asker.confirm(call, tool, control)
             if decision == "always":
-                self.asker.always.add(tool.name)
+                self.asker.always.add(tool.key)
             elif decision != "once":
                 return denial(reason)
         _check(control)
@@ -221,7 +339,8 @@ class Toolbox:
 
 
 def toolbox(tools: list, servers: list[str], asker: Asker | None, mcp: Any,
-            warn: Callable[[dict], None], secrets: list[str]) -> Toolbox | None:
+            warn: Callable[[dict], None], secrets: list[str],
+            max_result_bytes: int = MAX_RESULT_BYTES) -> Toolbox | None:
     """The toolbox of a request, or None when it has no tools.
 
     Args:
@@ -234,6 +353,7 @@ def toolbox(tools: list, servers: list[str], asker: Asker | None, mcp: Any,
         warn: emits a ``warning`` event (an MCP server that failed).
         secrets: the output's secrets, to which the servers' own (their
             ``env`` and ``headers`` values) are added.
+        max_result_bytes: see :class:`Toolbox`.
     Raises:
         UsageError: MCP servers asked for where MCP is not available, or
             one that is not configured (see :mod:`chatpipe.mcp_host`).
@@ -250,7 +370,7 @@ def toolbox(tools: list, servers: list[str], asker: Asker | None, mcp: Any,
         if mcp is None:
             raise UsageError("MCP servers cannot be used here")
         found += mcp.tools(list(dict.fromkeys(names)), warn, secrets)
-    return Toolbox(found, asker) if found else None
+    return Toolbox(found, asker, max_result_bytes) if found else None
 
 
 def _check(control: Control | None) -> None:
