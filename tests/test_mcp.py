@@ -263,8 +263,8 @@ def test_a_streamable_http_server_with_headers(server, mcp_env, tmp_path):
                 time.sleep(0.05)
         config = tmp_path / "config" / "chatpipe" / "mcp.json"
         config.write_text(json.dumps({"mcpServers": {"web": {
-            "url": f"http://127.0.0.1:{port}/mcp", "headers": {"X-Token": "web-secret-99"}}}}))
-        url = server.add("/m", [tool_call_answer("echo", "c1", '{"text": "web-secret-99 ok"}'),
+            "url": f"http://127.0.0.1:{port}/mcp", "headers": {"X-Token": "web-Secret-Token-99"}}}}))
+        url = server.add("/m", [tool_call_answer("echo", "c1", '{"text": "web-Secret-Token-99 ok"}'),
                                 text_answer("Done.")])
         proc = send(mcp_env, "openai", "--url", url, "--tools", "mcp:web", "--yes",
                     "--output", "ndjson", "-m", "go")
@@ -274,8 +274,8 @@ def test_a_streamable_http_server_with_headers(server, mcp_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = next(e for e in ndjson(proc.stdout) if e["type"] == "tool_result")
     assert result["content"] == "*** ok" and not result["is_error"]      # headers are secrets
-    assert "web-secret-99" not in proc.stdout
-    assert server.requests[-1]["body"]["messages"][-1]["content"] == "web-secret-99 ok"
+    assert "web-Secret-Token-99" not in proc.stdout
+    assert server.requests[-1]["body"]["messages"][-1]["content"] == "web-Secret-Token-99 ok"
 
 
 def test_mcp_list_names_the_servers_and_their_transport_never_their_secrets(chatpipe, mcp_env,

@@ -109,10 +109,11 @@ def test_env_and_vars(tmp_path):
                      {"role": "user", "content": "echo ${HOME} $${y}"},
                      {"role": "assistant", "content": "${not_a_placeholder}"}]})
     req = templates.fill(templates.load_file(path),
-                         {"host": "h.example", "model": "m1", "lang": "Latin"}, env={"KEY": "s3cret"})
+                         {"host": "h.example", "model": "m1", "lang": "Latin"},
+                         env={"KEY": "s3cret-Key-0123456789"})
     assert req.url == "https://h.example/v1"
-    assert req.headers == {"Authorization": "Bearer s3cret"}
-    assert req.secrets == ["s3cret"]
+    assert req.headers == {"Authorization": "Bearer s3cret-Key-0123456789"}
+    assert req.secrets == ["s3cret-Key-0123456789"]
     assert req.body["model"] == "m1" and req.body["temperature"] == 0.5
     assert req.body["messages"] == [
         {"role": "system", "content": "Speak Latin, costs $5, literal ${x}."},

@@ -20,7 +20,7 @@ import signal
 import sys
 from typing import Any
 
-from chatpipe import __version__
+from chatpipe import __version__, redaction
 from chatpipe.errors import Aborted, OutputClosed, UsageError
 
 _EPILOG = """\
@@ -418,7 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     Errors outside a request (``templates`` commands, a signal before
     ``send`` has an output) are mapped by :func:`chatpipe.runner.error_for`,
     like those of a request, and printed as ``chatpipe: error: MESSAGE``.
+    Before anything else, stderr is guarded
+    (:func:`chatpipe.redaction.guard_stderr`): every line the process
+    writes there, its libraries' logging, warnings and tracebacks
+    included, has the secrets redacted.
     """
+    redaction.guard_stderr()
     signal.signal(signal.SIGINT, _raise_aborted)
     signal.signal(signal.SIGTERM, _raise_aborted)
     args = build_parser().parse_args(argv)

@@ -15,8 +15,9 @@ next to chatpipe's Python too, see :func:`find_command`) or ``url``
 (with ``headers``: streamable HTTP); and may have ``timeout`` (seconds a tool call may take, default
 :data:`CALL_TIMEOUT`), ``autoApprove`` (names of its tools that run
 without asking; every other call is confirmed first) and ``disabled``.
-The values of ``env`` and ``headers`` are secrets: redacted from every
-output.
+The secrets among the values of ``env`` and ``headers`` (those under a
+name that looks secret and that look like one, or a URL's password:
+:func:`chatpipe.redaction.secrets`) are redacted from every output.
 
 :class:`McpHost` starts a server the first time a request asks for it,
 lists its tools and keeps it running (across the requests of ``chatpipe
@@ -41,7 +42,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from chatpipe import jsonin, protocol
+from chatpipe import jsonin, protocol, redaction
 from chatpipe.errors import Aborted, Cancelled, UsageError
 from chatpipe.tools import Tool, ToolCall, ToolResult
 
@@ -266,8 +267,10 @@ class McpHost:
         """The tools of the servers NAMES, started if they are not running.
 
         A server that fails to start is named in a ``warning`` event
-        (through WARN) and gives no tools.  Its ``env`` and ``headers``
-        values are added to SECRETS before anything is started.
+        (through WARN) and gives no tools.  The secrets of its ``env`` and
+        ``headers`` values (:func:`chatpipe.redaction.secrets`, each with
+        its variable's or header's name) are added to SECRETS before
+        anything is started.
 
         Raises:
             UsageError: a name that is not configured (or is disabled), or a
@@ -280,7 +283,8 @@ class McpHost:
                 known = ", ".join(n for n, e in config.items() if not e.get("disabled")) or "none"
                 raise UsageError(f"no MCP server named {name!r} in {self.path or config_path()} "
                                  f"(configured: {known})")
-            secrets.extend(v for key in ("env", "headers") for v in entry.get(key, {}).values() if v)
+            secrets.extend(secret for key in ("env", "headers") for var, value in entry.get(key, {}).items()
+                           for secret in redaction.secrets(value, var))
         found: list[Tool] = []
         for name in names:
             try:

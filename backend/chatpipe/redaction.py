@@ -1,18 +1,107 @@
 """Secrets out of everything chatpipe writes: the one place that redacts.
 
-:func:`redact` replaces secrets (API keys, URL passwords) in a string;
-:class:`TextRedactor` does it for an answer's text, which is written in
-runs (one per network read), so that a secret the server cuts across
-deltas or reads is found too.  :class:`chatpipe.protocol.Output` applies
-them to every event, and the CLI to every line it writes on stderr.
+:func:`secrets` is the rule of what a secret is, used by every place that
+collects them (a template's ``${env:NAME}`` values and URL credentials,
+an MCP server's ``env`` and ``headers``).  :func:`redact` replaces
+secrets in a string; :class:`TextRedactor` does it for an answer's text,
+which is written in runs (one per network read), so that a secret the
+server cuts across deltas or reads is found too.
+:class:`chatpipe.protocol.Output` applies them to every event, and the CLI
+to every line it writes on stderr.  :func:`guard_stderr`, installed by
+the one entry point (:func:`chatpipe.cli.main`), passes every line the
+process writes on stderr (its libraries' logging, warnings, tracebacks)
+through :func:`redact_pieces`.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import io
+import re
+import sys
+import threading
+from typing import BinaryIO, Iterable
 
 #: What a secret is replaced with.
 REDACTED = "***"
+
+#: The shortest secret, in characters (see :func:`secrets`).
+MIN_SECRET = 16
+
+#: Parts of the names of environment variables and headers whose values
+#: may be secrets (matched anywhere in the name, in any case).
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|PWD|AUTH|COOKIE|CREDENTIAL|SESSION|SIGNATURE",
+                         re.IGNORECASE)
+
+#: The password of a URL (``scheme://user:password@host``).
+_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@")
+
+#: What a value is cut at into the words that may be secrets.
+_SEPARATORS = re.compile(r"[\s,;]+")
+
+#: Every secret :func:`secrets` found in this process (see :func:`guard_stderr`).
+_known: list[str] = []
+_known_lock = threading.Lock()
+
+
+def looks_secret(text: str) -> bool:
+    """Whether TEXT, a string, looks like a secret: :data:`MIN_SECRET` (16)
+    characters or more, no whitespace, not a URL, and at least two kinds
+    of lower-case letters, upper-case letters and digits.  See
+    :func:`secrets`, which applies it."""
+    if len(text) < MIN_SECRET or "://" in text or any(c.isspace() for c in text):
+        return False
+    kinds = (any(c.islower() for c in text) + any(c.isupper() for c in text)
+             + any(c.isdigit() for c in text))
+    return kinds >= 2
+
+
+def secrets(value: str, name: str | None = None) -> list[str]:
+    """The secrets in VALUE, a string chatpipe sends on the user's behalf,
+    to redact from everything it writes; the one rule of what a secret is.
+
+    A secret is a string of at least 16 characters, without whitespace,
+    that mixes at least two of lower-case letters, upper-case letters and
+    digits (so ``ollama``, ``EMPTY``, ``lm-studio``, ``sk-no-key-required``,
+    ``info`` and any short key are not, and no text is ever changed for
+    them).  Candidates are VALUE itself, its words (cut at whitespace,
+    ``,`` and ``;``: ``Bearer KEY`` gives KEY) and the value of a
+    ``name=value`` word, and the password of a URL in it
+    (``scheme://user:password@host``).  With NAME (the environment
+    variable or header VALUE is under: an MCP server's ``env`` and
+    ``headers``), VALUE is a candidate only when NAME looks secret (holds
+    ``KEY``, ``TOKEN``, ``SECRET``, ``PASS``, ``PWD``, ``AUTH``, ``COOKIE``,
+    ``CREDENTIAL``, ``SESSION`` or ``SIGNATURE`` in any case, e.g.
+    ``Authorization``, ``X-Api-Key``, ``DB_PASSWORD``), but a URL password
+    counts whatever the name; without NAME (a template's ``${env:NAME}``
+    filled into its URL or headers, a URL's user name or password), VALUE
+    is a candidate by its position.  Either way a candidate is a secret
+    only if it looks like one (:func:`looks_secret`).
+
+    Every secret found is also remembered for the process, so that
+    :func:`guard_stderr` redacts it from whatever is written on stderr.
+
+    Args:
+        value: the string that may hold secrets.
+        name: the name VALUE is under, or None.
+    Returns:
+        The secrets, longest first, each once; ``[]`` when there is none.
+    """
+    candidates = [m.group(1) for m in _URL_PASSWORD.finditer(value)]
+    if name is None or SECRET_NAME.search(name):
+        words = [w for w in _SEPARATORS.split(value) if w]
+        candidates += [value, *words, *(w.partition("=")[2] for w in words if "=" in w[1:])]
+    found = sorted({c for c in candidates if looks_secret(c)}, key=lambda c: (-len(c), c))
+    if found:
+        with _known_lock:
+            _known.extend(s for s in found if s not in _known)
+    return found
+
+
+def known() -> list[str]:
+    """Every secret :func:`secrets` has found in this process so far."""
+    with _known_lock:
+        return list(_known)
+
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     """TEXT with every one of SECRETS (non-empty strings) replaced by ``***``.
@@ -25,6 +114,96 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if secret and secret in text:
             text = text.replace(secret, REDACTED)
     return text
+
+
+def redact_pieces(text: str, secrets: Iterable[str], size: int = 8) -> str:
+    """TEXT with every run of it made of pieces of SECRETS at least SIZE
+    characters long replaced by one ``***``: a whole secret, and a part of
+    one that a library cut short (pydantic, for one, quotes a long value
+    as its beginning, ``...`` and its end).  For diagnostics (stderr),
+    where a few characters too many redacted harm nothing."""
+    spans = []
+    for secret in secrets:
+        for i in range(len(secret) - size + 1):
+            piece = secret[i:i + size]
+            j = text.find(piece)
+            while j >= 0:
+                spans.append((j, j + size))
+                j = text.find(piece, j + 1)
+    return _cut(text, 0, len(text), spans) if spans else text
+
+
+class _StderrGuard(io.RawIOBase):
+    """A binary stream that writes to RAW each line written to it, with
+    the process's secrets (:func:`known`) redacted by
+    :func:`redact_pieces`; a line is written when it is whole, or at a
+    flush."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+        self._pending = b""
+        self._lock = threading.RLock()
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def isatty(self) -> bool:
+        return self._raw.isatty()
+
+    def _emit(self, data: bytes) -> None:
+        text = data.decode("utf-8", "surrogateescape")
+        self._raw.write(redact_pieces(text, known()).encode("utf-8", "surrogateescape"))
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        with self._lock:
+            whole, newline, self._pending = (self._pending + data).rpartition(b"\n")
+            if newline:
+                self._emit(whole + newline)
+                self._raw.flush()
+            if len(self._pending) > 1 << 16:
+                self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                pending, self._pending = self._pending, b""
+                self._emit(pending)
+            if not self._raw.closed:
+                self._raw.flush()
+
+    def close(self) -> None:
+        """Write what is pending; RAW stays open."""
+        if not self.closed:
+            self.flush()
+        super().close()
+
+
+def guard_stderr() -> None:
+    """Make ``sys.stderr`` (text, and its ``buffer``) redact the process's
+    secrets from every line written to it, whoever writes it: chatpipe,
+    its libraries' logging (the MCP SDK's tracebacks quote what a server
+    wrote), warnings, uncaught exceptions' tracebacks.  Called once, at
+    start-up, by :func:`chatpipe.cli.main`, before anything is logged;
+    nothing happens when there is no stderr or it is already guarded.
+    What bypasses ``sys.stderr`` (writes to file descriptor 2 from C
+    code, or by child processes) is not covered: chatpipe's children (MCP
+    servers) write their stderr to a log file."""
+    stream = sys.stderr
+    if stream is None or isinstance(getattr(stream, "buffer", None), _StderrGuard):
+        return
+    raw = getattr(stream, "buffer", None)
+    if raw is None:
+        return
+    stream.flush()
+    sys.stderr = io.TextIOWrapper(_StderrGuard(raw), encoding=stream.encoding or "utf-8",
+                                  errors=stream.errors or "backslashreplace",
+                                  line_buffering=True, write_through=True)
 
 
 #: The shortest beginning of a secret held back at the end of a run of

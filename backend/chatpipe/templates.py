@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
-from chatpipe import jsonin
+from chatpipe import jsonin, redaction
 from chatpipe.errors import TemplateError
 
 #: The reserved top-level key.
@@ -200,8 +200,9 @@ class Request:
             (see :mod:`chatpipe.tools`).
         max_tool_result_bytes: the largest tool result sent to the model
             (longer ones are cut, and say so); 0: no limit.
-        secrets: the values filled from the environment, to redact from any
-            message shown to the user.
+        secrets: the secrets among the values filled from the environment
+            and the URL's credentials (:func:`chatpipe.redaction.secrets`),
+            to redact from any message shown to the user.
         refused_hint: what to do when the endpoint is on this machine and
             refuses the connection (for the local model server's template:
             how to start it); None for the general hint (see
@@ -392,7 +393,7 @@ def _fill(value: str, vars: Mapping[str, str], where: str, template: Template,
                     f"needs it for {where}: set it (export {name}=...)", str(template.path),
                     details={"kind": "missing_env", "variable": name})
             mapping[ident] = env[name]
-            secrets.append(env[name])
+            secrets.extend(redaction.secrets(env[name]))
         elif ident in vars:
             mapping[ident] = vars[ident]
         else:
@@ -404,14 +405,15 @@ def _fill(value: str, vars: Mapping[str, str], where: str, template: Template,
 
 
 def _userinfo(url: str) -> list[str]:
-    """The user name and password in URL (``http://user:pass@host``): they
-    are credentials, never to be printed."""
+    """The secrets (:func:`chatpipe.redaction.secrets`) among the user name
+    and password in URL (``http://user:pass@host``), as written and
+    unquoted: credentials, never to be printed."""
     try:
         parts = urlsplit(url)
-        return [unquote(v) for v in (parts.username, parts.password) if v] + [
-            v for v in (parts.username, parts.password) if v]
+        written = [v for v in (parts.username, parts.password) if v]
     except ValueError:
         return []
+    return [s for v in written + [unquote(v) for v in written] for s in redaction.secrets(v)]
 
 
 def _walk(node: Any, fill, where: str) -> Any:
