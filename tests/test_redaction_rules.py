@@ -166,6 +166,24 @@ def test_an_mcp_env_redacts_its_token_and_never_its_log_level(server, env, tmp_p
     assert server.requests[-1]["body"]["messages"][-1]["content"] == said
 
 
+def test_a_server_that_says_its_token_on_stderr_and_dies_is_quoted_redacted(server, env, tmp_path):
+    """The warning that names a server that failed to start quotes its last
+    stderr line: its token redacted, its log level as it is."""
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    (tmp_path / "dying.py").write_text(
+        'import os, sys\nprint("level " + os.environ["LOG_LEVEL"] + ", token " + os.environ["API_TOKEN"],'
+        ' file=sys.stderr)\nsys.exit(3)\n')
+    mcp_config(env, {"dying": {"command": sys.executable, "args": [str(tmp_path / "dying.py")],
+                               "env": {"API_TOKEN": TOKEN, "LOG_LEVEL": "info"}}})
+    path = template(tmp_path, server.add("/m", text_answer("Done.")), {})
+    for output in ("text", "ndjson"):
+        proc = run_send(env, path, "--tools", "mcp:dying", "--yes", "--output", output, "-m", "go")
+        assert proc.returncode == 0, proc.stderr
+        assert "failed to start" in proc.stdout + proc.stderr
+        assert "(its stderr: level info, token ***)" in proc.stdout + proc.stderr
+        assert_clean(proc.stdout + proc.stderr, TOKEN)
+
+
 # ---- stderr: the SDK's logging of what a server printed ---------------------------------------
 
 #: An MCP server that first prints non-JSON lines on stdout, one short
