@@ -310,7 +310,8 @@ prompt, tools) are shown in the header line and saved with the chat."
     ("s" chatpipe-set-system-prompt :description chatpipe--menu-system
      :transient t)
     ("$" "Template variable" chatpipe-set-template-var :transient t)
-    ("u" chatpipe-set-tools :description chatpipe--menu-tools :transient t)]
+    ("u" chatpipe-set-tools :description chatpipe--menu-tools :transient t)
+    ("a" "Tool approvals (list, revoke)" chatpipe-tool-approvals)]
    ["More"
     ("v" "Fold or unfold reasoning" chatpipe-toggle-reasoning)
     ("U" "Fold or unfold tool results" chatpipe-toggle-tool-result)

@@ -34,13 +34,20 @@
 ;; Emacs with a `tool_request' event (docs/protocol.md, "Tools"):
 ;;
 ;; - to confirm a call of an MCP tool: the user is asked in the
-;;   minibuffer (y: this once, a: always, for the rest of the backend
-;;   process, n: no, with a reason, which goes to the model), and the
-;;   answer is a `tool_confirm' line;
-;; - to run an Emacs tool: after asking the user, if the tool says so
-;;   (where "always" holds for the rest of the Emacs session), the tool
-;;   runs, and its result, its error or the user's denial goes back as
-;;   a `tool_result' line.
+;;   minibuffer (y: this once, a: always, n: no, with a reason, which
+;;   goes to the model), and the answer is a `tool_confirm' line;
+;; - to run an Emacs tool: after asking the user, if the tool says so,
+;;   the tool runs, and its result (cut to
+;;   `chatpipe-tool-max-result-bytes'), its error or the user's denial
+;;   goes back as a `tool_result' line.
+;;
+;; The question shows the whole arguments, pretty-printed (in a buffer
+;; of their own when they are long), through `chatpipe--tool-shown':
+;; no bidi control or control character of the model's or a server's
+;; reaches the screen as it is.  "Always" approves one tool of one
+;; source (an MCP server, or Emacs) in one chat, its buffer
+;; (`chatpipe--tool-approvals'); `chatpipe-tool-approvals' lists and
+;; revokes them.
 ;;
 ;; The question is asked from a timer, not from the process filter;
 ;; C-g at the question, or while a tool runs, aborts the answer, and
@@ -52,6 +59,7 @@
 
 (require 'cl-lib)
 (require 'subr-x)
+(require 'json)
 (require 'chatpipe-backend)
 (require 'chatpipe-process)
 (require 'chatpipe-status)
@@ -68,8 +76,21 @@ FUNCTION, CONFIRM and ASYNC."
 (defvar chatpipe--tool-registry nil
   "The tools defined with `chatpipe-define-tool': an alist (NAME . TOOL).")
 
-(defvar chatpipe--tools-always nil
-  "Names of the Emacs tools the user let run without asking, this session.")
+(defcustom chatpipe-tool-max-result-bytes 100000
+  "The largest result of an Emacs tool sent to the model, in bytes.
+A longer one is cut (at a character) and ends with
+\"[truncated: N of M bytes]\".  The backend caps the results of MCP
+tools with its template's `chatpipe.max_tool_result_bytes'.  nil
+means no limit."
+  :type '(choice (const :tag "No limit" nil) natnum)
+  :group 'chatpipe)
+
+(defvar-local chatpipe--tool-approvals nil
+  "The tools approved with \"always\" in this chat, newest first.
+Each is (SOURCE . NAME): SOURCE \"mcp:SERVER\" for an MCP server's
+tool, \"emacs\" for a tool defined in Emacs; NAME the tool's name
+there.  Never saved with the chat, nor read from a file; see
+`chatpipe-tool-approvals'.")
 
 ;;;###autoload
 (cl-defun chatpipe-define-tool (name &key description parameters function
@@ -99,7 +120,7 @@ for an error.  Until it does, the answer waits (`chatpipe-abort'
 stops it).
 
 CONFIRM non-nil means that the user is asked before each call (and
-may answer \"always\", which holds for the rest of the session).
+may answer \"always\", which holds for this tool in that chat).
 
 Defining a tool of the same name again replaces it.  Signal an error
 if NAME, FUNCTION, DESCRIPTION or PARAMETERS is not as described."
@@ -176,11 +197,13 @@ cannot be read."
                                   (:copier nil))
   "A `tool_request' of the backend that Emacs answers.
 STREAM is the answer's stream, BUFFER its chat buffer; CALL-ID,
-NAME, ARGUMENTS, CONFIRM and SOURCE come from the event.  ON-QUIT
+NAME, ARGUMENTS, CONFIRM and SOURCE come from the event, and TOOL
+\(the tool's name at SOURCE, when it is not NAME).  ON-QUIT
 is called with no arguments if the user quits while asked, or while
 the tool runs.  TIMER is the timer that will start the run; ENDED is
 non-nil once it is answered, or its answer is no longer wanted."
-  stream buffer call-id name arguments confirm source on-quit timer ended)
+  stream buffer call-id name arguments confirm source tool on-quit timer
+  ended)
 
 (defvar chatpipe--tool-prompting nil
   "The tool runs whose question is being asked, innermost first.
@@ -202,7 +225,8 @@ Return the new `chatpipe--tool-run', to give
               :call-id (plist-get event :call_id) :name (plist-get event :name)
               :arguments (or (plist-get event :arguments) "")
               :confirm (plist-get event :confirm)
-              :source (plist-get event :source) :on-quit on-quit)))
+              :source (plist-get event :source) :tool (plist-get event :tool)
+              :on-quit on-quit)))
     (setf (chatpipe--tool-run-timer run)
           (run-at-time 0 nil #'chatpipe--tool-run-start run))
     run))
@@ -227,52 +251,200 @@ is free."
        ((and (not mcp) (not tool))
         (chatpipe--tool-answer
          run (format "there is no tool named %s in this Emacs" name) t))
-       ((and (or mcp (and (chatpipe-tool-confirm tool)
-                          (not (member name chatpipe--tools-always))))
+       ((and (or mcp (chatpipe-tool-confirm tool))
+             (chatpipe--tool-approved-p run))
+        (if mcp
+            (chatpipe--tool-confirm-mcp run '(once))
+          (chatpipe--tool-call run tool)))
+       ((and (or mcp (chatpipe-tool-confirm tool))
              (active-minibuffer-window))
         (chatpipe--tool-status run "waiting for confirmation of %s (the \
-minibuffer is in use)" name)
+minibuffer is in use)" (chatpipe--tool-shown name t))
         (setf (chatpipe--tool-run-timer run)
               (run-at-time chatpipe--tool-busy-delay nil
                            #'chatpipe--tool-run-start run)))
        (mcp (chatpipe--tool-confirm-mcp run))
-       ((or (not (chatpipe-tool-confirm tool))
-            (member name chatpipe--tools-always))
+       ((not (chatpipe-tool-confirm tool))
         (chatpipe--tool-call run tool))
        (t (let ((answer (chatpipe--tool-ask run)))
             (pcase (car answer)
               ('once (chatpipe--tool-call run tool))
-              ('always (push name chatpipe--tools-always)
+              ('always (chatpipe--tool-approve run)
                        (chatpipe--tool-call run tool))
               ('deny (chatpipe--tool-deny run (cdr answer))))))))))
 
-(defun chatpipe--tool-confirm-mcp (run)
-  "Ask whether the MCP tool call of RUN may run; tell the backend."
-  (let ((answer (chatpipe--tool-ask run)))
+(defun chatpipe--tool-key (run)
+  "Return what \"always\" approves for RUN: (SOURCE . NAME).
+SOURCE is the tool's source (\"emacs\" for a tool defined in Emacs),
+NAME its name there."
+  (cons (or (chatpipe--tool-run-source run) "emacs")
+        (or (chatpipe--tool-run-tool run) (chatpipe--tool-run-name run))))
+
+(defun chatpipe--tool-approved-p (run)
+  "Return non-nil if RUN's tool was approved \"always\" in its chat."
+  (let ((buffer (chatpipe--tool-run-buffer run)))
+    (and (buffer-live-p buffer)
+         (member (chatpipe--tool-key run)
+                 (buffer-local-value 'chatpipe--tool-approvals buffer)))))
+
+(defun chatpipe--tool-approve (run)
+  "Approve RUN's tool \"always\" in its chat (see `chatpipe--tool-key')."
+  (let ((buffer (chatpipe--tool-run-buffer run))
+        (key (chatpipe--tool-key run)))
+    (when (buffer-live-p buffer)
+      (with-current-buffer buffer
+        (unless (member key chatpipe--tool-approvals)
+          (push key chatpipe--tool-approvals))))))
+
+(defun chatpipe--tool-approval-name (key)
+  "Return KEY, a (SOURCE . NAME) approval, as shown: \"NAME of SOURCE\"."
+  (format "%s of %s" (chatpipe--tool-shown (cdr key) t)
+          (chatpipe--tool-shown (car key) t)))
+
+;;;###autoload
+(defun chatpipe-tool-approvals (&optional revoke)
+  "Show the tools approved with \"always\" in this chat; revoke some.
+Each is one tool of one source (an MCP server, or Emacs), approved
+for this chat buffer only.  Interactively, ask which to revoke
+\(several, separated by commas; \"all\" for all of them; empty for
+none).  From Lisp, REVOKE is a list of (SOURCE . NAME) keys to
+revoke, or t for all.  Return the approvals left."
+  (interactive
+   (list (if (null chatpipe--tool-approvals)
+             (progn (message "No tool is approved \"always\" in this chat")
+                    nil)
+           (let* ((names (mapcar (lambda (key)
+                                   (cons (chatpipe--tool-approval-name key) key))
+                                 chatpipe--tool-approvals))
+                  (chosen (completing-read-multiple
+                           (format "Approved in this chat: %s.  Revoke (\
+\"all\", or empty for none): "
+                                   (mapconcat #'car names ", "))
+                           (cons "all" (mapcar #'car names)) nil t)))
+             (if (member "all" chosen)
+                 t
+               (delq nil (mapcar (lambda (name) (cdr (assoc name names)))
+                                 chosen)))))))
+  (setq chatpipe--tool-approvals
+        (and (not (eq revoke t))
+             (cl-remove-if (lambda (key) (member key revoke))
+                           chatpipe--tool-approvals)))
+  (when (called-interactively-p 'interactive)
+    (message "%s" (if chatpipe--tool-approvals
+                      (format "Approved in this chat: %s"
+                              (mapconcat #'chatpipe--tool-approval-name
+                                         chatpipe--tool-approvals ", "))
+                    "No tool is approved \"always\" in this chat")))
+  chatpipe--tool-approvals)
+
+(defun chatpipe--tool-confirm-mcp (run &optional answer)
+  "Ask whether the MCP tool call of RUN may run; tell the backend.
+With ANSWER, a (DECISION . REASON) pair, tell it that instead of
+asking.  \"Always\" is remembered in the chat, and the backend told
+\"once\", so that a revoked approval holds from the next call on."
+  (let ((answer (or answer (chatpipe--tool-ask run))))
+    (when (eq (car answer) 'always)
+      (chatpipe--tool-approve run)
+      (setq answer '(once)))
     (when answer
       (unless (eq (car answer) 'deny)
         (chatpipe--tool-status run "running tool %s (%s)"
-                               (chatpipe--tool-run-name run)
-                               (chatpipe--tool-run-source run)))
+                               (chatpipe--tool-shown (chatpipe--tool-run-name run) t)
+                               (chatpipe--tool-shown (chatpipe--tool-run-source run) t)))
       (chatpipe--tool-send
        run 'tool_confirm
        `((call_id . ,(chatpipe--tool-run-call-id run))
          (decision . ,(symbol-name (car answer)))
          ,@(and (cdr answer) `((reason . ,(cdr answer)))))))))
 
-(defun chatpipe--tool-question (run)
-  "Return the question that asks whether RUN's call may run."
-  (let ((arguments (truncate-string-to-width
-                    (replace-regexp-in-string
-                     "[\r\n]+" " " (chatpipe--tool-run-arguments run))
-                    200 nil nil "...")))
-    (format "chatpipe: run %s%s%s? y: yes, a: always%s, n: no "
-            (chatpipe--tool-run-name run)
-            (if (string-empty-p arguments) "" (concat " " arguments))
+(defconst chatpipe--tool-hidden-regexp
+  (concat "[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c"
+          "\0-\b\v-\x1f\u007f-\u009f]")
+  "What `chatpipe--tool-shown' shows escaped: bidi controls, controls.")
+
+(defun chatpipe--tool-shown (text &optional one-line)
+  "Return TEXT as it may be shown when asking about a tool call.
+Each bidi control (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F,
+U+061C) and control character (but tab, and newline unless
+ONE-LINE) is shown as its escape \"\\uXXXX\", so that what the user
+reads is what runs.  The text has no properties.  nil is \"\"."
+  (let ((case-fold-search nil)
+        (text (substring-no-properties (or text ""))))
+    (replace-regexp-in-string
+     (if one-line
+         (concat "\n\\|" chatpipe--tool-hidden-regexp)
+       chatpipe--tool-hidden-regexp)
+     (lambda (char) (format "\\u%04x" (aref char 0)))
+     text t t)))
+
+(defun chatpipe--tool-pretty-arguments (arguments)
+  "Return ARGUMENTS, a call's JSON text, as shown: all of it.
+Pretty-printed when it is JSON (as written else), through
+`chatpipe--tool-shown'."
+  (chatpipe--tool-shown
+   (condition-case nil
+       (if (string-blank-p arguments)
+           "{}"
+         (let ((json-null :null) (json-false :false)
+               (json-encoding-pretty-print t))
+           (json-encode (json-parse-string arguments :object-type 'hash-table
+                                           :array-type 'array :null-object :null
+                                           :false-object :false))))
+     (error arguments))))
+
+(defconst chatpipe--tool-question-max-lines 10
+  "Arguments of more lines than this are shown in a buffer, not asked with.")
+
+(defconst chatpipe--tool-arguments-buffer "*chatpipe tool call*"
+  "The buffer that shows long arguments while their call is asked about.")
+
+(defun chatpipe--tool-what (run)
+  "Return what RUN runs, as shown: \"NAME of SOURCE\", or \"NAME\".
+NAME is the tool's name at its source, then the name the model used
+if that differs."
+  (let ((name (chatpipe--tool-shown (chatpipe--tool-run-name run) t))
+        (tool (and (chatpipe--tool-run-tool run)
+                   (chatpipe--tool-shown (chatpipe--tool-run-tool run) t))))
+    (concat (or tool name)
             (if (chatpipe--tool-run-source run)
-                (format " (%s)" (chatpipe--tool-run-source run))
+                (concat " of " (chatpipe--tool-shown (chatpipe--tool-run-source run) t))
               "")
-            (if (chatpipe--tool-run-source run) "" " (this session)"))))
+            (if (and tool (not (equal tool name)))
+                (format " (the model calls it %s)" name)
+              ""))))
+
+(defun chatpipe--tool-question (run &optional in-buffer)
+  "Return the question that asks whether RUN's call may run.
+It holds RUN's whole arguments, pretty-printed, unless IN-BUFFER,
+when it says that they are shown in `chatpipe--tool-arguments-buffer'.
+\"Always\" is said to hold for that tool of that source in this chat."
+  (let ((key (chatpipe--tool-approval-name (chatpipe--tool-key run))))
+    (format "chatpipe: run %s with %s\ny: yes, a: always for %s in this \
+chat, n: no "
+            (chatpipe--tool-what run)
+            (if in-buffer
+                (format "the arguments shown in %s?" chatpipe--tool-arguments-buffer)
+              (concat "these arguments?\n"
+                      (chatpipe--tool-pretty-arguments
+                       (chatpipe--tool-run-arguments run))))
+            key)))
+
+(defun chatpipe--tool-show-arguments (run)
+  "Show RUN's whole arguments in a buffer if they are too long to ask with.
+Return the window that shows them, or nil when they are short."
+  (let ((text (chatpipe--tool-pretty-arguments (chatpipe--tool-run-arguments run))))
+    (when (or (> (cl-count ?\n text) chatpipe--tool-question-max-lines)
+              (> (length text) (* 2 (frame-width))))
+      (with-current-buffer (get-buffer-create chatpipe--tool-arguments-buffer)
+        (let ((inhibit-read-only t))
+          (erase-buffer)
+          (insert (format "The model asks to run %s with these arguments:\n\n"
+                          (chatpipe--tool-what run))
+                  text "\n")
+          (goto-char (point-min))
+          (setq buffer-read-only t)))
+      (display-buffer chatpipe--tool-arguments-buffer
+                      '(nil (inhibit-same-window . t))))))
 
 (defun chatpipe--tool-ask (run)
   "Ask the user in the minibuffer whether RUN's call may run.
@@ -282,7 +454,15 @@ Return nil if the run ended meanwhile (see
 `chatpipe--tool-prompt-exit'), or if the user quit, which calls the
 run's ON-QUIT."
   (chatpipe--tool-status run "waiting for confirmation of %s"
-                         (chatpipe--tool-run-name run))
+                         (chatpipe--tool-shown (chatpipe--tool-run-name run) t))
+  (let ((window (chatpipe--tool-show-arguments run)))
+    (unwind-protect
+        (chatpipe--tool-ask-1 run (chatpipe--tool-question run window))
+      (when (window-live-p window)
+        (quit-restore-window window 'bury)))))
+
+(defun chatpipe--tool-ask-1 (run question)
+  "Ask QUESTION for RUN; see `chatpipe--tool-ask'."
   (catch run
     (let ((chatpipe--tool-prompting (cons run chatpipe--tool-prompting))
           (inhibit-quit nil)
@@ -290,8 +470,7 @@ run's ON-QUIT."
       (condition-case nil
           (progn
             (while (not (memq char '(?y ?a ?n)))
-              (setq char (read-char-from-minibuffer
-                          (chatpipe--tool-question run) '(?y ?a ?n))))
+              (setq char (read-char-from-minibuffer question '(?y ?a ?n))))
             (pcase char
               (?y '(once))
               (?a '(always))
@@ -364,13 +543,34 @@ its JSON, anything else is printed."
                (json-serialize result)
              (error (prin1-to-string result))))))
 
+(defun chatpipe--tool-capped (content)
+  "Return CONTENT in at most `chatpipe-tool-max-result-bytes' of UTF-8.
+When it is longer: its start, cut at a character, and \"\\n[truncated:
+N of M bytes]\" (N the bytes of CONTENT kept, M all of them), the two
+together no longer than the limit, as the backend caps results."
+  (let ((limit chatpipe-tool-max-result-bytes))
+    (if (or (null limit) (<= (length content) (/ limit 4))
+            (<= (length (encode-coding-string content 'utf-8 t)) limit))
+        content
+      (let* ((bytes (encode-coding-string content 'utf-8 t))
+             (room (max 0 (- limit (length (format "\n[truncated: %d of %d bytes]"
+                                                   limit (length bytes))))))
+             (kept (decode-coding-string (substring bytes 0 room) 'utf-8 t)))
+        ;; A character cut in two decodes to raw bytes: drop them.
+        (while (and (> (length kept) 0)
+                    (eq (char-charset (aref kept (1- (length kept)))) 'eight-bit))
+          (setq kept (substring kept 0 -1)))
+        (format "%s\n[truncated: %d of %d bytes]" kept
+                (length (encode-coding-string kept 'utf-8 t)) (length bytes))))))
+
 (defun chatpipe--tool-answer (run result &optional is-error)
   "Send RESULT of RUN's call to the backend, an error if IS-ERROR.
-Do nothing if RUN was answered already, or ended."
+RESULT is capped (see `chatpipe--tool-capped').  Do nothing if RUN
+was answered already, or ended."
   (chatpipe--tool-send
    run 'tool_result
    `((call_id . ,(chatpipe--tool-run-call-id run))
-     (content . ,(chatpipe--tool-content result))
+     (content . ,(chatpipe--tool-capped (chatpipe--tool-content result)))
      (is_error . ,(if is-error t :false)))))
 
 (defun chatpipe--tool-deny (run reason)

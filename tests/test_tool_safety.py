@@ -241,7 +241,8 @@ def test_a_big_mcp_result_is_capped_and_says_so(server, odd_env, tmp_path):
                           stdin=subprocess.DEVNULL, start_new_session=True)
     assert proc.returncode == 0, proc.stderr
     content = results(proc.stdout)["c1"]["content"]
-    assert content == "x" * 100_000 + "\n[truncated: 100000 of 5000000 bytes]"
+    assert content == "x" * 99_963 + "\n[truncated: 99963 of 5000000 bytes]"
+    assert len(content) <= 100_000
     assert server.requests[1]["body"]["messages"][-1]["content"] == content
     template = tmp_path / "small.json"                     # the template's own limit
     template.write_text(json.dumps({"chatpipe": {"api": "openai-chat", "url": url,
@@ -253,7 +254,7 @@ def test_a_big_mcp_result_is_capped_and_says_so(server, odd_env, tmp_path):
                           stdin=subprocess.DEVNULL, start_new_session=True)
     assert proc.returncode == 0, proc.stderr
     assert results(proc.stdout)["c2"]["content"] == (
-        "x" * 1000 + "\n[truncated: 1000 of 5000000 bytes]")
+        "x" * 965 + "\n[truncated: 965 of 5000000 bytes]")
 
 
 def test_a_big_client_result_is_capped_by_serve_too(server, serve):
@@ -266,6 +267,7 @@ def test_a_big_client_result_is_capped_by_serve_too(server, serve):
     serve.send({"id": "r", "tool_result": {"call_id": event["call_id"],
                                            "content": "é" * 300_000, "is_error": False}})
     result = serve.until(lambda e: e["type"] == "tool_result")[-1][1]
-    assert result["content"] == "é" * 50_000 + "\n[truncated: 100000 of 600000 bytes]"
+    assert result["content"] == "é" * 49_982 + "\n[truncated: 99964 of 600000 bytes]"
+    assert len(result["content"].encode()) <= 100_000
     serve.until(lambda e: e["type"] == "done")
     assert server.requests[-1]["body"]["messages"][-1]["content"] == result["content"]

@@ -254,14 +254,16 @@ def shown_arguments(arguments: str) -> str:
 
 
 def capped(content: str, limit: int) -> str:
-    """CONTENT, a tool's result, cut to at most LIMIT bytes of UTF-8 (at a
-    character's boundary) with ``\\n[truncated: N of M bytes]`` added when
-    it is longer (N the bytes kept, M the result's); a LIMIT of 0 or less
+    """CONTENT, a tool's result, in at most LIMIT bytes of UTF-8: when it
+    is longer, its start (cut at a character's boundary) and
+    ``\\n[truncated: N of M bytes]`` (N the bytes of CONTENT kept, M all
+    of them), the two together LIMIT bytes at most; a LIMIT of 0 or less
     keeps it whole."""
     data = content.encode("utf-8", "surrogatepass")
     if limit <= 0 or len(data) <= limit:
         return content
-    kept = data[:limit].decode("utf-8", "ignore")
+    room = max(0, limit - len(f"\n[truncated: {limit} of {len(data)} bytes]"))
+    kept = data[:room].decode("utf-8", "ignore")
     size = len(kept.encode("utf-8", "surrogatepass"))
     return f"{kept}\n[truncated: {size} of {len(data)} bytes]"
 

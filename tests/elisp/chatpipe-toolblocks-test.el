@@ -80,9 +80,8 @@ Return its file name."
       (delete-file config))))
 
 (ert-deftest chatpipe-test-tool-always ()
-  "An Emacs tool approved \"always\" runs without asking for the session."
-  (let ((chatpipe--tools-always nil)
-        (calls 0))
+  "An Emacs tool approved \"always\" runs without asking in that chat."
+  (let ((calls 0))
     (chatpipe-define-tool "count" :confirm t
                           :function (lambda (_args) (format "%d" (cl-incf calls))))
     (chatpipe-test--with-route-server
@@ -96,7 +95,7 @@ server.add('/m', [tool_call_answer('count', 'c1'), tool_call_answer('count', 'c2
           (chatpipe-test--wait-idle buffer 60)
           (should (equal unread-command-events '(?\C-g ?\C-g ?\C-g))))
         (should (= calls 2))
-        (should (equal chatpipe--tools-always '("count")))
+        (should (equal chatpipe--tool-approvals '(("emacs" . "count"))))
         (should (equal (buffer-string) "### User\n\nCount twice\n\n### Assistant\n\n\
 <details><summary>Tool call count {} (c1)</summary>\n\n1\n\n</details>\n\n\
 <details><summary>Tool call count {} (c2)</summary>\n\n2\n\n</details>\n\n\

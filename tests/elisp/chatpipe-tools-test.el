@@ -97,8 +97,7 @@ With ORG, in an Org chat saved as .org, else in a Markdown one."
         (chatpipe-major-mode (if org 'org-mode 'text-mode))
         (heading (if org "* " "### "))
         (block (chatpipe-test--tool-block chatpipe-test--weather-call "18 C, sunny"
-                                          nil org))
-        (chatpipe--tools-always nil))
+                                          nil org)))
     (chatpipe-test--with-route-server (url chatpipe-test--weather-script)
       (let ((buffer (chatpipe-test--weather-chat url)))
         (unwind-protect
