@@ -104,11 +104,12 @@ def known() -> list[str]:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """TEXT with every one of SECRETS (non-empty strings) replaced by ``***``.
+    """TEXT with every one of SECRETS (non-empty strings, those
+    :func:`secrets` found) replaced by ``***``; TEXT as it is when it holds
+    none of them.
 
-    This is the one redaction function: :class:`chatpipe.protocol.Output`
-    applies it to every
-    string of every event, and the CLI to every line it writes on stderr.
+    :class:`chatpipe.protocol.Output` applies it to every string of every
+    event, and the CLI to every line it writes on stderr.
     """
     for secret in secrets:
         if secret and secret in text:
@@ -121,7 +122,15 @@ def redact_pieces(text: str, secrets: Iterable[str], size: int = 8) -> str:
     characters long replaced by one ``***``: a whole secret, and a part of
     one that a library cut short (pydantic, for one, quotes a long value
     as its beginning, ``...`` and its end).  For diagnostics (stderr),
-    where a few characters too many redacted harm nothing."""
+    where a few characters too many redacted harm nothing.
+
+    Args:
+        text: the text to write.
+        secrets: the secrets (:func:`known`).
+        size: the shortest piece of a secret redacted.
+    Returns:
+        TEXT, redacted; TEXT itself when it holds no such piece.
+    """
     spans = []
     for secret in secrets:
         for i in range(len(secret) - size + 1):
