@@ -42,6 +42,12 @@ def controlled_by(control: "Control | None"):
         _sending.control = previous
 
 
+def current_control() -> "Control | None":
+    """The control of the requests this thread sends, set by
+    :func:`controlled_by`, or None."""
+    return getattr(_sending, "control", None)
+
+
 class _Reachable:
     """Mixin for urllib3 connections: tells the sending thread's
     :class:`Control` which connection carries its request, and keeps an

@@ -8,6 +8,40 @@ Anything else is a bug and is reported as one.
 from __future__ import annotations
 
 
+#: HTTP statuses worth a retry (rate limits, overload, gateway trouble).
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+#: HTTP statuses never retried, whatever the body says.
+NEVER_RETRIED = frozenset({400, 401, 403, 404})
+
+
+def http_status(value: object) -> int | None:
+    """VALUE read as an HTTP status code, or None.
+
+    Takes what an HTTP response or an error body gives: an ``int``
+    (``500``) or a string of three digits (``"500"``, as some gateways
+    write an error's ``code``), so that both mean the same.  Booleans,
+    other strings and numbers outside 100-599 give None.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not (len(text) == 3 and text.isascii() and text.isdigit()):
+            return None
+        value = int(text)
+    if isinstance(value, int) and 100 <= value <= 599:
+        return value
+    return None
+
+
+def retryable_status(value: object) -> bool:
+    """Whether VALUE, an HTTP status as :func:`http_status` reads it (a
+    number or a numeric string), is one worth a retry
+    (:data:`RETRYABLE_STATUSES`)."""
+    return http_status(value) in RETRYABLE_STATUSES
+
+
 class ChatpipeError(Exception):
     """Base class of chatpipe's errors; ``str(err)`` is the message for the user.
 

@@ -54,7 +54,7 @@ import tempfile
 import time
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Mapping
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
@@ -68,6 +68,10 @@ CACHE_SECONDS = 3600
 #: The longest wait, in seconds, for the list's response (the template's
 #: ``read_timeout`` is for answers, and may be minutes).
 READ_TIMEOUT = 30.0
+
+#: The longest time, in seconds, the whole list may take (connection,
+#: headers, body, every page); the template's ``deadline`` if shorter.
+DEADLINE = 60.0
 
 #: Bytes of a model list read at most.
 BODY_LIMIT = 16 << 20
@@ -88,6 +92,7 @@ class Listing:
         url: the model list's URL (may hold a key in its query: never print it).
         headers: HTTP headers (may hold keys: never print them).
         timeout: ``(connect, read)`` seconds.
+        deadline: seconds the whole list may take, every page included.
         secrets: the values filled from the environment, to redact.
         refused_hint: the template's :attr:`~chatpipe.templates.Request.refused_hint`.
     """
@@ -98,6 +103,7 @@ class Listing:
     timeout: tuple[float, float]
     secrets: list[str]
     refused_hint: str | None = None
+    deadline: float = DEADLINE
 
 
 class JsonErrors(TextView):
@@ -189,70 +195,38 @@ def listing(spec: str, *, url: str | None = None, variables: Mapping[str, str] |
                           details=err.details) from None
     return Listing(api=request.api, url=where, headers=headers, secrets=request.secrets,
                    timeout=(request.connect_timeout, min(request.read_timeout, READ_TIMEOUT)),
-                   refused_hint=request.refused_hint)
+                   deadline=min(request.deadline, DEADLINE), refused_hint=request.refused_hint)
 
 
 # ---- the request ---------------------------------------------------------------
 
-def _get(session: requests.Session, listing: Listing,
-         params: Mapping[str, str]) -> requests.Response:
-    """GET the list (one page); follow redirects on the same origin only.
+def _page(session: requests.Session, listing: Listing, params: Mapping[str, str],
+          deadline: transport.Deadline) -> Any:
+    """One page of the list, parsed JSON, within DEADLINE.
 
     Raises:
-        StreamError: no connection (see
-            :func:`chatpipe.transport.connect_error`), a timeout, an invalid
-            URL, or a redirect to another origin.
+        StreamError: see :func:`chatpipe.transport.get` (no connection, a
+            timeout, the deadline passed, a redirect to another origin); an
+            HTTP error (the provider's message, see
+            :func:`chatpipe.transport.http_error`); no list here (404, an
+            answer that is not JSON).
     """
-    url = listing.url
-    host = transport._host(url)
-    for _ in range(transport.MAX_REDIRECTS + 1):
-        try:
-            response = session.get(url, params=params, headers=listing.headers, stream=True,
-                                   allow_redirects=False, timeout=listing.timeout)
-        except requests.exceptions.ConnectionError as err:
-            raise transport.connect_error(err, url, listing.timeout[0],
-                                          listing.refused_hint) from None
-        except requests.exceptions.ReadTimeout:
-            raise StreamError(f"{host} sent no model list within {listing.timeout[1]:g} s") from None
-        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
-                requests.exceptions.InvalidURL, ValueError) as err:
-            raise StreamError(f"invalid endpoint URL ({host}): {transport._reason(err)}") from None
-        except requests.exceptions.RequestException as err:
-            raise StreamError(f"request to {host} failed: {transport._reason(err)}") from None
-        if not response.is_redirect:
-            return response
-        response.close()
-        target = urljoin(url, response.headers["location"])
-        if transport._origin(target) != transport._origin(url):
-            raise StreamError(
-                f"the endpoint redirected (HTTP {response.status_code}) the model list to "
-                f"{transport._host(target)}: chatpipe follows redirects on the same host "
-                "only, so that the API key stays with it", status=response.status_code)
-        url = target
-    raise StreamError(f"the endpoint redirected more than {transport.MAX_REDIRECTS} times")
-
-
-def _page(session: requests.Session, listing: Listing, params: Mapping[str, str]) -> Any:
-    """One page of the list, parsed JSON.
-
-    Raises:
-        StreamError: see :func:`_get`; an HTTP error (the provider's message,
-            see :func:`chatpipe.transport.http_error`); no list here (404,
-            an answer that is not JSON).
-    """
-    response = _get(session, listing, params)
+    host = transport._host(listing.url)
+    try:
+        response = transport.get(session, listing.url, headers=listing.headers, params=params,
+                                 timeout=listing.timeout, deadline=deadline,
+                                 refused_hint=listing.refused_hint)
+    except StreamError as err:
+        if err.status in NO_LIST_STATUSES:
+            raise _no_list(listing, f"answered HTTP {err.status}") from None
+        if err.status is not None:
+            raise StreamError(redaction.redact(err.message, listing.secrets),
+                              status=err.status) from None
+        raise
     try:
         status = response.status_code
-        if status in NO_LIST_STATUSES:
-            raise _no_list(listing, f"answered HTTP {status}")
-        if status >= 400:
-            err = transport.http_error(response)
-            raise StreamError(redaction.redact(err.message, listing.secrets), status=status)
-        try:
-            raw = response.raw.read(BODY_LIMIT + 1, decode_content=True) or b""
-        except Exception as err:  # urllib3's errors: a broken or cut connection
-            raise StreamError(f"the model list from {transport._host(listing.url)} ended early: "
-                              f"{transport._reason(err)}") from None
+        raw = transport.read_body(response, BODY_LIMIT, listing.timeout[1], deadline,
+                                  what=f"the model list from {host} ended early")
     finally:
         response.close()
     if len(raw) > BODY_LIMIT:
@@ -363,10 +337,14 @@ def _parse(api: str, doc: Any) -> tuple[list[dict[str, Any]], dict[str, str] | N
 
 def fetch(listing: Listing, session: requests.Session | None = None) -> list[dict[str, Any]]:
     """Ask the endpoint for its models (every page); return them sorted by id.
+    The whole list, every page included, takes at most ``listing.deadline``
+    seconds.
 
     Raises:
         StreamError: see :func:`_page`; a JSON answer that is no model list.
     """
+    deadline = transport.Deadline.after(
+        listing.deadline, f"the model list from {transport._host(listing.url)}")
     first = {"gemini": {"pageSize": "1000"}, "anthropic-messages": {"limit": "1000"}}
     params: dict[str, str] | None = first.get(listing.api, {})
     found: dict[str, dict[str, Any]] = {}
@@ -376,7 +354,7 @@ def fetch(listing: Listing, session: requests.Session | None = None) -> list[dic
         for _ in range(MAX_PAGES):
             if params is None:
                 break
-            parsed = _parse(listing.api, _page(session, listing, params))
+            parsed = _parse(listing.api, _page(session, listing, params, deadline))
             if parsed is None:
                 raise _no_list(listing, "answered with JSON that is not a model list")
             models, params = parsed

@@ -87,7 +87,7 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None,
     session = session or connections.new_session()
     gate = _Gate(sink)
     started = time.monotonic()
-    deadline = started + request.deadline
+    deadline = transport.Deadline.after(request.deadline, start=started)
     attempt = 0
     try:
         while True:
@@ -102,7 +102,7 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None,
                     raise
                 delay = err.retry_after if err.retry_after is not None else backoff(attempt)
                 now = time.monotonic()
-                if now - started + delay > request.retry_budget or now + delay >= deadline:
+                if now - started + delay > request.retry_budget or now + delay >= deadline.at:
                     raise
                 gate.emit(protocol.retry(attempt, delay, err.message, err.status))
                 gate.flush()
@@ -117,14 +117,15 @@ def run(request: Request, sink: Sink, session: requests.Session | None = None,
 
 
 def _run_once(request: Request, sink: Sink, session: requests.Session,
-              deadline: float, control: Control | None, keep_alive: bool) -> None:
+              deadline: transport.Deadline, control: Control | None,
+              keep_alive: bool) -> None:
     """One attempt of :func:`run`: POST, stream, close.  With KEEP_ALIVE the
     rest of the body is read after the terminator, so that the session can
     reuse the connection.  An SSE endpoint that answers one JSON document
     (a request without ``"stream": true``) is read whole and given to the
     parser's :meth:`~chatpipe.dialects.base.Parser.parse_document`."""
     parser = dialects.get(request.api).parser()
-    response = transport.post(session, request)
+    response = transport.post(session, request, deadline)
     try:
         if control is not None:
             control.attach(response)

@@ -22,7 +22,7 @@ from typing import Any, Hashable, Iterable
 import orjson
 
 from chatpipe import protocol
-from chatpipe.errors import StreamError
+from chatpipe.errors import StreamError, retryable_status
 
 #: ``error.type``, ``error.code`` or ``error.status`` values that mean
 #: "try again later" (OpenAI, Anthropic, Gemini, Responses).
@@ -84,7 +84,10 @@ def provider_error(payload: Any) -> tuple[str | None, bool]:
     llama.cpp), a bare ``{"message", "code"}`` (a Responses ``error``
     event), ``{"message"}`` and ``{"detail"}`` bodies, and Gemini's array
     around an error.  MESSAGE is None when the payload has none; RETRYABLE
-    says whether its type or code means "try again later".
+    says whether its type or code means "try again later": a name of
+    :data:`RETRYABLE_ERRORS`, or a ``code`` or ``status`` that is a
+    retryable HTTP status, as a number or a numeric string (``500``,
+    ``"503"``; see :func:`chatpipe.errors.retryable_status`).
     """
     if isinstance(payload, list) and payload and isinstance(payload[0], dict):
         payload = payload[0]
@@ -99,7 +102,9 @@ def provider_error(payload: Any) -> tuple[str | None, bool]:
     if message is not None and not isinstance(message, str):
         message = json.dumps(message, ensure_ascii=False)
     kinds = {str(err.get(key)) for key in ("type", "code", "status")}
-    return message or None, bool(kinds & RETRYABLE_ERRORS)
+    retryable = bool(kinds & RETRYABLE_ERRORS) or any(
+        retryable_status(err.get(key)) for key in ("code", "status"))
+    return message or None, retryable
 
 
 def stream_error(payload: Any, fallback: str = "the provider reported an error") -> StreamError:
