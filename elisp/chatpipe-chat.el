@@ -151,9 +151,15 @@ for the next question; record the answer as one undo step (see
                 ('aborted (chatpipe--ensure-blank-line)
                           (insert chatpipe-aborted-text))
                 ('error (chatpipe--ensure-blank-line)
-                        (insert "[error: " (replace-regexp-in-string
-                                            "\n" " " message)
-                                "]"))
+                        ;; The message may quote the server: its text
+                        ;; is broken as the model's is.
+                        (let ((from (point)))
+                          (insert "[error: " (replace-regexp-in-string
+                                              "\n" " " message)
+                                  "]")
+                          (chatpipe--break-region
+                           from (point) (if (derived-mode-p 'org-mode)
+                                            '(file org) '(file)))))
                 ('done (chatpipe--insert-done-note job)))
               ;; One blank line between the answer and what follows, if
               ;; anything; else a user heading for the next question.

@@ -166,6 +166,62 @@ on the buffer that was at AT; other windows and point stay.
              (set-window-point window ,to))))
        nil)))
 
+;;;; Model text that must not become structure
+
+(defun chatpipe--answer-breaks (job)
+  "Return the kinds of constructs to break in the answer text of JOB.
+See `chatpipe--breaks'.  In an Org buffer where the answer is not
+converted from Markdown, Org's are broken too; when it is, the
+converter breaks them (see `chatpipe--org-emit')."
+  (if (and (derived-mode-p 'org-mode) (not (chatpipe--job-org job)))
+      '(file org org-line)
+    '(file)))
+
+(defun chatpipe--break-assistant-turns ()
+  "Break Org's constructs in the assistant turns of this Org buffer.
+That is for a chat that was not in Org when its answers came, now
+converted to Org (see `chatpipe--convert-chat'): their Markdown
+text, whose fences are no src blocks, and their reasoning are
+broken as for `chatpipe--break-region', the text with kinds `file',
+`org' and `org-line' and the reasoning with `file' and `org'.  Tool
+blocks are left alone: converting them broke their results.
+Return nil."
+  (save-excursion
+    (save-restriction
+      (widen)
+      (let ((regexp (chatpipe--block-start-regexp))
+            (case-fold-search nil)
+            pieces)
+        (dolist (turn (chatpipe-turns))
+          (when (eq (car turn) 'assistant)
+            (let ((pos (nth 2 turn))
+                  (end (nth 3 turn)))
+              (goto-char pos)
+              (while (re-search-forward regexp end t)
+                (let* ((line (goto-char (match-beginning 0)))
+                       (block (chatpipe--block-at-line end)))
+                  (when block
+                    (push (list (copy-marker pos) (copy-marker line)
+                                '(file org org-line))
+                          pieces)
+                    (when (eq (car block) 'reasoning)
+                      (push (list (copy-marker (nth 2 block))
+                                  (copy-marker (save-excursion
+                                                 (goto-char (nth 3 block))
+                                                 (line-beginning-position)))
+                                  '(file org))
+                            pieces))
+                    (setq pos (nth 3 block)))))
+              (push (list (copy-marker pos) (copy-marker end)
+                          '(file org org-line))
+                    pieces))))
+        (pcase-dolist (`(,beg ,end ,kinds) pieces)
+          (when (< beg end)
+            (chatpipe--break-region beg end kinds))
+          (set-marker beg nil)
+          (set-marker end nil)))))
+  nil)
+
 ;;;; Streaming into the buffer
 
 (defun chatpipe--job-end (job)
@@ -192,12 +248,15 @@ recording off: the whole answer is recorded when it ends (see
 (defun chatpipe--insert-answer (job text)
   "Insert TEXT, a piece of JOB's answer, at the end of the answer.
 In an Org buffer, TEXT is converted to Org: see `chatpipe-org-convert'.
-If tool call lines came before any text, a blank line is put
-between the answer and them."
+The constructs in it that would be structure are broken: see
+`chatpipe--break-region'.  If tool call lines came before any
+text, a blank line is put between the answer and them."
   (chatpipe--edit job
     (let ((marker (chatpipe--job-marker job)))
       (goto-char marker)
-      (insert (chatpipe-org-convert (chatpipe--job-org job) text))
+      (let ((from (point)))
+        (insert (chatpipe-org-convert (chatpipe--job-org job) text))
+        (chatpipe--break-region from (point) (chatpipe--answer-breaks job)))
       (when (and (chatpipe--job-tools-end job)
                  (not (chatpipe--job-tools-sep job)))
         (insert "\n\n")
@@ -207,7 +266,8 @@ between the answer and them."
 
 (defun chatpipe--insert-reasoning (job text)
   "Show TEXT, a piece of JOB's reasoning, where JOB's display wants it.
-See `chatpipe-reasoning-display'."
+See `chatpipe-reasoning-display'.  The constructs in it that would
+be structure are broken: see `chatpipe--break-region'."
   (pcase (chatpipe--job-display job)
     ('fold
      (chatpipe--edit job
@@ -219,6 +279,9 @@ See `chatpipe-reasoning-display'."
        (goto-char (chatpipe--job-reasoning job))
        (let ((from (point)))
          (insert text)
+         (chatpipe--break-region from (point)
+                                 (if (derived-mode-p 'org-mode) '(file org)
+                                   '(file)))
          (chatpipe--escape-reasoning (chatpipe--job-reasoning job)
                                      (chatpipe--job-escape job) from))))
     ('buffer
@@ -226,7 +289,9 @@ See `chatpipe-reasoning-display'."
                            (chatpipe--job-buffer job) t)
        (chatpipe--following (point-max) (point-max)
          (goto-char (point-max))
-         (insert text)))))
+         (let ((from (point)))
+           (insert text)
+           (chatpipe--break-region from (point) '(file)))))))
   (cl-incf (chatpipe--job-reasoning-chars job) (length text)))
 
 (defun chatpipe--insert-held (job)
@@ -237,7 +302,10 @@ See `chatpipe-org-finish'.  Do nothing if JOB has no converter."
       (unless (string-empty-p text)
         (chatpipe--edit job
           (goto-char (chatpipe--job-marker job))
-          (insert text))))))
+          (let ((from (point)))
+            (insert text)
+            (chatpipe--break-region from (point)
+                                    (chatpipe--answer-breaks job))))))))
 
 
 (defun chatpipe--end-reasoning (job)
@@ -298,7 +366,11 @@ result yet; else a line \"[tool call: NAME()]\".  Set CALL's markers."
            t)
           (setf (chatpipe--call-start call) (copy-marker start t))
           (setf (chatpipe--call-args call) (copy-marker args t)))
-      (insert "[tool call: " (chatpipe--call-name call) "()]")
+      (insert "[tool call: ")
+      (let ((from (point)))
+        (insert (chatpipe--call-name call))
+        (chatpipe--break-region from (point) '(file)))
+      (insert "()]")
       (setf (chatpipe--call-args call) (copy-marker (- (point) 2) t)))))
 
 (defun chatpipe--insert-tool-call (job event)
@@ -308,7 +380,10 @@ and the calls before it: a tool block in a chat that offers tools,
 else a line \"[tool call: NAME(ARGS)]\" (see
 `chatpipe--open-tool-call'); later fragments of the same call are
 added to its arguments.  Line breaks in the arguments (JSON white
-space) are shown as spaces."
+space) are shown as spaces, and the constructs in them and in the
+name that would be structure are broken (see
+`chatpipe--break-region').  In a tool block, the name's white space
+and control characters are \"_\"."
   (let* ((index (plist-get event :index))
          (arguments (plist-get event :arguments))
          (arguments (if (stringp arguments) arguments ""))
@@ -326,7 +401,8 @@ space) are shown as spaces."
                                              (not (string-empty-p name))))
                                    "?")
                                   ((chatpipe--job-tool-mode job)
-                                   (replace-regexp-in-string "[ \t\n]" "_" name))
+                                   (replace-regexp-in-string
+                                    "[[:space:][:cntrl:]]" "_" name))
                                   (t (replace-regexp-in-string "\n" " " name)))
                       :signature (let ((sig (plist-get event :signature)))
                                    (and (stringp sig) sig))))
@@ -348,7 +424,9 @@ space) are shown as spaces."
         (when (and (chatpipe--call-start call) (not (chatpipe--call-begun call)))
           (insert " "))
         (setf (chatpipe--call-begun call) t)
-        (insert (replace-regexp-in-string "[\r\n]" " " arguments))
+        (let ((from (point)))
+          (insert (replace-regexp-in-string "[\r\n]" " " arguments))
+          (chatpipe--break-region from (point) '(file)))
         (setf (chatpipe--call-arguments call)
               (concat (chatpipe--call-arguments call) arguments))))))
 

@@ -32,6 +32,7 @@
 
 (require 'cl-lib)
 (require 'subr-x)
+(require 'chatpipe-modeltext)
 
 (defconst chatpipe--org-link-max 1000
   "The longest link text and URL, together, that is held back.
@@ -54,9 +55,10 @@ characters that opened them, CODE the length of the backtick run
 that opened a code span, FENCE (LENGTH . END-LINE) in a code block.
 HELD is a list of held back strings, newest first, HELD-LEN their
 length; PHASE and DEPTH tell how far a link is, TEXT is its text.
-OUT is the output, newest first; BOLOUT non-nil if it ends a line."
+OUT is the output, newest first; BOLOUT non-nil if it ends a line,
+TAIL the end of its last line (see `chatpipe--org-line-tail')."
   (level 1) (mode 'bol) ch (n 0) indent prev bold italic code fence
-  held (held-len 0) phase (depth 0) text out (bolout t))
+  held (held-len 0) phase (depth 0) text out (bolout t) (tail ""))
 
 ;;;; Output and held text
 
@@ -68,15 +70,44 @@ Each slot of `chatpipe--org' is a place named as the slot."
        ,(mapcar (lambda (slot)
                   `(,slot (,(intern (format "chatpipe--org-%s" slot)) ,st)))
                 '(level mode ch n indent prev bold italic code fence held
-                        held-len phase depth text out bolout))
+                        held-len phase depth text out bolout tail))
      ,@body))
 
-(defun chatpipe--org-emit (st s)
-  "Add S to the output of the converter ST."
+(defconst chatpipe--org-tail-max 40
+  "The most characters of the output's last line a converter keeps.
+They are the context in which the Org constructs of the next output
+are looked for: longer than any of them (see `chatpipe--breaks').")
+
+(defun chatpipe--org-line-tail (tail s)
+  "Return the end of the last output line once S follows TAIL.
+TAIL is the end of the output's last line so far.  The value is at
+most `chatpipe--org-tail-max' characters long; a line cut so starts
+with \"x\", so that it is not taken for the start of the line."
+  (let ((line (if (string-match "\n\\([^\n]*\\)\\'" s)
+                  (match-string 1 s)
+                (concat tail s))))
+    (if (<= (length line) chatpipe--org-tail-max)
+        line
+      (concat "x" (substring line (- 1 chatpipe--org-tail-max))))))
+
+(defun chatpipe--org-emit (st s &optional raw)
+  "Add S to the output of the converter ST.
+S is the model's text, converted: its Org constructs that could run
+code (keyword lines, inline source blocks, elisp: links...) are
+broken first (see `chatpipe--break-string'), the output before S on
+its line their context; but not in a code block, where Org reads
+none of them.  RAW non-nil means that S is a line of the
+converter's own, such as \"#+begin_src python\", emitted as it is."
   (unless (equal s "")
     (chatpipe--org-with st
-      (push s out)
-      (setq bolout (eq (aref s (1- (length s))) ?\n)))))
+      (let ((s (if (or raw fence)
+                   s
+                 (chatpipe--break-string
+                  s '(org org-line)
+                  (if (string-match-p "\\`[ \t]*\\'" tail) "" tail)))))
+        (push s out)
+        (setq tail (chatpipe--org-line-tail tail s))
+        (setq bolout (eq (aref s (1- (length s))) ?\n))))))
 
 (defun chatpipe--org-hold (st s i j max)
   "Hold back S from I to J in ST, as long as MAX is not exceeded.
@@ -213,13 +244,23 @@ Q is the character after it, nil at the end of the answer."
                 (t (concat "," (make-string n ch)))))
       (setq prev ch mode 'text))))
 
+(defun chatpipe--org-fence-language (info)
+  "Return the language name at the start of a fence's INFO string, or nil.
+It is a plain word, such as \"python\", \"emacs-lisp\" or \"c++\":
+letters, digits and \"_+#.-\".  The rest of INFO (attributes, or Org
+header arguments, which run code) is not kept."
+  (and (string-match "\\`[ \t]*\\([[:alnum:]][[:alnum:]_+#.-]*\\)" info)
+       (match-string 1 info)))
+
 (defun chatpipe--org-open-block (st)
-  "Start the code block of the fence line held back in ST."
-  (let ((info (string-trim (chatpipe--org-release st))))
-    (chatpipe--org-emit st (if (equal info "") "#+begin_example"
-                             (concat "#+begin_src " info)))
+  "Start the code block of the fence line held back in ST.
+It is a src block of the fence's language, if its info string starts
+with one (see `chatpipe--org-fence-language'), else an example block."
+  (let ((lang (chatpipe--org-fence-language (chatpipe--org-release st))))
+    (chatpipe--org-emit st (if lang (concat "#+begin_src " lang) "#+begin_example")
+                        t)
     (chatpipe--org-with st
-      (setq fence (cons n (if (equal info "") "#+end_example" "#+end_src"))
+      (setq fence (cons n (if lang "#+end_src" "#+end_example"))
             mode 'block-bol))))
 
 (defun chatpipe--org-info-fail (st)
@@ -401,7 +442,7 @@ Return the index of the first character not used."
 (defun chatpipe--org-close-block (st)
   "End the code block of ST with its last line."
   (chatpipe--org-release st)
-  (chatpipe--org-emit st (cdr (chatpipe--org-fence st)))
+  (chatpipe--org-emit st (cdr (chatpipe--org-fence st)) t)
   (setf (chatpipe--org-fence st) nil (chatpipe--org-mode st) 'text))
 
 (defun chatpipe--org-flush (st)

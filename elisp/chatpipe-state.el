@@ -169,6 +169,7 @@ chatpipe-state.el.  Return nil."
     (save-excursion
       (save-restriction
         (widen)
+        (chatpipe--ensure-page-break)
         (if (derived-mode-p 'org-mode)
             (chatpipe--save-org-state)
           (chatpipe--save-local-variables))
@@ -294,7 +295,9 @@ Org's if TO-ORG is non-nil, else the other."
                   (replace-match (cdr to-block) t t)
                   (set-marker close nil))
                 (set-marker open nil)))))
-          (set-marker end nil))))))
+          (set-marker end nil)
+          (when (and to-org (not from-org))
+            (chatpipe--break-assistant-turns)))))))
 
 (defun chatpipe--after-major-mode-change ()
   "Turn `chatpipe-mode' on again after the buffer's major mode changed.

@@ -64,6 +64,7 @@
 
 (require 'cl-lib)
 (require 'subr-x)
+(require 'chatpipe-modeltext)
 
 (defvar chatpipe-headings)
 
@@ -112,13 +113,20 @@ CALL is a plist with :id, :flag and :signature; see
 (defun chatpipe--tool-begin-line (org call)
   "Return the first line of the block of CALL, without newline.
 ORG non-nil means Org's style.  CALL is a plist with :name,
-:arguments (a JSON text), :id, :flag and :signature."
+:arguments (a JSON text), :id, :flag and :signature.  The
+constructs in the arguments, the id and the signature that would
+be structure (a Local Variables line, a page break) are broken:
+see `chatpipe--break-string'; `chatpipe--tool-parse-line' takes
+the breaks out."
   (pcase-let ((`(,prefix ,suffix . ,_) (chatpipe--tool-syntax org))
               (arguments (chatpipe--tool-line-arguments
                           (plist-get call :arguments))))
     (concat prefix (plist-get call :name)
-            (if (string-empty-p arguments) "" (concat " " arguments))
-            (chatpipe--tool-meta call) suffix)))
+            (chatpipe--break-string
+             (concat (if (string-empty-p arguments) "" (concat " " arguments))
+                     (chatpipe--tool-meta call))
+             '(file) "x")
+            suffix)))
 
 (defun chatpipe--tool-begin-regexp (org)
   "Return a regexp matching the first line of a tool block.
@@ -136,13 +144,16 @@ The match data are those of `chatpipe--tool-begin-regexp'.  The
 value is a plist with :name, :arguments, :id, :flag (see
 `chatpipe--tool-flags') and :signature."
   (let ((call (list :name (match-string-no-properties 1)
-                    :arguments (or (match-string-no-properties 2) "")
-                    :id (match-string-no-properties 3)))
+                    :arguments (chatpipe--restore-model-text
+                                (or (match-string-no-properties 2) ""))
+                    :id (chatpipe--restore-model-text
+                         (match-string-no-properties 3))))
         (flags (or (match-string-no-properties 4) ""))
         flag signature)
     (dolist (item (split-string flags ", " t))
       (if (string-prefix-p "signature " item)
-          (setq signature (substring item (length "signature ")))
+          (setq signature (chatpipe--restore-model-text
+                           (substring item (length "signature "))))
         (setq flag (or (car (rassoc item chatpipe--tool-flags)) flag))))
     (append call (list :flag flag :signature signature))))
 
@@ -186,13 +197,20 @@ ORG non-nil means Org's style.  The inverse of `chatpipe--tool-escape'."
   "Return the tool block of CALL as text, without a final newline.
 ORG non-nil means Org's style.  CALL is a plist as for
 `chatpipe--tool-begin-line', and :content, the result (a string or
-nil)."
+nil).  The result is escaped (see `chatpipe--tool-escape'), and its
+constructs that would be structure are broken (see
+`chatpipe--break-string'): a Local Variables line, a page break, a
+tool block's first line, and in Org the constructs that run code;
+`chatpipe-tool-block-data' gives the result back as it was."
   (pcase-let ((`(,_ ,_ ,end ,padding) (chatpipe--tool-syntax org))
               (content (or (plist-get call :content) "")))
     (concat (chatpipe--tool-begin-line org call) "\n" padding
             (if (string-empty-p content)
                 ""
-              (concat (chatpipe--tool-escape content org) "\n" padding))
+              (concat (chatpipe--break-string
+                       (chatpipe--tool-escape content org)
+                       (if org '(file org) '(file)))
+                      "\n" padding))
             end)))
 
 (defun chatpipe--tool-block-from (start body end org)
@@ -256,7 +274,8 @@ Return nil if BLOCK does not start with a tool block's first line."
                                        (line-beginning-position)))))
             (append call
                     (list :content (chatpipe--tool-unescape
-                                    (string-trim body "\n+" "\n+")
+                                    (chatpipe--restore-model-text
+                                     (string-trim body "\n+" "\n+"))
                                     org)))))))))
 
 (defun chatpipe-tool-block-at (pos)

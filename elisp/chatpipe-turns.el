@@ -39,12 +39,16 @@
 ;; split an assistant turn into the messages of its rounds: the text
 ;; and the calls of each answer, each call's result as a `tool'
 ;; message, then the last answer's text.  A file's Local Variables
-;; block (where a saved chat keeps its settings) ends the chat.
+;; block (where a saved chat keeps its settings), after a page break,
+;; ends the chat.  Text from the model and tools has the constructs
+;; that would be structure broken when it is inserted (see
+;; `chatpipe--breaks'); the breaks are taken out when it is sent.
 
 ;;; Code:
 
 (require 'cl-lib)
 (require 'subr-x)
+(require 'chatpipe-modeltext)
 (require 'chatpipe-org)
 (require 'chatpipe-toolblocks)
 
@@ -242,35 +246,6 @@ no such block, return nil and move point to the end of the line."
       (end-of-line)
       nil)))
 
-(defun chatpipe--local-variables-block ()
-  "Return the file's Local Variables block as a list (START END), or nil.
-It is looked for where `hack-local-variables' and
-`add-file-local-variable' look: the first \"Local Variables:\" in the
-last 3000 characters, after the last form feed.  It counts only if it
-is whole: each of its lines has the prefix and suffix of its first
-line, and the last is \"End:\".  START is the beginning of its first
-line, END the beginning of the line after its last (or the end of
-the buffer).  Text may follow it."
-  (save-excursion
-    (save-restriction
-      (widen)
-      (goto-char (point-max))
-      (search-backward "\n\^L" (max (- (point-max) 3000) (point-min)) 'move)
-      (let ((case-fold-search t))
-        (when (re-search-forward "^\\(.*\\)Local Variables:\\(.*\\)$" nil t)
-          (let* ((start (match-beginning 0))
-                 (prefix (regexp-quote (match-string-no-properties 1)))
-                 (suffix (regexp-quote (string-trim-right
-                                        (match-string-no-properties 2)))))
-            (forward-line 1)
-            (while (and (not (eobp))
-                        (looking-at (concat prefix ".*" suffix "[ \t]*$"))
-                        (not (looking-at (concat prefix "[ \t]*End:"))))
-              (forward-line 1))
-            (when (looking-at (concat prefix "[ \t]*End:[ \t]*" suffix "[ \t]*$"))
-              (forward-line 1)
-              (list start (point)))))))))
-
 (defun chatpipe--settings-block ()
   "Return the Local Variables block that ends the chat, or nil.
 The value is as for `chatpipe--local-variables-block'.  The block
@@ -386,26 +361,32 @@ Reasoning blocks and tool blocks without a result are left out."
   "Return TEXT, of an assistant turn, as sent: trimmed.
 The notes and tool call lines at its end are left out; in an Org
 buffer, it is converted back to Markdown (see
-`chatpipe-org-to-markdown')."
+`chatpipe-org-to-markdown'); the breaks put in the model's text
+when it was inserted are taken out (see
+`chatpipe--restore-model-text'), so the model gets its text back."
   (let ((text (string-trim text))
         (note (chatpipe--note-regexp)))
     (while (string-match note text)
       (setq text (string-trim-right (substring text 0 (match-beginning 0)))))
-    (if (and chatpipe-org-convert-markdown (derived-mode-p 'org-mode))
-        (chatpipe-org-to-markdown text (chatpipe-org-heading-level
-                                        (chatpipe--heading 'assistant)))
-      text)))
+    (chatpipe--restore-model-text
+     (if (and chatpipe-org-convert-markdown (derived-mode-p 'org-mode))
+         (chatpipe-org-to-markdown text (chatpipe-org-heading-level
+                                         (chatpipe--heading 'assistant)))
+       text))))
 
 (defun chatpipe--turn-text (turn)
   "Return the text of TURN as sent: trimmed.
 An assistant turn's text is without its reasoning and tool blocks
 and without the notes and tool call lines at its end; in an Org
 buffer, it is converted back to Markdown (see
-`chatpipe-org-to-markdown')."
+`chatpipe-org-to-markdown').  The breaks in model text (see
+`chatpipe--restore-model-text') are taken out of all turns: text
+copied from an answer into a question is sent as the model wrote it."
   (if (eq (car turn) 'assistant)
       (chatpipe--assistant-text
        (apply #'concat (cl-remove-if-not #'stringp (chatpipe--turn-pieces turn))))
-    (string-trim (buffer-substring-no-properties (nth 2 turn) (nth 3 turn)))))
+    (chatpipe--restore-model-text
+     (string-trim (buffer-substring-no-properties (nth 2 turn) (nth 3 turn))))))
 
 (defun chatpipe-messages (&optional beg end)
   "Return the messages of the chat between BEG and END (default: all).

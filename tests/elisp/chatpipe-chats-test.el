@@ -90,7 +90,7 @@
                          '(user . "And tomorrow?")
                          (cons 'assistant answer))))
               (should (string-prefix-p chat (buffer-string)))
-              (should (string-match-p "\\`\n\n.*Local Variables:"
+              (should (string-match-p "\\`\n\n\f\n.*Local Variables:"
                                       (substring (buffer-string)
                                                  (length chat)))))
             (save-buffer)

@@ -20,7 +20,7 @@
 (declare-function package-lint-buffer "package-lint")
 
 (defconst chatpipe-test-files
-  '("chatpipe-org-stream.el" "chatpipe-org.el" "chatpipe-backend.el"
+  '("chatpipe-modeltext.el" "chatpipe-org-stream.el" "chatpipe-org.el" "chatpipe-backend.el"
     "chatpipe-events.el" "chatpipe-process.el" "chatpipe-toolblocks.el"
     "chatpipe-turns.el" "chatpipe-reasoning.el" "chatpipe-status.el"
     "chatpipe-insert.el" "chatpipe-tools.el" "chatpipe-chat.el"

@@ -149,7 +149,7 @@ same chat."
 :CHATPIPE_SYSTEM: Answer in one line.\\nNo \\\\n escapes.\n\
 :CHATPIPE_VARS: ((\"lang\" . \"French\"))\n:END:\n\n* User\n\nHi\n\n" template)
                text))
-      (should (string-suffix-p (concat "\n* User\n\n\n# Local Variables:\n"
+      (should (string-suffix-p (concat "\n* User\n\n\n\f\n# Local Variables:\n"
                                        "# eval: (chatpipe-mode 1)\n# End:\n")
                                text)))
     (let ((buffer (find-file-noselect file)))
@@ -168,7 +168,7 @@ same chat."
             (should (string-search (concat "* User\n\nAgain?\n\n* Assistant\n\n"
                                            "#+begin_reasoning\n")
                                    (buffer-string)))
-            (should (string-suffix-p "\n\n* User\n\n\n\n# Local Variables:\n\
+            (should (string-suffix-p "\n\n* User\n\n\n\n\f\n# Local Variables:\n\
 # eval: (chatpipe-mode 1)\n# End:\n" (buffer-string))))
         (with-current-buffer buffer (set-buffer-modified-p nil))
         (kill-buffer buffer)))))
@@ -184,13 +184,14 @@ same chat."
 
 (defun chatpipe-test--chat-before-block (text setting)
   "Check that TEXT, a saved chat, ends with its only Local Variables block.
-The block is whole and last, with one eval entry; SETTING, the name
-of the template setting, occurs once in TEXT.  Return the chat
-before the block, without an Org property drawer at its top."
-  (should (string-match "\\(?:\n\\|\\`\\)\\([^\n]*Local Variables:\\)" text))
+The block is whole and last, after a page break line, with one eval
+entry; SETTING, the name of the template setting, occurs once in
+TEXT.  Return the chat before the page break, without an Org
+property drawer at its top."
+  (should (string-match "\\(?:\n\\|\\`\\)\\(\f\n[^\n]*Local Variables:\\)" text))
   (let ((chat (substring text 0 (match-beginning 1)))
         (block (substring text (match-beginning 1))))
-    (should (string-match-p "\\`[^\n]*Local Variables:[^\n]*\n\\(?:.*\n\\)*\
+    (should (string-match-p "\\`\f\n[^\n]*Local Variables:[^\n]*\n\\(?:.*\n\\)*\
 [^\n]*End:[^\n]*\n\\'" block))
     (should (= 1 (chatpipe-test--count "Local Variables:" text)))
     (should (= 1 (chatpipe-test--count "eval: (chatpipe-mode 1)" text)))
