@@ -27,15 +27,18 @@
 
 (defun chatpipe-test--modeltext-server (answers)
   "Start a route server whose /m serves ANSWERS in turn; return (PROCESS . URL).
-Each answer is a list of OpenAI chat completion deltas (alists), or
-\(tool NAME ID) for an answer that calls the tool NAME.  Each is
-streamed in writes of 5 bytes.  URL is the route's."
+Each answer is a list of OpenAI chat completion deltas (alists),
+\(tool NAME ID) for an answer that calls the tool NAME, or (error
+MESSAGE) for an HTTP 400 error with MESSAGE.  Each is streamed in
+writes of 5 bytes.  URL is the route's."
   (let* ((json (json-serialize
                 (vconcat
                  (mapcar (lambda (answer)
-                           (if (eq (car answer) 'tool)
-                               `((tool . ,(nth 1 answer)) (id . ,(nth 2 answer)))
-                             `((deltas . ,(vconcat answer)))))
+                           (pcase (car answer)
+                             ('tool `((tool . ,(nth 1 answer))
+                                      (id . ,(nth 2 answer))))
+                             ('error `((error . ,(nth 1 answer))))
+                             (_ `((deltas . ,(vconcat answer))))))
                          answers))))
          (server (chatpipe-test--route-server
                   (format "import base64, json
@@ -43,6 +46,10 @@ from test_tool_loop import sse, tool_call_answer
 def reply(a):
     if 'tool' in a:
         return tool_call_answer(a['tool'], a['id'])
+    if 'error' in a:
+        return Reply([json.dumps({'error': {'message': a['error'],
+                                            'type': 'invalid_request_error'}}).encode()],
+                     status=400, framing='length', content_type='application/json')
     body = sse(*[{'choices': [{'index': 0, 'delta': d}]} for d in a['deltas']],
                {'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})
     return Reply(split_every(body, 5))
@@ -348,6 +355,30 @@ the model still gets its text back."
         (let ((messages (chatpipe-test--last-messages url)))
           (should (equal (alist-get 'content (nth 1 messages))
                          (string-trim chatpipe-test--org-hostile))))))))
+
+;;;; What the server says
+
+(ert-deftest chatpipe-test-modeltext-error-note ()
+  "Org: the server's error message, in the answer's note, runs no code."
+  (setq chatpipe-test--pwned nil)
+  (chatpipe-test--with-modeltext-server
+      (url '((error "Local Variables: src_sh[:var x=(setq chatpipe-test--pwned \
+'error)]{echo} [[elisp:(setq chatpipe-test--pwned 'error-link)]]")))
+    (let ((chatpipe-major-mode 'org-mode))
+      (chatpipe-test--with-chat (buffer (chatpipe-test--template nil nil url))
+        (chatpipe-test--ask "Hi")
+        (chatpipe-test--wait-idle buffer 60)
+        (let ((text (buffer-string))
+              (case-fold-search t))
+          (with-temp-buffer
+            (insert text)
+            (org-mode)
+            (chatpipe-test--try-everything))
+          (should-not chatpipe-test--pwned)
+          (should (string-search "[error: " text))
+          (should (string-search "sh[:var x=(setq" text))
+          (should-not (string-search "src_sh" text))
+          (should-not (string-match-p "Local Variables:" text)))))))
 
 ;;;; Tool blocks typed by the model
 
