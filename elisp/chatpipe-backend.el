@@ -23,8 +23,8 @@
 ;;; Commentary:
 
 ;; Finding the `chatpipe' backend command and running it synchronously
-;; (`chatpipe-call'), what the backend says of its templates, and the
-;; API keys the templates need.
+;; (`chatpipe-call'), in a folder of its own (`chatpipe--process-directory',
+;; `chatpipe--isolate'), and what the backend says of its templates.
 ;;
 ;; The backend owns the templates: where they are, how a name resolves,
 ;; and what is in them.  Emacs asks it once, with `chatpipe templates
@@ -35,19 +35,11 @@
 ;; modification times, sizes and inodes are compared at each use), or
 ;; until the backend command or the variables XDG_CONFIG_HOME and HOME
 ;; change.
-;;
-;; API keys: each environment variable a template needs (its
-;; `${env:NAME}' placeholders, which the backend lists) is taken from
-;; `process-environment' or, when not set there, from `auth-source'
-;; under the host of the template's endpoint, which the backend names
-;; too.
 
 ;;; Code:
 
 (require 'cl-lib)
 (require 'subr-x)
-
-(declare-function auth-source-search "auth-source")
 
 ;;;; Customization
 
@@ -64,7 +56,14 @@ arguments, for example (\"python3\" \"-m\" \"chatpipe\").  When nil,
 use the `chatpipe' of `chatpipe-python-venv' if that is set, else
 the venv `chatpipe-install-backend' makes by default (chatpipe/venv
 in the user's Emacs directory) if it exists, else the `chatpipe'
-found in the variable `exec-path'."
+found in the variable `exec-path'.
+
+The command runs in the home folder, never in the current buffer's
+\(see `chatpipe--process-directory'), and a Python started with
+\"-m\" or \"-c\" gets \"-I\" (see `chatpipe--isolate'): it runs the
+chatpipe installed for that Python, never a chatpipe/ folder next
+to the file being edited, and ignores PYTHONPATH and the other
+PYTHON* variables."
   :type '(choice (const :tag "Find it" nil)
                  (string :tag "Program")
                  (repeat :tag "Program and arguments" string))
@@ -160,7 +159,8 @@ argument that is a file name starting with \"~\" (see
   (unless (json-available-p)
     (signal 'chatpipe-error
             (list "This Emacs was built without JSON support (libjansson)")))
-  (let* ((spec (cond (chatpipe-command chatpipe-command)
+  (let* ((default-directory (chatpipe--process-directory))
+         (spec (cond (chatpipe-command chatpipe-command)
                      (chatpipe-python-venv
                       (expand-file-name "bin/chatpipe" chatpipe-python-venv))
                      ((let ((default (locate-user-emacs-file
@@ -178,8 +178,25 @@ argument that is a file name starting with \"~\" (see
     (unless found
       (signal 'chatpipe-backend-missing
               (list (chatpipe--backend-missing-text (or program "chatpipe")))))
-    (cons (expand-file-name found)
-          (mapcar #'chatpipe--expand-home (cdr argv)))))
+    (chatpipe--isolate
+     (cons (expand-file-name found)
+           (mapcar #'chatpipe--expand-home (cdr argv))))))
+
+(defun chatpipe--isolate (argv)
+  "Return ARGV, a command line (a list of strings), safe from the folder.
+If its program is a Python (a file named python, python3,
+python3.12...) and its first argument is \"-m\" or \"-c\", the
+value is ARGV with \"-I\" (isolated mode) put before that argument:
+the folder the process runs in is not put on `sys.path', and
+PYTHONPATH, PYTHONSTARTUP and the other PYTHON* variables are
+ignored, so that a venv.py or a chatpipe/ package in that folder
+never runs instead of the module meant.  A venv's Python keeps its
+site-packages.  Any other ARGV is returned as it is."
+  (if (and (string-match-p "\\`python[0-9.]*\\'"
+                           (file-name-nondirectory (car argv)))
+           (member (cadr argv) '("-m" "-c")))
+      (cons (car argv) (cons "-I" (cdr argv)))
+    argv))
 
 (defun chatpipe--expand-home (arg)
   "Return ARG, a string, expanded if it is a file name under a home folder.
@@ -218,21 +235,41 @@ or set it to nil and " venv))
                   (t venv)))))
 
 (defun chatpipe--local-directory ()
-  "Return a local, existing directory to run the backend in, expanded."
+  "Return the folder relative file names of the user are read from.
+That is `default-directory' if it is local and exists, else the
+home folder; expanded.  No process runs there: see
+`chatpipe--process-directory'."
   (expand-file-name
    (if (and (not (file-remote-p default-directory))
             (file-directory-p default-directory))
        default-directory
      "~/")))
 
+(defun chatpipe--process-directory ()
+  "Return the folder that processes of chatpipe run in, expanded.
+It is the user's home folder if that is a local, existing folder,
+else the root folder: never the current buffer's folder, where a
+file of someone else's (a venv.py, a chatpipe/ package next to a
+chat file) could take the place of what the user meant to run.
+Each process of chatpipe runs there (`default-directory' bound to
+it), a Python isolated by `chatpipe--isolate'."
+  (let* ((default-directory "/")
+         (home (expand-file-name "~/")))
+    (if (and (not (file-remote-p home)) (file-directory-p home))
+        (file-name-as-directory home)
+      "/")))
+
 (defun chatpipe-call (&rest args)
   "Run the backend synchronously with the arguments ARGS.
-Return a cons (EXIT-CODE . STDOUT), STDOUT decoded as UTF-8.  Signal
-`chatpipe-backend-missing' if there is no backend, and
-`chatpipe-backend-failed' with the backend's stderr if it exits
-with a code other than 0 or 1."
+It runs in `chatpipe--process-directory'.  Return a cons (EXIT-CODE
+. STDOUT), STDOUT decoded as UTF-8.  Signal `chatpipe-backend-missing'
+if there is no backend, and `chatpipe-backend-failed' with the
+backend's stderr if it exits with a code other than 0 or 1.  Emacs
+waits for it: use it for what the backend answers at once, without
+the network (its templates, their check); see
+`chatpipe-call-waiting' for the rest."
   (let* ((command (chatpipe--command))
-         (default-directory (chatpipe--local-directory))
+         (default-directory (chatpipe--process-directory))
          (stderr (make-temp-file "chatpipe-stderr"))
          (coding-system-for-read 'utf-8-unix)
          (coding-system-for-write 'utf-8-unix))
@@ -241,15 +278,21 @@ with a code other than 0 or 1."
           (let ((code (apply #'call-process (car command) nil
                              (list t stderr) nil
                              (append (cdr command) args))))
-            (unless (memq code '(0 1))
-              (signal 'chatpipe-backend-failed
-                      (list (format "chatpipe %s exited with %s: %s"
-                                    (string-join args " ") code
-                                    (with-temp-buffer
-                                      (insert-file-contents stderr)
-                                      (string-trim (buffer-string)))))))
-            (cons code (buffer-string))))
+            (chatpipe--call-result args code (buffer-string)
+                                   (with-temp-buffer
+                                     (insert-file-contents stderr)
+                                     (buffer-string)))))
       (delete-file stderr))))
+
+(defun chatpipe--call-result (args code stdout stderr)
+  "Return (CODE . STDOUT), what the backend run with ARGS gave.
+Signal `chatpipe-backend-failed' with STDERR if CODE, its exit
+status, is not 0 or 1."
+  (unless (memq code '(0 1))
+    (signal 'chatpipe-backend-failed
+            (list (format "chatpipe %s exited with %s: %s"
+                          (string-join args " ") code (string-trim stderr)))))
+  (cons code stdout))
 
 (defun chatpipe--json-read (string)
   "Return the JSON value in STRING: objects as plists, arrays as lists.
@@ -396,9 +439,13 @@ TEMPLATE is no template file."
          (key (cons dir template))
          (files (chatpipe--catalog-files catalog)))
     (or (gethash key files)
+        ;; The backend runs in another folder: a relative file name is
+        ;; made absolute here, from the buffer's folder.
         (let* ((out (condition-case err
                         (cdr (chatpipe-call "templates" "info"
-                                            (chatpipe--expand-home template)
+                                            (expand-file-name
+                                             (chatpipe--expand-home template)
+                                             dir)
                                             "--json"))
                       (chatpipe-backend-failed
                        (chatpipe--log "%s" (error-message-string err))
@@ -438,58 +485,6 @@ TEMPLATE (expanded if it is a file name starting with \"~\")."
 (defun chatpipe--user-template-dir ()
   "Return the user's template folder, as the backend has it."
   (chatpipe--catalog-dir (chatpipe--catalog-fresh)))
-
-;;;; API keys
-
-(defun chatpipe--auth-source-secret (host)
-  "Return the API key for HOST from `auth-source', or nil."
-  (require 'auth-source)
-  (let* ((entry (or (car (auth-source-search
-                          :host host :user chatpipe-auth-source-user
-                          :require '(:secret) :max 1))
-                    (car (auth-source-search
-                          :host host :require '(:secret) :max 1))))
-         (secret (plist-get entry :secret)))
-    (if (functionp secret) (funcall secret) secret)))
-
-(defun chatpipe--entry-env (entry)
-  "Return the environment variables the template ENTRY needs, an alist.
-See `chatpipe-template-env'."
-  (let ((host (plist-get entry :host))
-        (env nil))
-    (dolist (name (plist-get entry :env))
-      (let ((value (getenv name)))
-        (when (and (stringp host) (member value '(nil "")))
-          (setq value (chatpipe--auth-source-secret host)))
-        (when (and (stringp value) (not (string-empty-p value)))
-          (push (cons name value) env))))
-    (nreverse env)))
-
-(defun chatpipe-template-env (template)
-  "Return the environment variables TEMPLATE needs, an alist.
-TEMPLATE is a name or a file name.  Each `${env:NAME}' variable of
-the template (see `chatpipe-template-info') is taken from
-`process-environment' if it is set there, else from `auth-source'
-under the host of the template's endpoint.  The value is a list of
-\(NAME . VALUE) strings, without the variables found nowhere."
-  (chatpipe--entry-env (chatpipe-template-info template)))
-
-(defun chatpipe--environment-with (env)
-  "Return `process-environment' with ENV, an alist of strings, added.
-Variables of ENV that are set to the same value already are not
-added again."
-  (let ((environment process-environment))
-    (pcase-dolist (`(,name . ,value) env)
-      (unless (equal (getenv name) value)
-        (push (concat name "=" value) environment)))
-    environment))
-
-(defun chatpipe-process-environment (template)
-  "Return `process-environment' completed with the API keys TEMPLATE needs.
-TEMPLATE is a name or a file name.  Each variable of
-`chatpipe-template-env' that is not set already is added as
-NAME=VALUE."
-  (chatpipe--environment-with (chatpipe-template-env template)))
 
 (provide 'chatpipe-backend)
 ;;; chatpipe-backend.el ends here

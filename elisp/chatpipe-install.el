@@ -30,7 +30,7 @@
 ;; The backend is the same tree as the Emacs Lisp: an installed package
 ;; holds backend/, pyproject.toml and request-templates/ next to its
 ;; .el files; a checkout used from its elisp/ folder has them one level
-;; up.  The command runs `python3 -m venv VENV' (if VENV has no pip
+;; up.  The command runs `python3 -I -m venv VENV' (if VENV has no pip
 ;; yet) and `VENV/bin/pip install DIR' as asynchronous processes, their
 ;; output in the buffer *chatpipe install*.  A venv whose `chatpipe
 ;; --version' is already the version being installed is reused as it
@@ -157,13 +157,15 @@ are removed; output is unbuffered."
 
 (defun chatpipe-install--output (program &rest args)
   "Run PROGRAM with ARGS; return (EXIT-CODE . OUTPUT), or nil.
-OUTPUT is stdout and stderr together, trimmed.  Return nil if
-PROGRAM cannot be run."
+It runs in `chatpipe--process-directory', a Python isolated (see
+`chatpipe--isolate').  OUTPUT is stdout and stderr together,
+trimmed.  Return nil if PROGRAM cannot be run."
   (with-temp-buffer
     (let* ((process-environment (chatpipe-install--environment))
-           (default-directory (chatpipe--local-directory))
+           (default-directory (chatpipe--process-directory))
+           (argv (chatpipe--isolate (cons program args)))
            (code (condition-case nil
-                     (apply #'call-process program nil t nil args)
+                     (apply #'call-process (car argv) nil t nil (cdr argv))
                    (file-error nil))))
       (and (integerp code) (cons code (string-trim (buffer-string)))))))
 
@@ -173,7 +175,9 @@ PROGRAM is a file name or a name to look up in the variable
 `exec-path'.  Return its absolute file name, expanded (\"~\" too)."
   (let* ((found (if (file-name-absolute-p program)
                     (and (file-executable-p program) (expand-file-name program))
-                  (let ((file (executable-find program)))
+                  (let ((file (let ((default-directory
+                                     (chatpipe--process-directory)))
+                                (executable-find program))))
                     (and file (expand-file-name file)))))
          (result (and found (chatpipe-install--output
                              found "-c" "import sys; print(sys.version_info[:2])")))
@@ -290,8 +294,10 @@ nil to use this venv\n" chatpipe-command)))
 (defun chatpipe-install--run (steps venv version start callback)
   "Run the commands of an install into VENV, one after the other.
 They are STEPS, a list of command lines (lists of strings), run
-asynchronously.  When they all succeed, check that VENV has the
-backend VERSION and finish.  START is the `float-time' the install
+asynchronously in `chatpipe--process-directory', never the current
+buffer's folder, a Python isolated (see `chatpipe--isolate').  When
+they all succeed, check that VENV has the backend VERSION and
+finish.  START is the `float-time' the install
 started at; CALLBACK is passed to `chatpipe-install--finish'.
 Return the process of the first step, or nil if there are none."
   (if (null steps)
@@ -308,9 +314,9 @@ Return the process of the first step, or nil if there are none."
                 (format "%sbin/chatpipe is not the backend %s" venv version))
          callback t)
         nil)
-    (let ((argv (car steps))
+    (let ((argv (chatpipe--isolate (car steps)))
           (process-environment (chatpipe-install--environment))
-          (default-directory (chatpipe--local-directory)))
+          (default-directory (chatpipe--process-directory)))
       (chatpipe-install--insert "\n$ " (mapconcat #'shell-quote-argument argv " ")
                                 "\n")
       (setq chatpipe-install--process

@@ -34,16 +34,34 @@
 ;; environment, as for an answer (see `chatpipe-process-environment'),
 ;; never on its command line.  The lists are kept for the Emacs
 ;; session, per template; `chatpipe-models-refresh' forgets them.
+;;
+;; Asking the endpoint never freezes Emacs: the backend runs
+;; asynchronously (`chatpipe-call-waiting'), timers and answers
+;; streaming elsewhere go on meanwhile, the backend gives up at the
+;; template's deadline (at most a minute for the list, every page
+;; included), Emacs after `chatpipe-models-timeout' seconds, and C-g
+;; in `chatpipe-read-model' stops waiting and reads the name without
+;; completion.
 
 ;;; Code:
 
 (require 'cl-lib)
 (require 'subr-x)
 (require 'chatpipe-backend)
+(require 'chatpipe-process)
 (require 'chatpipe-status)
 
 (define-error 'chatpipe-models-failed
   "Cannot list the models" 'chatpipe-error)
+
+(defcustom chatpipe-models-timeout 75
+  "Seconds Emacs waits at most for the list of a template's models.
+The backend itself gives up at the template's `deadline', at most 60
+seconds for a model list, every page included; this bounds the wait
+for the backend too.  While it waits, Emacs runs its timers and
+other processes, and \\[keyboard-quit] stops the wait."
+  :type 'number
+  :group 'chatpipe)
 
 (defvar chatpipe-model-history nil
   "Minibuffer history of model names.")
@@ -77,9 +95,11 @@ Return nil if OUTPUT holds none."
 ENTRY is TEMPLATE's `chatpipe-template-info', or nil.  With REFRESH,
 the backend asks the endpoint even if it has the list.  Signal
 `chatpipe-models-failed' with the backend's message if the
-endpoint has no list or cannot be reached."
+endpoint has no list, cannot be reached or does not answer in
+time.  Emacs is not blocked meanwhile (see `chatpipe-call-waiting');
+\\[keyboard-quit] stops the backend and quits."
   (let* ((process-environment (chatpipe-process-environment template))
-         (result (apply #'chatpipe-call "models"
+         (result (apply #'chatpipe-call-waiting chatpipe-models-timeout "models"
                         (chatpipe--template-argument template entry)
                         "--json" (and refresh '("--refresh"))))
          (output (cdr result))
@@ -104,10 +124,12 @@ TEMPLATE is a template name or a .json file name.  The list comes
 from `chatpipe models TEMPLATE --json', with the API keys the
 template needs in the backend's environment, and is kept for the
 session.  With REFRESH non-nil, ask again, and make the backend
-ask the endpoint.  Signal `chatpipe-models-failed' with the
-backend's message if the endpoint has no model list or cannot be
-reached, and `chatpipe-backend-failed' for a template that the
-backend cannot use."
+ask the endpoint.  Asking takes at most the template's deadline
+\(a minute at most) and `chatpipe-models-timeout'; timers and other
+processes run meanwhile.  Signal `chatpipe-models-failed' with the
+backend's message if the endpoint has no model list, cannot be
+reached or runs past the deadline, and `chatpipe-backend-failed'
+for a template that the backend cannot use."
   (let* ((entry (chatpipe-template-info template))
          (key (list template (plist-get entry :path) (plist-get entry :url)))
          (cached (gethash key chatpipe--models-cache :none)))
@@ -115,6 +137,12 @@ backend cannot use."
         cached
       (puthash key (chatpipe--models-ask template entry refresh)
                chatpipe--models-cache))))
+
+(defun chatpipe--models-cached-p (template)
+  "Return non-nil if this session has the model list of TEMPLATE."
+  (let ((entry (chatpipe-template-info template)))
+    (listp (gethash (list template (plist-get entry :path) (plist-get entry :url))
+                    chatpipe--models-cache :none))))
 
 (defun chatpipe--models-reason (err)
   "Return a short text for the error ERR, for a prompt.
@@ -150,13 +178,30 @@ long file name a llama.cpp server gives for one.  A name not in the
 list is accepted too, and returned as it is.  DEFAULT is the
 default id, shown in the prompt.  If the models cannot be listed,
 read the name without completion: the prompt says why, and the
-message is logged in `chatpipe-log-buffer-name'."
+message is logged in `chatpipe-log-buffer-name'.
+
+Listing the models asks the endpoint unless this session has its
+list already: Emacs is not blocked meanwhile (timers run, answers
+go on streaming), the wait ends at the template's deadline, and
+\\[keyboard-quit] while it lasts stops it: the name is then read
+without completion."
   (let* ((failure nil)
-         (models (condition-case err (chatpipe-models template)
+         (models (condition-case err
+                     (let ((message-log-max nil))
+                       (unless (chatpipe--models-cached-p template)
+                         (message "Listing the models of %s... (C-g: type a name)"
+                                  template))
+                       (prog1 (chatpipe-models template)
+                         (message nil)))
                    (chatpipe-error
+                    (message nil)
                     (setq failure (chatpipe--models-reason err))
                     (chatpipe--log "chatpipe models %s: %s" template
                                    (error-message-string err))
+                    nil)
+                   (quit
+                    (message nil)
+                    (setq failure "interrupted")
                     nil)))
          (candidates (chatpipe--model-candidates models))
          (default (and default (or (car (rassoc default candidates)) default)))

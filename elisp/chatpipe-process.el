@@ -35,6 +35,13 @@
 ;; the next ones: see `chatpipe-process-preconnect'.  Requests ask for
 ;; the answer's price (serve's "price", send's --usage), which the
 ;; `usage' event then carries as `cost' when the backend knows it.
+;;
+;; API keys: each environment variable a template needs (its
+;; `${env:NAME}' placeholders, which the backend lists) is taken from
+;; `process-environment' or, when not set there, from `auth-source'
+;; under the host of the template's endpoint, which the backend names
+;; too.  `chatpipe-call-waiting' runs the backend for what reaches the
+;; network (the model list) without blocking Emacs.
 
 ;;; Code:
 
@@ -42,6 +49,8 @@
 (require 'subr-x)
 (require 'chatpipe-backend)
 (require 'chatpipe-events)
+
+(declare-function auth-source-search "auth-source")
 
 (defun chatpipe--stderr-tail (proc)
   "Return the last non-blank line of PROC's stderr, or nil."
@@ -67,6 +76,58 @@
   (let ((stderr (process-get proc 'chatpipe-stderr)))
     (when (process-live-p stderr) (delete-process stderr))))
 
+;;;; API keys
+
+(defun chatpipe--auth-source-secret (host)
+  "Return the API key for HOST from `auth-source', or nil."
+  (require 'auth-source)
+  (let* ((entry (or (car (auth-source-search
+                          :host host :user chatpipe-auth-source-user
+                          :require '(:secret) :max 1))
+                    (car (auth-source-search
+                          :host host :require '(:secret) :max 1))))
+         (secret (plist-get entry :secret)))
+    (if (functionp secret) (funcall secret) secret)))
+
+(defun chatpipe--entry-env (entry)
+  "Return the environment variables the template ENTRY needs, an alist.
+See `chatpipe-template-env'."
+  (let ((host (plist-get entry :host))
+        (env nil))
+    (dolist (name (plist-get entry :env))
+      (let ((value (getenv name)))
+        (when (and (stringp host) (member value '(nil "")))
+          (setq value (chatpipe--auth-source-secret host)))
+        (when (and (stringp value) (not (string-empty-p value)))
+          (push (cons name value) env))))
+    (nreverse env)))
+
+(defun chatpipe-template-env (template)
+  "Return the environment variables TEMPLATE needs, an alist.
+TEMPLATE is a name or a file name.  Each `${env:NAME}' variable of
+the template (see `chatpipe-template-info') is taken from
+`process-environment' if it is set there, else from `auth-source'
+under the host of the template's endpoint.  The value is a list of
+\(NAME . VALUE) strings, without the variables found nowhere."
+  (chatpipe--entry-env (chatpipe-template-info template)))
+
+(defun chatpipe--environment-with (env)
+  "Return `process-environment' with ENV, an alist of strings, added.
+Variables of ENV that are set to the same value already are not
+added again."
+  (let ((environment process-environment))
+    (pcase-dolist (`(,name . ,value) env)
+      (unless (equal (getenv name) value)
+        (push (concat name "=" value) environment)))
+    environment))
+
+(defun chatpipe-process-environment (template)
+  "Return `process-environment' completed with the API keys TEMPLATE needs.
+TEMPLATE is a name or a file name.  Each variable of
+`chatpipe-template-env' that is not set already is added as
+NAME=VALUE."
+  (chatpipe--environment-with (chatpipe-template-env template)))
+
 ;;;; Processes
 
 (defvar chatpipe--serve-counter 0
@@ -77,9 +138,9 @@
 Its stderr goes to STDERR-BUFFER, emptied first; its stdout to
 `chatpipe--filter'.  SERVE non-nil means a `chatpipe serve'
 process, whose events are routed by their `id'; else a one-shot
-`chatpipe send' process.  It runs in `default-directory' with
-`process-environment'.  It has a table of pending streams, empty
-until `chatpipe--request'.
+`chatpipe send' process.  It runs in `chatpipe--process-directory'
+\(never the current buffer's folder), with `process-environment'.
+It has a table of pending streams, empty until `chatpipe--request'.
 
 A serve process's output is read with adaptive read buffering: after
 a short read Emacs waits a little (10 to 70 ms) before it reads
@@ -89,6 +150,7 @@ process ends the wait (see `chatpipe--stream-read-now'), so that the
 first text of an answer is read as soon as it comes.  A send
 process's output is read as soon as it comes."
   (let* ((process-adaptive-read-buffering (and serve t))
+         (default-directory (chatpipe--process-directory))
          (stderr (with-current-buffer stderr-buffer
                    (let ((inhibit-read-only t)) (erase-buffer))
                    (make-pipe-process :name (concat name " stderr")
@@ -183,12 +245,9 @@ Signal `chatpipe-backend-missing' if there is no backend."
       (when (process-live-p proc)
         (process-put proc 'chatpipe-retired t)
         (chatpipe--maybe-close proc))
-      (setq proc (let ((default-directory
-                        (let ((default-directory (expand-file-name "~/")))
-                          (chatpipe--local-directory))))
-                   (chatpipe--start-process
-                    "chatpipe serve" command
-                    (get-buffer-create " *chatpipe serve stderr*") t)))
+      (setq proc (chatpipe--start-process
+                  "chatpipe serve" command
+                  (get-buffer-create " *chatpipe serve stderr*") t))
       (setq chatpipe--serve-process proc))
     proc))
 
@@ -219,6 +278,50 @@ delivered any more."
 (add-hook 'kill-emacs-hook #'chatpipe--kill-on-exit)
 
 ;;;; Requests
+
+(defun chatpipe-call-waiting (timeout &rest args)
+  "Run the backend with the arguments ARGS; wait for it, Emacs not blocked.
+Like `chatpipe-call', but the backend runs asynchronously and Emacs
+waits with `accept-process-output': timers run and other processes'
+output (answers streaming into other buffers) keeps coming
+meanwhile, and \[keyboard-quit] stops the wait and the process (the
+`quit' goes on to the caller).  Use it for what reaches the
+network.  After TIMEOUT seconds the process is killed and
+`chatpipe-backend-failed' signaled.  Return (EXIT-CODE . STDOUT),
+and signal as `chatpipe-call' does."
+  (let* ((command (chatpipe--command))
+         (default-directory (chatpipe--process-directory))
+         (out (generate-new-buffer " *chatpipe call*"))
+         (err (generate-new-buffer " *chatpipe call stderr*"))
+         (stderr nil)
+         (proc nil))
+    (unwind-protect
+        (progn
+          (setq stderr (make-pipe-process :name "chatpipe call stderr" :buffer err
+                                          :noquery t :coding 'utf-8-unix
+                                          :sentinel #'ignore))
+          (setq proc (make-process :name "chatpipe call" :buffer out
+                                   :command (append command args)
+                                   :connection-type 'pipe :coding 'utf-8-unix
+                                   :noquery t :stderr stderr :sentinel #'ignore))
+          (let ((limit (+ (float-time) timeout)))
+            (while (and (process-live-p proc) (< (float-time) limit))
+              (accept-process-output proc 0.05)))
+          (when (process-live-p proc)
+            (signal 'chatpipe-backend-failed
+                    (list (format "chatpipe %s did not end within %s s"
+                                  (string-join args " ") timeout))))
+          ;; What is left in the pipes after the exit.
+          (while (accept-process-output proc 0 nil t))
+          (while (accept-process-output stderr 0 nil t))
+          (chatpipe--call-result args (process-exit-status proc)
+                                 (with-current-buffer out (buffer-string))
+                                 (with-current-buffer err (buffer-string))))
+      (when (process-live-p proc) (delete-process proc))
+      (when (process-live-p stderr) (delete-process stderr))
+      (kill-buffer out)
+      (kill-buffer err))))
+
 
 (cl-defun chatpipe-process-start (&key template messages model url vars
                                        params tools name handler)
@@ -256,7 +359,6 @@ no backend."
          (json-messages (chatpipe--messages-vector messages)))
     (if (eq chatpipe-backend-mode 'send)
         (let* ((name (or name "chatpipe"))
-               (default-directory (chatpipe--local-directory))
                (process-environment (chatpipe--environment-with env))
                (proc (chatpipe--start-process
                       name

@@ -62,6 +62,7 @@ echo \"Successfully installed chatpipe-$v\"
     (chatpipe-test--write-script
      "fake-python"
      (format "#!/bin/sh
+if [ \"$1\" = -I ]; then shift; fi
 case \"$1\" in
   -c) echo \"${FAKE_PYTHON_VERSION:-(3, 12)}\" ;;
   -m) for d; do :; done
@@ -290,7 +291,7 @@ gives \"~/...\" for the files under it, as for a user's), and so are
                            nil #'chatpipe-test-install--callback)))
         (should (equal (chatpipe-test-install--wait-calls 1) (list default nil)))
         (let ((log (chatpipe-test-install--log)))
-          (should (string-search (format "\n$ %s -m venv %s\n" python
+          (should (string-search (format "\n$ %s -I -m venv %s\n" python
                                          (directory-file-name default))
                                  log))
           (should (string-search (format "\nfake pip install %s\n"

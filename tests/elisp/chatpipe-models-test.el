@@ -66,13 +66,16 @@ and what it asked of `completing-read'."
            (auth-source-do-cache nil)
            (auth-sources (list authinfo))
            (calls nil)
-           (call-process-function (symbol-function 'call-process)))
+           (make-process-function (symbol-function 'make-process)))
       (with-temp-file authinfo
         (insert "machine 127.0.0.1 login apikey password " secret "\n"))
-      (cl-letf (((symbol-function 'call-process)
+      ;; The backend that asks the endpoint runs asynchronously.
+      (cl-letf (((symbol-function 'make-process)
                  (lambda (&rest args)
-                   (push (cons (getenv "CHATPIPE_TEST_KEY") args) calls)
-                   (apply call-process-function args))))
+                   (push (cons (getenv "CHATPIPE_TEST_KEY")
+                               (plist-get args :command))
+                         calls)
+                   (apply make-process-function args))))
         (should (equal (chatpipe-models template) chatpipe-test--replay-models))
         ;; Kept for the session: the backend is not run again.
         (let ((runs (length calls)))
