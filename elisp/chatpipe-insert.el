@@ -170,12 +170,14 @@ on the buffer that was at AT; other windows and point stay.
 
 (defun chatpipe--answer-breaks (job)
   "Return the kinds of constructs to break in the answer text of JOB.
-See `chatpipe--breaks'.  In an Org buffer where the answer is not
-converted from Markdown, Org's are broken too; when it is, the
-converter breaks them (see `chatpipe--org-emit')."
-  (if (and (derived-mode-p 'org-mode) (not (chatpipe--job-org job)))
-      '(file org org-line)
-    '(file)))
+See `chatpipe--breaks-regexp'.  They are `file' and the role
+headings (see `chatpipe--heading-breaks'); in an Org buffer where
+the answer is not converted from Markdown, Org's are broken too;
+when it is, the converter breaks them (see `chatpipe--org-emit')."
+  (append (if (and (derived-mode-p 'org-mode) (not (chatpipe--job-org job)))
+              '(file org org-line)
+            '(file))
+          (chatpipe--heading-breaks)))
 
 (defun chatpipe--break-assistant-turns ()
   "Break Org's constructs in the assistant turns of this Org buffer.
@@ -183,13 +185,15 @@ That is for a chat that was not in Org when its answers came, now
 converted to Org (see `chatpipe--convert-chat'): their Markdown
 text, whose fences are no src blocks, and their reasoning are
 broken as for `chatpipe--break-region', the text with kinds `file',
-`org' and `org-line' and the reasoning with `file' and `org'.  Tool
+`org' and `org-line' and the role headings, the reasoning with
+`file' and `org'.  Tool
 blocks are left alone: converting them broke their results.
 Return nil."
   (save-excursion
     (save-restriction
       (widen)
       (let ((regexp (chatpipe--block-start-regexp))
+            (kinds (append '(file org org-line) (chatpipe--heading-breaks)))
             (case-fold-search nil)
             pieces)
         (dolist (turn (chatpipe-turns))
@@ -201,8 +205,7 @@ Return nil."
                 (let* ((line (goto-char (match-beginning 0)))
                        (block (chatpipe--block-at-line end)))
                   (when block
-                    (push (list (copy-marker pos) (copy-marker line)
-                                '(file org org-line))
+                    (push (list (copy-marker pos) (copy-marker line) kinds)
                           pieces)
                     (when (eq (car block) 'reasoning)
                       (push (list (copy-marker (nth 2 block))
@@ -212,8 +215,7 @@ Return nil."
                                   '(file org))
                             pieces))
                     (setq pos (nth 3 block)))))
-              (push (list (copy-marker pos) (copy-marker end)
-                          '(file org org-line))
+              (push (list (copy-marker pos) (copy-marker end) kinds)
                     pieces))))
         (pcase-dolist (`(,beg ,end ,kinds) pieces)
           (when (< beg end)

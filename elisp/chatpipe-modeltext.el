@@ -162,19 +162,24 @@ a comma).")
   "The regexps made by `chatpipe--breaks-regexp', by its arguments.")
 
 (defun chatpipe--breaks-regexp (kinds &optional broken)
-  "Return the regexp of the constructs of KINDS, a list of symbols.
+  "Return the regexp of the constructs of KINDS.
+KINDS is a list of symbols, the kinds of `chatpipe--breaks', and of
+constructs of their own, lists (HEAD LAST) as in `chatpipe--breaks'
+\(such as the chat's role headings, see `chatpipe--heading-breaks').
 With BROKEN non-nil, match them broken, `chatpipe--break-char'
-before their last character.  See `chatpipe--breaks'."
+before their last character."
   (let ((key (cons broken kinds)))
     (or (gethash key chatpipe--breaks-regexps)
         (puthash key
                  (mapconcat (lambda (entry)
-                              (concat "\\(?:" (nth 1 entry) "\\)"
+                              (concat "\\(?:" (nth 0 entry) "\\)"
                                       (if broken chatpipe--break-char "")
-                                      "\\(?:" (nth 2 entry) "\\)"))
-                            (cl-remove-if-not
-                             (lambda (entry) (memq (car entry) kinds))
-                             chatpipe--breaks)
+                                      "\\(?:" (nth 1 entry) "\\)"))
+                            (append (mapcar #'cdr
+                                            (cl-remove-if-not
+                                             (lambda (entry) (memq (car entry) kinds))
+                                             chatpipe--breaks))
+                                    (cl-remove-if-not #'consp kinds))
                             "\\|")
                  chatpipe--breaks-regexps))))
 
@@ -201,12 +206,15 @@ a construct that starts in it and ends in TEXT is broken too."
         (apply #'concat (nreverse (cons (substring all pos) pieces)))
       text)))
 
-(defun chatpipe--restore-model-text (text)
+(defun chatpipe--restore-model-text (text &optional more)
   "Return TEXT with the breaks of `chatpipe--break-string' taken out.
-That gives back the model's or the tool's text as it was written."
+That gives back the model's or the tool's text as it was written.
+MORE are constructs of their own that were broken too, lists (HEAD
+LAST) as in `chatpipe--breaks-regexp'."
   (if (not (string-search chatpipe--break-char text))
       text
-    (let ((regexp (chatpipe--breaks-regexp '(file org org-line) t))
+    (let ((regexp (chatpipe--breaks-regexp (append '(file org org-line) more)
+                                           t))
           (case-fold-search t)
           (start 0)
           pieces)
@@ -223,8 +231,8 @@ after only white space on its line, and ends in it is broken.")
 
 (defun chatpipe--break-region (beg end kinds)
   "Break the constructs of KINDS in the model's text from BEG to END.
-The text was just inserted: each construct of `chatpipe--breaks'
-of KINDS (a list of `file', `org' and `org-line') that ends in it
+The text was just inserted: each construct of KINDS (see
+`chatpipe--breaks-regexp') that ends in it
 gets `chatpipe--break-char' before its last character, so that it
 is text: a Local Variables block or a page break that Emacs would
 read as the file's settings, a tool block's first line, Org

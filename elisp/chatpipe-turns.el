@@ -357,6 +357,21 @@ Reasoning blocks and tool blocks without a result are left out."
     (push (buffer-substring-no-properties pos end) pieces)
     (nreverse pieces)))
 
+(defun chatpipe--heading-breaks ()
+  "Return the role headings as constructs to break in model text.
+They are lists (HEAD LAST), as `chatpipe--breaks-regexp' takes, of
+the headings of both styles (`chatpipe-headings' and
+`chatpipe-org-headings'): a line of an answer that starts as one
+would start a turn, or would once the chat is converted to the
+other style, and is broken as the model's other constructs are."
+  (mapcar (lambda (heading)
+            (list (concat "^" (regexp-quote (substring heading 0 -1)))
+                  (regexp-quote (substring heading -1))))
+          (delete-dups (cl-remove-if-not
+                        (lambda (heading) (> (length heading) 0))
+                        (mapcar #'cdr (append chatpipe-headings
+                                              chatpipe-org-headings))))))
+
 (defun chatpipe--assistant-text (text)
   "Return TEXT, of an assistant turn, as sent: trimmed.
 The notes and tool call lines at its end are left out; in an Org
@@ -372,7 +387,8 @@ when it was inserted are taken out (see
      (if (and chatpipe-org-convert-markdown (derived-mode-p 'org-mode))
          (chatpipe-org-to-markdown text (chatpipe-org-heading-level
                                          (chatpipe--heading 'assistant)))
-       text))))
+       text)
+     (chatpipe--heading-breaks))))
 
 (defun chatpipe--turn-text (turn)
   "Return the text of TURN as sent: trimmed.
@@ -386,7 +402,8 @@ copied from an answer into a question is sent as the model wrote it."
       (chatpipe--assistant-text
        (apply #'concat (cl-remove-if-not #'stringp (chatpipe--turn-pieces turn))))
     (chatpipe--restore-model-text
-     (string-trim (buffer-substring-no-properties (nth 2 turn) (nth 3 turn))))))
+     (string-trim (buffer-substring-no-properties (nth 2 turn) (nth 3 turn)))
+     (chatpipe--heading-breaks))))
 
 (defun chatpipe-messages (&optional beg end)
   "Return the messages of the chat between BEG and END (default: all).
