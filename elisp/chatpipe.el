@@ -79,6 +79,8 @@
 ;; API keys), chatpipe-events.el (the backend's events, routed to their
 ;; answers), chatpipe-process.el (backend processes and requests),
 ;; chatpipe-turns.el (headings, turns, messages),
+;; chatpipe-modeltext.el (text from the model or a tool never becomes
+;; structure: settings, Org code, tool blocks, turns),
 ;; chatpipe-toolblocks.el (tool calls and results as text),
 ;; chatpipe-reasoning.el (reasoning blocks and buffers, folding),
 ;; chatpipe-status.el (chat settings, header line, error hints),
