@@ -180,7 +180,7 @@ when it is, the converter breaks them (see `chatpipe--org-emit')."
           (chatpipe--heading-breaks)))
 
 (defun chatpipe--break-assistant-turns ()
-  "Break Org's constructs in the assistant turns of this Org buffer.
+  "Break the Org constructs of the answers in this Org buffer.
 That is for a chat that was not in Org when its answers came, now
 converted to Org (see `chatpipe--convert-chat'): their Markdown
 text, whose fences are no src blocks, and their reasoning are
