@@ -230,5 +230,42 @@ ran past its deadline of 3 s (chatpipe\\.deadline)): \\'"
       ;; The timer fired again and again while Emacs waited.
       (should (>= (cl-count-if (lambda (tick) (< tick (nth 2 asked))) ticks) 5)))))
 
+(ert-deftest chatpipe-test-process-safety-models-quit ()
+  "\\[keyboard-quit] while the model list is asked stops the wait and the backend."
+  (chatpipe-test--with-route-server
+      (url "server.add('/drip/v1/models', Reply([b'{'] * 100, framing='chunked',
+                                    content_type='application/json', delay=0.5))")
+    (let* ((template (chatpipe-test-safety--drip-template
+                      (concat url "/drip/v1/chat/completions")))
+           (process-environment
+            (cons (concat "XDG_CACHE_HOME="
+                          (make-temp-file (expand-file-name "cache" chatpipe-test-tmp) t))
+                  process-environment))
+           (chatpipe--models-cache (make-hash-table :test 'equal))
+           (asked nil)
+           (completing-read-function
+            (lambda (prompt collection &rest _)
+              (setq asked (list prompt collection (float-time)))
+              "typed-model"))
+           (start nil)
+           (before (process-list)))
+      (chatpipe-template-info template)
+      (setq start (float-time))
+      ;; C-g, as a user would press it, a second after the start.
+      (let ((timer (run-at-time 1 nil (lambda () (setq quit-flag t)))))
+        (unwind-protect
+            (should (equal (chatpipe-read-model "Model" template) "typed-model"))
+          (cancel-timer timer)
+          (setq quit-flag nil)))
+      (should (< (- (nth 2 asked) start) 2.5))
+      (should (equal (car asked) "Model (no model list: interrupted): "))
+      ;; The backend it started is gone.
+      (should-not (cl-some (lambda (proc)
+                             (and (not (memq proc before))
+                                  (string-prefix-p "chatpipe call"
+                                                   (process-name proc))
+                                  (process-live-p proc)))
+                           (process-list))))))
+
 (provide 'chatpipe-process-safety-test)
 ;;; chatpipe-process-safety-test.el ends here
