@@ -356,6 +356,30 @@ the model still gets its text back."
           (should (equal (alist-get 'content (nth 1 messages))
                          (string-trim chatpipe-test--org-hostile))))))))
 
+(ert-deftest chatpipe-test-modeltext-org-unconverted ()
+  "Org without conversion (the answers' Markdown as it is): nothing runs."
+  (setq chatpipe-test--pwned nil)
+  (chatpipe-test--with-modeltext-server
+      (url `(,(chatpipe-test--pieces chatpipe-test--org-hostile 2)
+             (((content . "Again.")))))
+    (let ((chatpipe-major-mode 'org-mode)
+          (chatpipe-org-convert-markdown nil))
+      (chatpipe-test--with-chat (buffer (chatpipe-test--template nil nil url))
+        (chatpipe-test--ask "Explain")
+        (chatpipe-test--wait-idle buffer 60)
+        (let ((text (buffer-string)))
+          (with-temp-buffer
+            (insert text)
+            (org-mode)
+            (chatpipe-test--try-everything)))
+        (should-not chatpipe-test--pwned)
+        (goto-char (point-max))
+        (insert "Again?")
+        (chatpipe-test--send-key)
+        (should (equal (alist-get 'content
+                                  (nth 1 (chatpipe-test--last-messages url)))
+                       (string-trim chatpipe-test--org-hostile)))))))
+
 ;;;; What the server says
 
 (ert-deftest chatpipe-test-modeltext-error-note ()
