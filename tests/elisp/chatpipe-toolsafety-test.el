@@ -64,7 +64,7 @@ tool questions are recorded in `chatpipe-test--questions'."
          (advice-remove 'read-char-from-minibuffer #'chatpipe-test--record-question)
          (delete-file ,config)))))
 
-(defun chatpipe-test--answer (buffer question keys)
+(defun chatpipe-test--toolsafety-answer (buffer question keys)
   "Send QUESTION in the chat BUFFER; type KEYS at its questions; wait.
 Check that the answer ended and took all of KEYS."
   (with-current-buffer buffer
@@ -92,7 +92,7 @@ server.add('/m', [tool_call_answer('files_read', 'c1', sneaky),
                   text_answer('Done.')])")
     (chatpipe-test--with-chat (buffer (chatpipe-test--template nil nil (concat url "/m")))
       (chatpipe-set-tools '("mcp:trusted"))
-      (chatpipe-test--answer buffer "Read it" (kbd "n RET y"))
+      (chatpipe-test--toolsafety-answer buffer "Read it" (kbd "n RET y"))
       (should (= 2 (length chatpipe-test--questions)))
       (pcase-let ((`((,short . ,none) (,long . ,shown)) chatpipe-test--questions))
         ;; Long: the question names the buffer, which shows them all.
@@ -135,12 +135,12 @@ server.add('/b', [tool_call_answer('get_data', 'b1', '{\"key\": \"5\"}'), text_a
       (chatpipe-test--with-chat (b (chatpipe-test--template nil nil (concat url "/b")))
         (chatpipe-set-tools '("mcp:trusted" "mcp:other"))
         ;; Chat A: always for get_data of mcp:trusted.
-        (chatpipe-test--answer a "One" (kbd "a"))
+        (chatpipe-test--toolsafety-answer a "One" (kbd "a"))
         (should (equal (buffer-local-value 'chatpipe--tool-approvals a)
                        '(("mcp:trusted" . "get_data"))))
         ;; Chat A again: that tool runs unasked; the other server's
         ;; tool of the same name is asked about.
-        (chatpipe-test--answer a "Two" (kbd "y"))
+        (chatpipe-test--toolsafety-answer a "Two" (kbd "y"))
         (should (= 2 (length chatpipe-test--questions)))
         (should (string-prefix-p "chatpipe: run get_data of mcp:other (the model calls \
 it get_data_other) with these arguments?"
@@ -148,7 +148,7 @@ it get_data_other) with these arguments?"
         (should (string-search "trusted data for 2" (with-current-buffer a (buffer-string))))
         (should (string-search "other data for 3" (with-current-buffer a (buffer-string))))
         ;; Chat B: asked, approved nothing.
-        (chatpipe-test--answer b "Three" (kbd "y"))
+        (chatpipe-test--toolsafety-answer b "Three" (kbd "y"))
         (should (= 3 (length chatpipe-test--questions)))
         (should (string-prefix-p "chatpipe: run get_data of mcp:trusted "
                                  (car (car chatpipe-test--questions))))
@@ -158,7 +158,7 @@ it get_data_other) with these arguments?"
           (ert-simulate-keys (kbd "get_data SPC of SPC mcp:trusted RET")
             (call-interactively #'chatpipe-tool-approvals))
           (should-not chatpipe--tool-approvals))
-        (chatpipe-test--answer a "Four" (kbd "y"))
+        (chatpipe-test--toolsafety-answer a "Four" (kbd "y"))
         (should (= 4 (length chatpipe-test--questions)))
         (should (string-search "trusted data for 4" (with-current-buffer a (buffer-string))))))))
 
@@ -176,7 +176,7 @@ it get_data_other) with these arguments?"
 server.add('/m', [tool_call_answer('dump', 'c1'), text_answer('Big.')])")
     (chatpipe-test--with-chat (buffer (chatpipe-test--template nil nil (concat url "/m")))
       (chatpipe-set-tools '("dump"))
-      (chatpipe-test--answer buffer "Dump" nil)
+      (chatpipe-test--toolsafety-answer buffer "Dump" nil)
       (let* ((bodies (mapcar (lambda (r) (alist-get 'body r))
                              (chatpipe-test--http "GET" "/requests" url)))
              (result (car (last (alist-get 'messages (nth 1 bodies))))))
