@@ -36,6 +36,15 @@
 ;;   CHATPIPE_VARS and CHATPIPE_TOOLS, and "eval: (chatpipe-mode 1)" in
 ;;   its Local Variables.
 ;;
+;; What a file gives back is data, never code: property values are
+;; parsed by `chatpipe--parse-property-data', which knows strings,
+;; lists and pairs and nothing of the Lisp reader's other syntax, and
+;; local variables are checked by chatpipe-status.el.  The settings
+;; that choose where requests go (a template file, template
+;; variables) or what runs (tools) are applied only with the user's
+;; consent, asked once per file (see `chatpipe--file-settings-consent');
+;; a chat saved with settings the user chose is remembered as allowed.
+;;
 ;; Visiting the file turns `chatpipe-mode' on again (the eval entry; a
 ;; "mode: chatpipe" entry would be taken for the major mode), which in
 ;; Org reads the properties back.  The Local Variables block is no part
@@ -102,23 +111,91 @@
         ((numberp value) (number-to-string value))
         (t value)))
 
+(defun chatpipe--parse-property-data (text)
+  "Parse TEXT, a list written by `chatpipe--property-string', as data.
+TEXT is Lisp's printed form of strings, the symbols nil and `none',
+lists and dotted pairs, as `chatpipe-template-vars' and
+`chatpipe-tools' are saved.  Nothing else of the Lisp reader's
+syntax is known (no #, no quote, no other symbol), so that the
+value is finite, has no text properties, and nests at most as
+deeply as `chatpipe--file-value-limits' says.  Return (t . VALUE),
+or nil if TEXT is not such a value."
+  (let ((pos 0)
+        (len (length text))
+        (depth 0)
+        (budget (plist-get chatpipe--file-value-limits :items))
+        (case-fold-search nil))
+    (cl-labels
+        ((fail () (throw 'chatpipe--bad-data nil))
+         (at (regexp) (and (string-match regexp text pos)
+                           (= (match-beginning 0) pos)))
+         (skip () (when (at "[ \t]+") (setq pos (match-end 0))))
+         (spend () (when (< (cl-decf budget) 0) (fail)))
+         (value ()
+           (skip)
+           (spend)
+           (cond ((>= pos len) (fail))
+                 ((eq (aref text pos) ?\()
+                  (setq pos (1+ pos))
+                  (when (> (setq depth (1+ depth))
+                           (plist-get chatpipe--file-value-limits :depth))
+                    (fail))
+                  (prog1 (items) (setq depth (1- depth))))
+                 ((at "\"\\(?:[^\"\\\\]\\|\\\\.\\)*\"")
+                  (let ((token (match-string 0 text)))
+                    (setq pos (match-end 0))
+                    (when (> (length token)
+                             (+ 2 (* 2 (plist-get chatpipe--file-value-limits
+                                                  :chars))))
+                      (fail))
+                    (substring-no-properties (car (read-from-string token)))))
+                 ((at "\\(none\\|nil\\)\\(?:[ \t()]\\|\\'\\)")
+                  (setq pos (match-end 1))
+                  (if (equal (match-string 1 text) "none") 'none nil))
+                 (t (fail))))
+         (items ()
+           (let ((list nil) (tail nil))
+             (skip)
+             (while (not (and (< pos len) (eq (aref text pos) ?\))))
+               (cond ((>= pos len) (fail))
+                     ((and list (at "\\.[ \t]"))
+                      (setq pos (match-end 0))
+                      (setq tail (value))
+                      (skip)
+                      (unless (and (< pos len) (eq (aref text pos) ?\)))
+                        (fail)))
+                     (t (push (value) list) (skip))))
+             (setq pos (1+ pos))
+             (setq list (nreverse list))
+             (when tail (setcdr (last list) tail))
+             list)))
+      (catch 'chatpipe--bad-data
+        (let ((value (value)))
+          (skip)
+          (and (= pos len) (cons t value)))))))
+
 (defun chatpipe--property-value (var text)
   "Return the value of the setting VAR saved as the Org property TEXT.
-Return nil if TEXT is no valid value of VAR."
+Return nil if TEXT is no valid value of VAR (see the function
+`chatpipe--file-setting'): too long, of the wrong type, or not data
+\(see `chatpipe--parse-property-data')."
   (let ((value
-         (pcase var
-           ('chatpipe-system
-            (replace-regexp-in-string
-             "\\\\\\(.\\)" (lambda (m) (if (equal (match-string 1 m) "n")
-                                          "\n" (match-string 1 m)))
-             text t t))
-           ((or 'chatpipe-template-vars 'chatpipe-tools)
-            (ignore-errors (car (read-from-string text))))
-           ((or 'chatpipe-temperature 'chatpipe-max-tokens)
-            (and (string-match-p "\\`[0-9]*\\.?[0-9]+\\'" text)
-                 (string-to-number text)))
-           (_ text))))
-    (and value (funcall (get var 'safe-local-variable) value) value)))
+         (and (stringp text)
+              (<= (length text)
+                  (* 2 (plist-get chatpipe--file-value-limits :chars)))
+              (pcase var
+                ('chatpipe-system
+                 (replace-regexp-in-string
+                  "\\\\\\(.\\)" (lambda (m) (if (equal (match-string 1 m) "n")
+                                               "\n" (match-string 1 m)))
+                  text t t))
+                ((or 'chatpipe-template-vars 'chatpipe-tools)
+                 (cdr (chatpipe--parse-property-data text)))
+                ((or 'chatpipe-temperature 'chatpipe-max-tokens)
+                 (and (string-match-p "\\`[0-9]*\\.?[0-9]+\\'" text)
+                      (string-to-number text)))
+                (_ text)))))
+    (and value (cdr (chatpipe--file-setting var value)))))
 
 (defun chatpipe--save-org-state ()
   "Write the chat's settings as properties of the Org file."
@@ -156,13 +233,38 @@ a second entry to it."
            (search-forward (format "eval: %S" chatpipe--mode-form)
                            (nth 1 block) t)))))
 
+(defun chatpipe--saved-risky-settings ()
+  "Return the settings saved with this chat that need consent from a file.
+An alist of (VAR . VALUE); see `chatpipe--risky-setting-p'."
+  (let ((settings nil))
+    (pcase-dolist (`(,var . ,_) chatpipe--state-properties)
+      (let ((value (chatpipe--state-value var)))
+        (when (chatpipe--risky-setting-p var value)
+          (push (cons var value) settings))))
+    (nreverse settings)))
+
+(defun chatpipe--approve-saved-settings ()
+  "Remember the settings this chat is saved with as allowed for its file.
+They are the user's: chosen in this Emacs, or allowed from the
+file.  Settings allowed once only (see `chatpipe--once-hash') are
+not remembered.  See `chatpipe--approve-file-settings'."
+  (let ((settings (chatpipe--saved-risky-settings))
+        (file (chatpipe--file-key)))
+    (when (and settings file
+               (not (equal chatpipe--once-hash
+                           (chatpipe--settings-hash settings))))
+      (chatpipe--approve-file-settings file settings))))
+
 (defun chatpipe-save-state ()
   "Write this chat's settings into the buffer, to be saved with it.
 They are its template, model, parameters, system prompt, template
 variables and tools, as file-local variables or, in Org buffers, as
 properties of the file; and an \"eval: (chatpipe-mode 1)\" local
 variable that turns `chatpipe-mode' on when the file is visited.  Saving a
-buffer in `chatpipe-mode' calls this.  See the commentary of
+buffer in `chatpipe-mode' calls this.  The settings that need consent
+when a file gives them (a template file, template variables, tools)
+are remembered as allowed for this file: they are the user's (see
+`chatpipe--approve-saved-settings').  See the commentary of
 chatpipe-state.el.  Return nil."
   (interactive)
   (when enable-local-variables
@@ -174,7 +276,8 @@ chatpipe-state.el.  Return nil."
             (chatpipe--save-org-state)
           (chatpipe--save-local-variables))
         (unless (chatpipe--mode-variable-p)
-          (add-file-local-variable 'eval chatpipe--mode-form)))))
+          (add-file-local-variable 'eval chatpipe--mode-form))))
+    (chatpipe--approve-saved-settings))
   nil)
 
 (defun chatpipe--take-text-after-block (end)
@@ -219,18 +322,38 @@ the end of the chat sent when it was past all the text."
           (+ pos end-offset))))))
 
 (defun chatpipe--restore-org-state ()
-  "Set the chat's settings that are not set yet from the Org file's properties."
+  "Set the chat's settings that are not set yet from the Org file's properties.
+Each is read as data (see `chatpipe--property-value'); one that is
+not valid is ignored, with a warning.  Those that choose where
+requests go or what runs (see `chatpipe--risky-setting-p') are set
+only with the user's consent (see `chatpipe--file-settings-consent');
+else they are kept in `chatpipe--withheld-settings'."
   (when (derived-mode-p 'org-mode)
-    (save-excursion
-      (save-restriction
-        (widen)
-        (pcase-dolist (`(,var . ,property) chatpipe--state-properties)
-          (let ((text (and (null (symbol-value var))
-                           (org-entry-get (point-min) property))))
-            (when text
-              (let ((value (chatpipe--property-value var text)))
-                (when value
-                  (set (make-local-variable var) value))))))))))
+    (let ((settings nil))
+      (save-excursion
+        (save-restriction
+          (widen)
+          (pcase-dolist (`(,var . ,property) chatpipe--state-properties)
+            (let ((text (and (null (symbol-value var))
+                             (org-entry-get (point-min) property))))
+              (when text
+                (let ((value (chatpipe--property-value var text)))
+                  (if value
+                      (push (cons var value) settings)
+                    (display-warning
+                     'chatpipe (format "%s: ignored the property %s: not a valid value" (buffer-name) property)))))))))
+      (setq settings (nreverse settings))
+      (let ((risky (cl-remove-if-not
+                    (lambda (s) (chatpipe--risky-setting-p (car s) (cdr s)))
+                    settings)))
+        (when (and risky (not (chatpipe--file-settings-consent
+                               (chatpipe--file-key) risky)))
+          (setq settings (cl-set-difference settings risky :test #'eq))
+          (dolist (s risky)
+            (unless (member s chatpipe--withheld-settings)
+              (push s chatpipe--withheld-settings)))))
+      (pcase-dolist (`(,var . ,value) settings)
+        (set (make-local-variable var) value)))))
 
 ;;;; A new major mode
 

@@ -34,34 +34,41 @@
 (require 'cl-lib)
 (require 'subr-x)
 (require 'chatpipe-backend)
+(require 'chatpipe-filedata)
 
 ;;;; Variables
 
 (defvar-local chatpipe-template nil
-  "The template of this chat buffer, or nil for `chatpipe-default-template'.")
-(put 'chatpipe-template 'safe-local-variable #'stringp)
+  "The template of this chat buffer, or nil for `chatpipe-default-template'.
+A template name (see `chatpipe-template-name-p') or a template file.
+A chat file may set it: a name is applied as it is, a file (\"./t.json\")
+only with your consent, since the template says where requests go
+and which API keys they carry (see `chatpipe--file-settings-consent').")
+(put 'chatpipe-template 'safe-local-variable #'chatpipe--plain-string-p)
 (put 'chatpipe-template 'permanent-local t)
 
 (defvar-local chatpipe-model nil
-  "The model of this chat buffer, or nil for the template's.")
-(put 'chatpipe-model 'safe-local-variable #'stringp)
+  "The model of this chat buffer, or nil for the template's.
+A chat file may set it (a string, applied as it is).")
+(put 'chatpipe-model 'safe-local-variable #'chatpipe--plain-string-p)
 (put 'chatpipe-model 'permanent-local t)
 
 (defvar-local chatpipe-url nil
   "The endpoint URL of this chat, or nil for its template's.
 The request goes there with the template's headers, API keys
 included: set it only to a URL you trust.  It is not saved with
-the chat.")
+the chat; a file that sets it gets it applied only with your
+consent (see `chatpipe--file-settings-consent').")
+(put 'chatpipe-url 'safe-local-variable #'chatpipe--url-value-p)
 (put 'chatpipe-url 'permanent-local t)
 
 (defvar-local chatpipe-template-vars nil
-  "Values of the template's `${NAME}' placeholders: an alist of strings.")
+  "Values of the template's `${NAME}' placeholders: an alist of strings.
+A placeholder may be in the template's URL or headers: a file
+that sets this gets it applied only with your consent (see
+`chatpipe--file-settings-consent').")
 (put 'chatpipe-template-vars 'safe-local-variable
-     (lambda (value)
-       (and (listp value)
-            (cl-every (lambda (x) (and (consp x) (stringp (car x))
-                                       (stringp (cdr x))))
-                      value))))
+     #'chatpipe--template-vars-value-p)
 
 (defvar-local chatpipe-temperature nil
   "The sampling temperature of this chat, 0 to 2, or nil for the template's.")
@@ -77,8 +84,9 @@ the chat.")
   "The system prompt of this chat, a string, or nil for the template's.
 It is sent as a system message before the chat's turns; a system
 turn in the buffer (\"### System\") wins over it.  See
-`chatpipe-directives'.")
-(put 'chatpipe-system 'safe-local-variable #'stringp)
+`chatpipe-directives'.  A chat file may set it (applied as it is).")
+(put 'chatpipe-system 'safe-local-variable
+     (lambda (value) (chatpipe--plain-string-p value 100000)))
 
 (defcustom chatpipe-default-tools nil
   "The tools that chats offer the model, unless a chat has its own.
@@ -89,16 +97,13 @@ chat's own (see `chatpipe-tools')."
   :type '(repeat (string :tag "Tool name or mcp:SERVER"))
   :group 'chatpipe)
 
-(defun chatpipe--tools-value-p (value)
-  "Return non-nil if VALUE is a value of `chatpipe-tools'."
-  (or (eq value 'none)
-      (and (listp value) (cl-every #'stringp value))))
-
 (defvar-local chatpipe-tools nil
   "The tools this chat offers the model.
 Nil for `chatpipe-default-tools'; the symbol `none' for no tools;
 else a list of strings, as for `chatpipe-default-tools'.  Set it
-with \\[chatpipe-set-tools]; it is saved with the chat.")
+with \\[chatpipe-set-tools]; it is saved with the chat.  A file
+that turns tools on gets them applied only with your consent (see
+`chatpipe--file-settings-consent'); `none' needs none.")
 (put 'chatpipe-tools 'safe-local-variable #'chatpipe--tools-value-p)
 
 (dolist (var '(chatpipe-temperature chatpipe-max-tokens chatpipe-system
@@ -168,7 +173,7 @@ small example, and end with a question that checks understanding."))
                                     (concat "tools: " (string-join
                                                        (chatpipe--chat-tools)
                                                        " ")))))))
-    (and parts (string-join parts ", "))))
+    (and parts (substring-no-properties (string-join parts ", ")))))
 
 (defconst chatpipe--model-name-width 40
   "The most characters of a model's name that the header line shows.")
@@ -218,12 +223,17 @@ runs the backend.  Opening a chat has it said soon (see
 It shows the template, the model (the one chosen for this chat, else
 the one the last answer came from, else the template's; as
 `chatpipe-model-name' shows it), the parameters, system prompt and
-tools set for this chat, and the status."
+tools set for this chat, and the status.  The text of the settings
+has no text properties: only chatpipe's own face is shown."
   (let ((model (or chatpipe-model chatpipe--model-seen (chatpipe--template-model)))
-        (settings (chatpipe--settings-text)))
+        (settings (chatpipe--settings-text))
+        (template (or chatpipe-template chatpipe-default-template)))
     (concat (propertize "chatpipe" 'face 'bold) " "
-            (or chatpipe-template chatpipe-default-template)
-            (if (stringp model) (format " [%s]" (chatpipe-model-name model)) "")
+            (if (stringp template) (substring-no-properties template) "")
+            (if (stringp model)
+                (format " [%s]" (substring-no-properties
+                                 (chatpipe-model-name model)))
+              "")
             (if settings (format " (%s)" settings) "")
             (if chatpipe--status (concat " | " chatpipe--status) ""))))
 
@@ -410,11 +420,15 @@ line shows its model (see the function `chatpipe--template-model'),
 and, if `chatpipe-backend-mode' is `serve', start the shared `chatpipe
 serve' process and have it connect to the endpoint of the template (see
 `chatpipe-process-preconnect'), unless an answer was asked for
-already.  A missing backend or any other error is logged, not
-shown: sending will say it."
+already.  A chat whose file set where requests go, and did not get
+the user's consent for it (see `chatpipe--withheld-settings'), gets
+no prestart: nothing connects anywhere before the user sends.  A
+missing backend or any other error is logged, not shown: sending
+will say it."
   (when (and (buffer-live-p buffer) chatpipe-prestart)
     (with-current-buffer buffer
-      (when (and chatpipe-mode (not chatpipe--job))
+      (when (and chatpipe-mode (not chatpipe--job)
+                 (not (chatpipe--withheld-endpoint-p)))
         (condition-case err
             (if (eq chatpipe-backend-mode 'serve)
                 (chatpipe-process-preconnect

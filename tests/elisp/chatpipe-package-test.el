@@ -22,7 +22,8 @@
 (defconst chatpipe-test-files
   '("chatpipe-modeltext.el" "chatpipe-org-stream.el" "chatpipe-org.el" "chatpipe-backend.el"
     "chatpipe-events.el" "chatpipe-process.el" "chatpipe-toolblocks.el"
-    "chatpipe-turns.el" "chatpipe-reasoning.el" "chatpipe-status.el"
+    "chatpipe-turns.el" "chatpipe-reasoning.el" "chatpipe-filedata.el"
+    "chatpipe-status.el"
     "chatpipe-insert.el" "chatpipe-tools.el" "chatpipe-chat.el"
     "chatpipe-install.el"
     "chatpipe-templates.el" "chatpipe-models.el" "chatpipe-state.el"
