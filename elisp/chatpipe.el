@@ -84,6 +84,8 @@
 ;; chatpipe-toolblocks.el (tool calls and results as text),
 ;; chatpipe-reasoning.el (reasoning blocks and buffers, folding),
 ;; chatpipe-status.el (chat settings, header line, error hints),
+;; chatpipe-filedata.el (settings read from files: plain data, and
+;; consent for those that choose where requests go or what runs),
 ;; chatpipe-insert.el (an answer's pieces inserted into its buffer),
 ;; chatpipe-tools.el (tools defined in Emacs, MCP servers, answering
 ;; the backend's tool requests), chatpipe-chat.el (streaming answers
