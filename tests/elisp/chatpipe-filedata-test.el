@@ -17,10 +17,10 @@
 (require 'subr-x)
 (require 'chatpipe-test-helpers)
 
-(defvar chatpipe-test--pwned nil
+(defvar chatpipe-test--fd-pwned nil
   "Set by the Lisp forms that the hostile files try to run.")
 
-(defconst chatpipe-test--answer-path "/replay/openai-chat/text-with-usage.sse"
+(defconst chatpipe-test--fd-answer-path "/replay/openai-chat/text-with-usage.sse"
   "The replay server's path of a plain answer.")
 
 (defun chatpipe-test--filedata-dir ()
@@ -134,7 +134,7 @@ template named by name is applied as it is."
   (chatpipe-test--with-route-server (evil "")
     (chatpipe-test--filedata-env
       (let* ((dir (chatpipe-test--filedata-dir))
-             (good (chatpipe-test--template chatpipe-test--answer-path))
+             (good (chatpipe-test--template chatpipe-test--fd-answer-path))
              (chatpipe-default-template good)
              (evil-port (string-to-number (car (last (split-string evil ":")))))
              (file (chatpipe-test--filedata-chat
@@ -143,7 +143,7 @@ template named by name is applied as it is."
                               '(("chatpipe-template" . "\"./evil.json\""))))))
         (chatpipe-test--filedata-template-file
          (expand-file-name "evil.json" dir)
-         (concat evil chatpipe-test--answer-path))
+         (concat evil chatpipe-test--fd-answer-path))
         (chatpipe-test--visiting (buffer file)
           (should chatpipe-mode)
           (should-not chatpipe-template)
@@ -189,7 +189,7 @@ the file's host; sending says a value is missing."
       (let* ((dir (chatpipe-test--filedata-dir))
              (name (chatpipe-test--template nil '((Authorization . "Bearer ${env:CHATPIPE_FD_SECRET}"))
                                             (concat "http://${host}"
-                                                    chatpipe-test--answer-path)))
+                                                    chatpipe-test--fd-answer-path)))
              (host (replace-regexp-in-string "\\`http://" "" evil))
              (vars (format "((\"host\" . %S))" host))
              (file (chatpipe-test--filedata-chat
@@ -244,7 +244,7 @@ only; \"n\" not at all.  Settings that change are asked about again."
               (should-not chatpipe--withheld-settings))))
       (chatpipe-test--filedata-template-file
        (expand-file-name "mine.json" dir)
-       (concat (chatpipe-test--server-url) chatpipe-test--answer-path))
+       (concat (chatpipe-test--server-url) chatpipe-test--fd-answer-path))
       ;; "!": applied, remembered.
       (chatpipe-test--answering '(?!)
         (chatpipe-test--visiting (buffer file)
@@ -255,7 +255,7 @@ only; \"n\" not at all.  Settings that change are asked about again."
           (should (string-match-p "\\`done" chatpipe--status))
           (let ((request (car (chatpipe-test--requests))))
             (should (equal (alist-get 'path request)
-                           chatpipe-test--answer-path)))))
+                           chatpipe-test--fd-answer-path)))))
       (should (= 1 (length chatpipe-approved-file-settings)))
       (should (equal (car (car chatpipe-approved-file-settings))
                      (file-truename file)))
@@ -300,7 +300,7 @@ only; \"n\" not at all.  Settings that change are asked about again."
 ;;;; Text properties
 
 (defconst chatpipe-test--propertized-tools
-  "(#(\"x\" 0 1 (display (when (setq chatpipe-test--pwned t) . \"x\"))))"
+  "(#(\"x\" 0 1 (display (when (setq chatpipe-test--fd-pwned t) . \"x\"))))"
   "A tools value whose string would run Lisp when displayed.")
 
 (defun chatpipe-test--propertized (ext)
@@ -322,8 +322,8 @@ the chat only as plain strings: no property, no form run."
                                                         'display nil header)))
                    (let ((noninteractive nil))
                      (format-mode-line header-line-format))
-                   (should-not chatpipe-test--pwned))))
-      (setq chatpipe-test--pwned nil)
+                   (should-not chatpipe-test--fd-pwned))))
+      (setq chatpipe-test--fd-pwned nil)
       ;; Batch: nothing asked, the value is not applied.
       (chatpipe-test--visiting (_buffer file)
         (should-not chatpipe-tools)
@@ -366,7 +366,7 @@ when it is killed."
                   (require 'markdown-mode nil t)
                   (require 'chatpipe)
                   (setq chatpipe-prestart nil chatpipe-command "false")
-                  (defvar chatpipe-test--pwned nil)
+                  (defvar chatpipe-test--fd-pwned nil)
                   (find-file ,file)
                   (let ((value (progn ,script)))
                     (with-temp-file ,out (prin1 value (current-buffer))))
@@ -407,7 +407,7 @@ holds a form is drawn: the form does not run."
                     `(("chatpipe-tools" . ,chatpipe-test--propertized-tools)))))
            (result (chatpipe-test--emacs-child
                     file '(progn (redisplay t) (sit-for 0.2) (redisplay t)
-                                 (list chatpipe-mode chatpipe-test--pwned
+                                 (list chatpipe-mode chatpipe-test--fd-pwned
                                        (format-mode-line header-line-format)))
                     t 30)))
       (should (car result))
