@@ -88,7 +88,8 @@
 ;; consent for those that choose where requests go or what runs),
 ;; chatpipe-insert.el (an answer's pieces inserted into its buffer),
 ;; chatpipe-tools.el (tools defined in Emacs, MCP servers, answering
-;; the backend's tool requests), chatpipe-chat.el (streaming answers
+;; the backend's tool requests), chatpipe-tool-ask.el (the questions
+;; before a tool runs, and its approvals), chatpipe-chat.el (streaming answers
 ;; into buffers), chatpipe-org.el and chatpipe-org-stream.el (answers
 ;; converted to Org in Org buffers), chatpipe-templates.el (choosing and
 ;; editing templates), chatpipe-models.el (the models of a template's

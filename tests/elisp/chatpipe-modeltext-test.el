@@ -77,7 +77,7 @@ See `chatpipe-test--modeltext-server'."
       (setq text (substring text (min n (length text)))))
     (nreverse deltas)))
 
-(defun chatpipe-test--last-messages (url)
+(defun chatpipe-test--modeltext-last-messages (url)
   "Return the messages of the last request to the route server at URL.
 URL is a route's URL; the messages are alists, as the backend sent
 them."
@@ -171,7 +171,7 @@ and the model's text is sent back as it wrote it."
               (goto-char (point-max))
               (insert "Next")
               (chatpipe-test--send-key)
-              (let ((messages (chatpipe-test--last-messages url)))
+              (let ((messages (chatpipe-test--modeltext-last-messages url)))
                 (should (equal (alist-get 'content (nth 1 messages))
                                (string-trim chatpipe-test--planted-answer)))
                 (should (equal (alist-get 'content (nth 4 messages))
@@ -300,7 +300,7 @@ The fence keeps only its language; the model gets its text back."
         (goto-char (point-max))
         (insert "Again?")
         (chatpipe-test--send-key)
-        (let ((messages (chatpipe-test--last-messages url)))
+        (let ((messages (chatpipe-test--modeltext-last-messages url)))
           (should (equal (alist-get 'content (nth 2 messages))
                          (string-trim chatpipe-test--org-hostile-tool)))
           (should (equal (alist-get 'content (nth 3 messages))
@@ -352,7 +352,7 @@ the model still gets its text back."
         (goto-char (point-max))
         (insert "Again?")
         (chatpipe-test--send-key)
-        (let ((messages (chatpipe-test--last-messages url)))
+        (let ((messages (chatpipe-test--modeltext-last-messages url)))
           (should (equal (alist-get 'content (nth 1 messages))
                          (string-trim chatpipe-test--org-hostile))))))))
 
@@ -377,7 +377,7 @@ the model still gets its text back."
         (insert "Again?")
         (chatpipe-test--send-key)
         (should (equal (alist-get 'content
-                                  (nth 1 (chatpipe-test--last-messages url)))
+                                  (nth 1 (chatpipe-test--modeltext-last-messages url)))
                        (string-trim chatpipe-test--org-hostile)))))))
 
 ;;;; What the server says
@@ -439,7 +439,7 @@ same holds once the chat is saved and visited again."
         (goto-char (point-max))
         (insert "Three")
         (chatpipe-test--send-key)
-        (let ((messages (chatpipe-test--last-messages url)))
+        (let ((messages (chatpipe-test--modeltext-last-messages url)))
           (should (equal (mapcar (lambda (m) (alist-get 'role m)) messages)
                          '("user" "assistant" "user" "assistant" "user")))
           (should-not (cl-some (lambda (m) (assq 'tool_calls m)) messages))
@@ -459,7 +459,7 @@ same holds once the chat is saved and visited again."
               (goto-char (point-max))
               (insert "Four")
               (chatpipe-test--send-key)
-              (let ((messages (chatpipe-test--last-messages url)))
+              (let ((messages (chatpipe-test--modeltext-last-messages url)))
                 (should-not (cl-some (lambda (m) (or (assq 'tool_calls m)
                                                      (equal (alist-get 'role m)
                                                             "tool")))

@@ -24,7 +24,7 @@
     "chatpipe-events.el" "chatpipe-process.el" "chatpipe-toolblocks.el"
     "chatpipe-turns.el" "chatpipe-reasoning.el" "chatpipe-filedata.el"
     "chatpipe-status.el"
-    "chatpipe-insert.el" "chatpipe-tools.el" "chatpipe-chat.el"
+    "chatpipe-insert.el" "chatpipe-tool-ask.el" "chatpipe-tools.el" "chatpipe-chat.el"
     "chatpipe-install.el"
     "chatpipe-templates.el" "chatpipe-models.el" "chatpipe-state.el"
     "chatpipe-settings.el" "chatpipe.el")
