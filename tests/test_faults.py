@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from chatpipe import stream, transport
+from chatpipe import httperrors, stream
 from chatpipe.templates import Request
 from conftest import run_stream_in_process as run, EXPECTED, FAKE_KEY, STREAMS, ndjson
 from replay_server import Reply, error_reply, split_every
@@ -144,11 +144,11 @@ def test_gemini_retry_delay_in_the_error_body(server):
 
 def test_retry_after_parsing():
     date = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 28 <= transport.retry_after({"retry-after": date}) <= 30
-    assert transport.retry_after({"retry-after": "2"}) == 2.0
-    assert transport.retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
-    assert transport.retry_after({"retry-after": "soon"}) is None
-    assert transport.retry_after({}, {"error": {"details": [{"retryDelay": "3s"}]}}) == 3.0
+    assert 28 <= httperrors.retry_after({"retry-after": date}) <= 30
+    assert httperrors.retry_after({"retry-after": "2"}) == 2.0
+    assert httperrors.retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert httperrors.retry_after({"retry-after": "soon"}) is None
+    assert httperrors.retry_after({}, {"error": {"details": [{"retryDelay": "3s"}]}}) == 3.0
 
 
 # ---- providers' error bodies -------------------------------------------------------

@@ -4,8 +4,10 @@ The package is split in layers, in the manner of openai-python's ``_streaming``:
 
 - :mod:`chatpipe.templates` loads a request template and fills it in;
   :mod:`chatpipe.prepare` adds the chat's messages;
-- :mod:`chatpipe.transport` does the streaming POST with ``requests`` and
-  yields the live body bytes;
+- :mod:`chatpipe.transport` sends every HTTP request (the streaming POST,
+  the model list's GET) with ``requests``; :mod:`chatpipe.reading` yields
+  the live body bytes within a deadline; :mod:`chatpipe.httperrors` says
+  what a failed request means;
 - :mod:`chatpipe.framing` turns bytes into server-sent events (sseclient-py)
   or NDJSON lines;
 - :mod:`chatpipe.dialects` turns one API's events into protocol events (one

@@ -179,7 +179,7 @@ class Control:
         with self._lock:
             self.cancelled.set()
             response, connection = self._response, self._connection
-        sock = _socket(response.raw) if response is not None else None
+        sock = socket_of(response.raw) if response is not None else None
         sock = sock or getattr(connection, "sock", None)
         if sock is not None:
             try:
@@ -224,7 +224,7 @@ def preconnect(session: requests.Session, url: str, timeout: float) -> bool:
         pool._put_conn(conn)
 
 
-def _socket(raw) -> Any:
+def socket_of(raw) -> Any:
     """The socket under a urllib3 response, to shorten its timeout, or None."""
     connection = getattr(raw, "connection", None)
     return getattr(connection, "sock", None)

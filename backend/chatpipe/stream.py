@@ -1,6 +1,6 @@
 """Run one request: POST, read the events, emit protocol events; retry.
 
-Layers: :mod:`chatpipe.transport` (HTTP, live body bytes),
+Layers: :mod:`chatpipe.transport` (HTTP), :mod:`chatpipe.reading` (live body bytes),
 :mod:`chatpipe.framing` (bytes to server-sent events or NDJSON lines), a
 dialect's parser from :mod:`chatpipe.dialects` (events to protocol events).
 Front ends do not call this directly: :mod:`chatpipe.runner` does.
@@ -15,8 +15,9 @@ from typing import Any, Iterable
 
 import requests
 
-from chatpipe import PROTOCOL_VERSION, connections, dialects, framing, protocol, transport
-from chatpipe.dialects.base import Dialect, MalformedEvent, Parser, stream_error
+from chatpipe import (PROTOCOL_VERSION, connections, dialects, framing, protocol, reading,
+                      transport)
+from chatpipe.dialects.base import MalformedEvent, Parser, stream_error
 from chatpipe.errors import Cancelled, StreamError
 from chatpipe.protocol import Sink
 from chatpipe.connections import Control
@@ -47,11 +48,8 @@ class _Gate:
         self.sink.emit(event)
 
 
-def _start_event(request: Request, dialect: Dialect, response: requests.Response) -> dict:
-    """The ``start`` event: the model is the dialect's reading of REQUEST
-    (:meth:`~chatpipe.dialects.base.Dialect.model_of`: the body's
-    ``model``, Gemini's from the URL)."""
-    return protocol.start(PROTOCOL_VERSION, dialect.model_of(request),
+def _start_event(request: Request, response: requests.Response) -> dict:
+    return protocol.start(PROTOCOL_VERSION, request.body.get("model"),
                           response.headers.get("x-request-id")
                           or response.headers.get("request-id"))
 
@@ -127,16 +125,15 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
     reuse the connection.  An SSE endpoint that answers one JSON document
     (a request without ``"stream": true``) is read whole and given to the
     parser's :meth:`~chatpipe.dialects.base.Parser.parse_document`."""
-    dialect = dialects.get(request.api)
-    parser = dialect.parser()
+    parser = dialects.get(request.api).parser()
     response = transport.post(session, request, deadline)
     try:
         if control is not None:
             control.attach(response)
         document = _check_content_type(response, parser)
-        sink.emit(_start_event(request, dialect, response))
-        body = transport.iter_body(response, request.read_timeout, deadline,
-                                   sink.flush)
+        sink.emit(_start_event(request, response))
+        body = reading.iter_body(response, request.read_timeout, deadline,
+                                 sink.flush)
         if document:
             for out in parser.parse_document(_read_document(response, body, request)):
                 sink.emit(out)
@@ -158,7 +155,7 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
                 continue
             if parser.done:
                 if keep_alive:
-                    transport.drain(response)
+                    reading.drain(response)
                 return
         if malformed is not None:
             raise StreamError("the stream ended early: its last event was cut off",
@@ -208,7 +205,7 @@ def _read_document(response: requests.Response, body: Iterable[bytes],
             error in it (``{"error": ...}``, through
             :func:`chatpipe.dialects.base.stream_error`: retryable when its
             type says so); or reading failed (see
-            :func:`chatpipe.transport.iter_body`).
+            :func:`chatpipe.reading.iter_body`).
     """
     limit = request.max_event_bytes
     length = response.headers.get("content-length", "")
