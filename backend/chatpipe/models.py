@@ -5,32 +5,12 @@ own model list, found from the template's URL and asked for with the
 template's headers (so its API key, filled from ``${env:NAME}`` as for a
 request):
 
-- ``openai-chat`` and ``openai-responses``: ``GET {base}/models``, where
-  BASE is the URL without ``/chat/completions`` or ``/responses``
-  (``https://api.openai.com/v1/chat/completions`` ->
-  ``https://api.openai.com/v1/models``); ``{"object": "list", "data":
-  [{"id", "object", "created", "owned_by"}]}``.  OpenAI's reference:
-  https://developers.openai.com/api/reference/cli/resources/models/methods/list
-  (https://platform.openai.com/docs/api-reference/models/list).
-- ``anthropic-messages``: ``GET {base}/models`` (BASE: the URL without
-  ``/messages``, ``https://api.anthropic.com/v1``) with ``x-api-key`` and
-  ``anthropic-version``; ``{"data": [{"id", "created_at", "display_name",
-  "type"}], "has_more", "first_id", "last_id"}``, pages of ``limit`` (at
-  most 1000) continued with ``after_id=last_id``.  Reference:
-  https://platform.claude.com/docs/en/api/models-list
-- ``gemini``: ``GET https://HOST/VERSION/models`` (host and version of
-  the template's URL) with ``x-goog-api-key``; ``{"models": [{"name":
-  "models/ID", "displayName", "supportedGenerationMethods", ...}],
-  "nextPageToken"}``, pages of ``pageSize`` (at most 1000) continued with
-  ``pageToken``.  Names are listed without ``models/``; a model that gives
-  its ``supportedGenerationMethods`` is listed only when they include
-  ``streamGenerateContent`` or ``generateContent`` (the API lists
-  ``generateContent`` for the models that stream, as Google's own example
-  filters on it).  Reference: https://ai.google.dev/api/models#method:-models.list
-  (https://ai.google.dev/api/rest/v1beta/models/list).
-- ``ollama``: ``GET {host}/api/tags``; ``{"models": [{"name", "model",
-  "modified_at", "size", "digest", "details"}]}``.  Reference:
-  https://docs.ollama.com/api/tags
+Each API's dialect knows its list (:meth:`Dialect.models_request
+<chatpipe.dialects.base.Dialect.models_request>`: its URL, headers and
+first page; :meth:`~chatpipe.dialects.base.Dialect.parse_models`: a page's
+models and the next page): OpenAI's ``GET {base}/models`` (the chat and
+Responses dialects), Anthropic's and Gemini's paged lists, Ollama's
+``/api/tags``; see each module of :mod:`chatpipe.dialects`.
 
 The result is a list of ``{"id", "created"?, "owned_by"?,
 "display_name"?}`` sorted by id (``created`` in Unix seconds;
@@ -45,20 +25,20 @@ template's secrets (:func:`chatpipe.redaction.redact`).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from chatpipe import __version__, connections, jsonin, protocol, reading, redaction, templates, transport
+from chatpipe import __version__, connections, dialects, jsonin, protocol, reading, redaction, templates, transport
+from chatpipe.dialects.base import file_name
 from chatpipe.errors import StreamError
 from chatpipe.textview import TextView
 
@@ -95,6 +75,7 @@ class Listing:
         deadline: seconds the whole list may take, every page included.
         secrets: the values filled from the environment, to redact.
         refused_hint: the template's :attr:`~chatpipe.templates.Request.refused_hint`.
+        params: the query parameters of the first page (the dialect's).
     """
 
     api: str
@@ -104,6 +85,7 @@ class Listing:
     secrets: list[str]
     refused_hint: str | None = None
     deadline: float = DEADLINE
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class JsonErrors(TextView):
@@ -134,35 +116,31 @@ def _no_list(listing: Listing, why: str) -> StreamError:
         "type the model name", listing.secrets), details={"kind": "no_model_list"})
 
 
-def list_url(api: str, url: str) -> str:
-    """The model list's URL for an endpoint URL of the dialect API.
+def list_request(api: str, url: str, headers: dict[str, str],
+                 ) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The model list's URL, headers and first page's query parameters for
+    an endpoint URL of the dialect API, asked with HEADERS (see
+    :meth:`chatpipe.dialects.base.Dialect.models_request`).
 
     Raises:
         StreamError: an URL whose model list cannot be told.
     """
+    found = dialects.get(api).models_request(url, headers)
     parts = urlsplit(url)
-    path = parts.path.rstrip("/")
-    query = parts.query
-    if api == "gemini":
-        cut = path.find("/models/")
-        if cut < 0 and path.endswith("/models"):
-            cut = len(path) - len("/models")
-        base, suffix = (path[:cut] if cut >= 0 else None), "/models"
-        # A key given in the URL (?key=) goes on; ?alt=sse does not.
-        query = urlencode([(k, v) for k, v in parse_qsl(query) if k == "key"])
-    elif api == "ollama":
-        cut = path.find("/api/")
-        base, suffix = (path[:cut] if cut >= 0 else path), "/api/tags"
-    else:
-        ends = ("/messages",) if api == "anthropic-messages" else (
-            "/chat/completions", "/responses", "/completions")
-        base = next((path[:-len(end)] for end in ends if path.endswith(end)), None)
-        suffix = "/models"
-    if base is None:
+    if found is None:
         raise StreamError(f"the endpoint {transport.host_of(url)} has no model list chatpipe knows "
                           f"of (its path {parts.path or '/'} is not one of the {api} API): "
                           "type the model name", details={"kind": "no_model_list"})
-    return urlunsplit((parts.scheme, parts.netloc, base + suffix, query, ""))
+    return found
+
+
+def list_url(api: str, url: str) -> str:
+    """The model list's URL for an endpoint URL of the dialect API.
+
+    Raises:
+        StreamError: see :func:`list_request`.
+    """
+    return list_request(api, url, {})[0]
 
 
 def listing(spec: str, *, url: str | None = None, variables: Mapping[str, str] | None = None,
@@ -185,17 +163,15 @@ def listing(spec: str, *, url: str | None = None, variables: Mapping[str, str] |
     request = templates.fill(dataclasses.replace(template, body={}), variables, env)
     headers = {"Accept": "application/json", "User-Agent": f"chatpipe/{__version__}",
                **request.headers}
-    if request.api == "anthropic-messages" and not any(
-            k.lower() == "anthropic-version" for k in headers):
-        headers["anthropic-version"] = "2023-06-01"
     try:
-        where = list_url(request.api, request.url)
+        where, headers, params = list_request(request.api, request.url, headers)
     except StreamError as err:
         raise StreamError(redaction.redact(err.message, request.secrets),
                           details=err.details) from None
     return Listing(api=request.api, url=where, headers=headers, secrets=request.secrets,
                    timeout=(request.connect_timeout, min(request.read_timeout, READ_TIMEOUT)),
-                   deadline=min(request.deadline, DEADLINE), refused_hint=request.refused_hint)
+                   deadline=min(request.deadline, DEADLINE), refused_hint=request.refused_hint,
+                   params=params)
 
 
 # ---- the request ---------------------------------------------------------------
@@ -239,102 +215,6 @@ def _page(session: requests.Session, listing: Listing, params: Mapping[str, str]
         raise _no_list(listing, f"answered HTTP {status} with {what}") from None
 
 
-def _unix(value: Any) -> int | None:
-    """VALUE (Unix seconds, or an RFC 3339 date) as whole Unix seconds, or None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        return int(when.timestamp())
-    return None
-
-
-#: The suffixes of model files, whose relative paths are told from names
-#: such as ``meta-llama/Llama-3.1-8B``.
-MODEL_FILE_SUFFIXES = (".gguf", ".ggml", ".bin", ".safetensors")
-
-
-def file_name(ident: str) -> str | None:
-    """The file name in the model id IDENT if IDENT is a path in a file
-    system (llama.cpp's servers give the path of the model file they serve
-    as its id): an absolute path (POSIX or Windows), one that starts with
-    ``./``, ``../`` or ``~/``, or a relative path to a model file
-    (:data:`MODEL_FILE_SUFFIXES`).  None for any other id (a name, or a
-    name with a slash such as ``openai/gpt-4o``)."""
-    windows = PureWindowsPath(ident)
-    if not (ident.startswith(("/", "./", "../", "~/")) or (windows.drive and windows.root)
-            or (("/" in ident or "\\" in ident) and ident.lower().endswith(MODEL_FILE_SUFFIXES))):
-        return None
-    return (windows if "\\" in ident else PurePosixPath(ident)).name or None
-
-
-def _entry(ident: Any, created: Any = None, owned_by: Any = None,
-           display_name: Any = None) -> dict[str, Any] | None:
-    """One model of the result, with the fields given; None without an id.
-    An id that is a file's path gets the file's name as its
-    ``display_name`` if the endpoint gives none (see :func:`file_name`)."""
-    if not isinstance(ident, str) or not ident:
-        return None
-    entry: dict[str, Any] = {"id": ident}
-    if _unix(created) is not None:
-        entry["created"] = _unix(created)
-    if isinstance(owned_by, str) and owned_by:
-        entry["owned_by"] = owned_by
-    if not (isinstance(display_name, str) and display_name):
-        display_name = file_name(ident)
-    if display_name:
-        entry["display_name"] = display_name
-    return entry
-
-
-def _streams(model: dict) -> bool:
-    """Whether a Gemini MODEL can answer ``streamGenerateContent``."""
-    methods = model.get("supportedGenerationMethods")
-    if not isinstance(methods, list):
-        return True
-    return "streamGenerateContent" in methods or "generateContent" in methods
-
-
-def _gemini_id(model: dict) -> str | None:
-    """A Gemini MODEL's id: its name without ``models/``."""
-    name = model.get("name")
-    return name.removeprefix("models/") if isinstance(name, str) else None
-
-
-def _parse(api: str, doc: Any) -> tuple[list[dict[str, Any]], dict[str, str] | None] | None:
-    """The models of one page DOC, and the parameters of the next page (or
-    None); None if DOC is not a model list of the API's shape."""
-    if not isinstance(doc, dict):
-        return None
-    key = {"gemini": "models", "ollama": "models"}.get(api, "data")
-    items = doc.get(key)
-    if not isinstance(items, list):
-        return None
-    items = [item for item in items if isinstance(item, dict)]
-    following = None
-    if api == "gemini":
-        models = [_entry(_gemini_id(m), display_name=m.get("displayName"))
-                  for m in items if _streams(m)]
-        token = doc.get("nextPageToken")
-        following = {"pageSize": "1000", "pageToken": token} if isinstance(token, str) and token else None
-    elif api == "ollama":
-        models = [_entry(m.get("name") or m.get("model")) for m in items]
-    elif api == "anthropic-messages":
-        models = [_entry(m.get("id"), m.get("created_at"), display_name=m.get("display_name"))
-                  for m in items]
-        last = doc.get("last_id")
-        following = ({"limit": "1000", "after_id": last}
-                     if doc.get("has_more") is True and isinstance(last, str) and last else None)
-    else:
-        models = [_entry(m.get("id"), m.get("created"), m.get("owned_by")) for m in items]
-    return [m for m in models if m is not None], following
-
-
 def fetch(listing: Listing, session: requests.Session | None = None) -> list[dict[str, Any]]:
     """Ask the endpoint for its models (every page); return them sorted by id.
     The whole list, every page included, takes at most ``listing.deadline``
@@ -345,8 +225,8 @@ def fetch(listing: Listing, session: requests.Session | None = None) -> list[dic
     """
     deadline = transport.Deadline.after(
         listing.deadline, f"the model list from {transport.host_of(listing.url)}")
-    first = {"gemini": {"pageSize": "1000"}, "anthropic-messages": {"limit": "1000"}}
-    params: dict[str, str] | None = first.get(listing.api, {})
+    dialect = dialects.get(listing.api)
+    params: dict[str, str] | None = listing.params
     found: dict[str, dict[str, Any]] = {}
     own = session is None
     session = session or connections.new_session()
@@ -354,7 +234,7 @@ def fetch(listing: Listing, session: requests.Session | None = None) -> list[dic
         for _ in range(MAX_PAGES):
             if params is None:
                 break
-            parsed = _parse(listing.api, _page(session, listing, params, deadline))
+            parsed = dialect.parse_models(_page(session, listing, params, deadline))
             if parsed is None:
                 raise _no_list(listing, "answered with JSON that is not a model list")
             models, params = parsed

@@ -75,17 +75,6 @@ def check_params(params: Any) -> dict[str, Any]:
     return dict(params)
 
 
-def ends_with_user_turn(body: dict) -> bool:
-    """Whether the template's own conversation ends with a user turn."""
-    for key in ("messages", "contents", "input"):
-        turns = body.get(key)
-        if isinstance(turns, str) and turns.strip():
-            return True
-        if isinstance(turns, list) and turns:
-            return isinstance(turns[-1], dict) and turns[-1].get("role") == "user"
-    return False
-
-
 def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str, str] = (),
             model: str | None = None, url: str | None = None,
             env: Mapping[str, str] | None = None, params: Mapping[str, Any] = (),
@@ -118,7 +107,7 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
         dialect.set_model(request, model)
     if params:
         dialect.set_params(request.body, check_params(params))
-    if not messages and not ends_with_user_turn(request.body):
+    if not messages and not dialect.ends_with_user_turn(request.body):
         raise UsageError("no message to send: give -m TEXT, --messages FILE, or text on stdin")
     dialect.add_messages(request.body, messages)
     return template, request, dialect

@@ -17,7 +17,7 @@ import requests
 
 from chatpipe import (PROTOCOL_VERSION, connections, dialects, framing, protocol, reading,
                       transport)
-from chatpipe.dialects.base import MalformedEvent, Parser, stream_error
+from chatpipe.dialects.base import Dialect, MalformedEvent, Parser, stream_error
 from chatpipe.errors import Cancelled, StreamError
 from chatpipe.protocol import Sink
 from chatpipe.connections import Control
@@ -48,8 +48,11 @@ class _Gate:
         self.sink.emit(event)
 
 
-def _start_event(request: Request, response: requests.Response) -> dict:
-    return protocol.start(PROTOCOL_VERSION, request.body.get("model"),
+def _start_event(request: Request, dialect: Dialect, response: requests.Response) -> dict:
+    """The ``start`` event: the model is the dialect's reading of REQUEST
+    (:meth:`~chatpipe.dialects.base.Dialect.model_of`: the body's
+    ``model``, Gemini's from the URL)."""
+    return protocol.start(PROTOCOL_VERSION, dialect.model_of(request),
                           response.headers.get("x-request-id")
                           or response.headers.get("request-id"))
 
@@ -125,13 +128,14 @@ def _run_once(request: Request, sink: Sink, session: requests.Session,
     reuse the connection.  An SSE endpoint that answers one JSON document
     (a request without ``"stream": true``) is read whole and given to the
     parser's :meth:`~chatpipe.dialects.base.Parser.parse_document`."""
-    parser = dialects.get(request.api).parser()
+    dialect = dialects.get(request.api)
+    parser = dialect.parser()
     response = transport.post(session, request, deadline)
     try:
         if control is not None:
             control.attach(response)
         document = _check_content_type(response, parser)
-        sink.emit(_start_event(request, response))
+        sink.emit(_start_event(request, dialect, response))
         body = reading.iter_body(response, request.read_timeout, deadline,
                                  sink.flush)
         if document:

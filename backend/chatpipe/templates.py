@@ -136,17 +136,12 @@ class Template:
     def warnings(self) -> list[str]:
         """What is valid but probably not meant: for now, a request that
         does not ask for a stream (chatpipe then shows the answer whole,
-        when it has all arrived)."""
-        if self.api == "gemini":
-            streaming = "alt=sse" in (self.url or "") and ":streamGenerateContent" in (self.url or "")
-            hint = "use models/NAME:streamGenerateContent?alt=sse in the url"
-        elif self.api == "ollama":
-            streaming = self.body.get("stream", True) is not False
-            hint = 'remove "stream": false'
-        else:
-            streaming = self.body.get("stream") is True
-            hint = 'add "stream": true'
-        if streaming:
+        when it has all arrived: the dialect tells,
+        :meth:`~chatpipe.dialects.base.Dialect.streaming_hint`)."""
+        from chatpipe import dialects
+
+        hint = dialects.get(self.api).streaming_hint(self.url, self.body)
+        if hint is None:
             return []
         return [f"streaming is off, so the answer shows only once it is complete: {hint}"]
 

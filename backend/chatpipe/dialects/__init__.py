@@ -10,8 +10,10 @@ import importlib
 
 from chatpipe.dialects.base import Dialect
 
-#: Dialect name (the template's ``chatpipe.api``) -> module name.
-DIALECTS = {
+#: Dialect name (the template's ``chatpipe.api``) -> the name of the module
+#: that defines its ``Dialect`` (imported when first used), or a
+#: :class:`Dialect` subclass given to :func:`register`.
+DIALECTS: dict[str, str | type[Dialect]] = {
     "openai-chat": "chatpipe.dialects.openai_chat",
     "openai-responses": "chatpipe.dialects.openai_responses",
     "anthropic-messages": "chatpipe.dialects.anthropic",
@@ -29,4 +31,15 @@ def get(name: str) -> Dialect:
     Raises:
         KeyError: unknown dialect (templates are checked before this).
     """
-    return importlib.import_module(DIALECTS[name]).Dialect()
+    entry = DIALECTS[name]
+    if isinstance(entry, str):
+        entry = importlib.import_module(entry).Dialect
+    return entry()
+
+
+def register(dialect: type[Dialect]) -> None:
+    """Add DIALECT (a :class:`Dialect` subclass) under its ``name``, for
+    templates (``chatpipe.api``) and :func:`get`; a dialect of that name is
+    replaced.  See :mod:`chatpipe.dialects.base` for a dialect outside the
+    package."""
+    DIALECTS[dialect.name] = dialect

@@ -214,3 +214,33 @@ class Dialect(base.Dialect):
         body.setdefault("tools", []).extend(
             {"name": t["name"], "description": t.get("description", ""),
              "input_schema": base.parameters(t)} for t in tools)
+
+    endpoint_paths = ("/messages",)
+
+    def models_request(self, url: str, headers: dict[str, str],
+                       ) -> tuple[str, dict[str, str], dict[str, str]] | None:
+        """``GET {base}/models`` (BASE: the URL without ``/messages``,
+        ``https://api.anthropic.com/v1``) with ``anthropic-version`` (added
+        if the template has none), in pages of ``limit`` (at most 1000):
+        https://platform.claude.com/docs/en/api/models-list"""
+        found = super().models_request(url, headers)
+        if found is None:
+            return None
+        where, headers, _ = found
+        if not any(k.lower() == "anthropic-version" for k in headers):
+            headers = {**headers, "anthropic-version": "2023-06-01"}
+        return where, headers, {"limit": "1000"}
+
+    def parse_models(self, doc: Any) -> tuple[list[dict[str, Any]], dict[str, str] | None] | None:
+        """``{"data": [{"id", "created_at", "display_name", "type"}],
+        "has_more", "first_id", "last_id"}``, continued with
+        ``after_id=last_id``."""
+        items = base.list_items(doc, "data")
+        if items is None:
+            return None
+        models = [base.model_entry(m.get("id"), m.get("created_at"),
+                                   display_name=m.get("display_name")) for m in items]
+        last = doc.get("last_id")
+        following = ({"limit": "1000", "after_id": last}
+                     if doc.get("has_more") is True and isinstance(last, str) and last else None)
+        return [m for m in models if m is not None], following

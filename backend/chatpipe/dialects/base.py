@@ -12,12 +12,32 @@ A dialect module defines two classes:
 
 Provider error payloads are read in one place, :func:`provider_error`, for
 HTTP error bodies and in-stream errors alike.
+
+Everything chatpipe knows of an API is in its dialect: the request shape,
+the stream, the model a request asks for (:meth:`Dialect.model_of`, in the
+``start`` event), the template's streaming warning
+(:meth:`Dialect.streaming_hint`), the conversation field
+(:attr:`Dialect.history_key`, for ``--save``), and the model list
+(:meth:`Dialect.models_request`, :meth:`Dialect.parse_models`).  So a new
+API is one new module here, named in :data:`chatpipe.dialects.DIALECTS`,
+plus a template whose ``chatpipe.api`` is its name.
+
+A dialect outside the package is registered at run time, in the process
+that uses it, with :func:`chatpipe.dialects.register`; a program that
+wraps the CLI registers it, then calls :func:`chatpipe.cli.main`.  There is
+no plugin discovery (no entry points, no environment variable that names a
+module): chatpipe imports no code that its caller did not import first.
+tests/test_extra_dialect.py does this: run as a script, it registers its
+toy dialect and runs the CLI.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, Hashable, Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -162,6 +182,67 @@ def parameters(tool: dict) -> dict:
     properties when it has none)."""
     schema = tool.get("parameters")
     return schema if isinstance(schema, dict) and schema else {"type": "object", "properties": {}}
+
+
+def unix_seconds(value: Any) -> int | None:
+    """VALUE (Unix seconds, or an RFC 3339 date) as whole Unix seconds, or None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return int(when.timestamp())
+    return None
+
+
+#: The suffixes of model files, whose relative paths are told from names
+#: such as ``meta-llama/Llama-3.1-8B``.
+MODEL_FILE_SUFFIXES = (".gguf", ".ggml", ".bin", ".safetensors")
+
+
+def file_name(ident: str) -> str | None:
+    """The file name in the model id IDENT if IDENT is a path in a file
+    system (llama.cpp's servers give the path of the model file they serve
+    as its id): an absolute path (POSIX or Windows), one that starts with
+    ``./``, ``../`` or ``~/``, or a relative path to a model file
+    (:data:`MODEL_FILE_SUFFIXES`).  None for any other id (a name, or a
+    name with a slash such as ``openai/gpt-4o``)."""
+    windows = PureWindowsPath(ident)
+    if not (ident.startswith(("/", "./", "../", "~/")) or (windows.drive and windows.root)
+            or (("/" in ident or "\\" in ident) and ident.lower().endswith(MODEL_FILE_SUFFIXES))):
+        return None
+    return (windows if "\\" in ident else PurePosixPath(ident)).name or None
+
+
+def model_entry(ident: Any, created: Any = None, owned_by: Any = None,
+                display_name: Any = None) -> dict[str, Any] | None:
+    """One model of a model list (``chatpipe models``), with the fields
+    given; None without an id.  An id that is a file's path gets the
+    file's name as its ``display_name`` if the endpoint gives none (see
+    :func:`file_name`)."""
+    if not isinstance(ident, str) or not ident:
+        return None
+    entry: dict[str, Any] = {"id": ident}
+    if unix_seconds(created) is not None:
+        entry["created"] = unix_seconds(created)
+    if isinstance(owned_by, str) and owned_by:
+        entry["owned_by"] = owned_by
+    if not (isinstance(display_name, str) and display_name):
+        display_name = file_name(ident)
+    if display_name:
+        entry["display_name"] = display_name
+    return entry
+
+
+def list_items(doc: Any, key: str) -> list[dict] | None:
+    """The objects of the list DOC[KEY] of a model list page, or None when
+    DOC is not an object with such a list."""
+    items = doc.get(key) if isinstance(doc, dict) else None
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else None
 
 
 class Parser:
@@ -372,6 +453,52 @@ class Dialect:
         if "max_tokens" in params:
             key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
             body[key] = params["max_tokens"]
+
+    def ends_with_user_turn(self, body: dict) -> bool:
+        """Whether the conversation of the template's BODY ends with a user
+        turn (a non-blank string is one)."""
+        turns = body.get(self.history_key)
+        if isinstance(turns, str):
+            return bool(turns.strip())
+        return (isinstance(turns, list) and bool(turns) and isinstance(turns[-1], dict)
+                and turns[-1].get("role") == "user")
+
+    def streaming_hint(self, url: str | None, body: dict) -> str | None:
+        """None when a template's request (its URL as written and BODY)
+        asks for a stream; else what to change so that it does, for the
+        template's warning (:meth:`chatpipe.templates.Template.warnings`).
+        Here: ``"stream": true`` in the body."""
+        return None if body.get("stream") is True else 'add "stream": true'
+
+    #: The endings of an endpoint's path that the model list's replaces
+    #: (:meth:`models_request`).
+    endpoint_paths: tuple[str, ...] = ("/chat/completions", "/responses", "/completions")
+
+    def models_request(self, url: str, headers: dict[str, str],
+                       ) -> tuple[str, dict[str, str], dict[str, str]] | None:
+        """How to ask for the model list of the endpoint URL (a filled-in
+        template's, queried with HEADERS): ``(list URL, headers, query
+        parameters of the first page)``, or None when URL's list cannot be
+        told.  Here OpenAI's ``GET {base}/models``, BASE the URL without
+        one of :attr:`endpoint_paths` (``.../v1/chat/completions`` ->
+        ``.../v1/models``): https://platform.openai.com/docs/api-reference/models/list"""
+        parts = urlsplit(url)
+        path = parts.path.rstrip("/")
+        base = next((path[:-len(end)] for end in self.endpoint_paths if path.endswith(end)), None)
+        if base is None:
+            return None
+        return urlunsplit((parts.scheme, parts.netloc, base + "/models", parts.query, "")), headers, {}
+
+    def parse_models(self, doc: Any) -> tuple[list[dict[str, Any]], dict[str, str] | None] | None:
+        """The models of one model list page DOC (parsed JSON), as
+        :func:`model_entry` dicts, and the query parameters of the next page
+        (None for the last); None if DOC is not a model list of the API's
+        shape.  Here OpenAI's ``{"data": [{"id", "created", "owned_by"}]}``."""
+        items = list_items(doc, "data")
+        if items is None:
+            return None
+        models = [model_entry(m.get("id"), m.get("created"), m.get("owned_by")) for m in items]
+        return [m for m in models if m is not None], None
 
     def model_of(self, request: Any) -> str | None:
         """The model REQUEST asks for (the body's ``model``), or None."""

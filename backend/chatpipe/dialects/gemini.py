@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, Iterable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from chatpipe import protocol
 from chatpipe.dialects import base
@@ -256,3 +257,56 @@ class Dialect(base.Dialect):
     def set_model(self, request: Any, model: str) -> None:
         """Put MODEL in REQUEST's URL (``.../models/MODEL:streamGenerateContent``)."""
         request.url = re.sub(r"/models/[^/:?]+:", f"/models/{model}:", request.url, count=1)
+
+    def streaming_hint(self, url: str | None, body: dict) -> str | None:
+        """Gemini streams at ``models/NAME:streamGenerateContent?alt=sse``."""
+        if "alt=sse" in (url or "") and ":streamGenerateContent" in (url or ""):
+            return None
+        return "use models/NAME:streamGenerateContent?alt=sse in the url"
+
+    def models_request(self, url: str, headers: dict[str, str],
+                       ) -> tuple[str, dict[str, str], dict[str, str]] | None:
+        """``GET https://HOST/VERSION/models`` (host and version of URL; a
+        ``key`` in its query goes on, ``alt=sse`` does not), in pages of
+        ``pageSize`` (at most 1000): https://ai.google.dev/api/models#method:-models.list"""
+        parts = urlsplit(url)
+        path = parts.path.rstrip("/")
+        cut = path.find("/models/")
+        if cut < 0 and path.endswith("/models"):
+            cut = len(path) - len("/models")
+        if cut < 0:
+            return None
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k == "key"])
+        where = urlunsplit((parts.scheme, parts.netloc, path[:cut] + "/models", query, ""))
+        return where, headers, {"pageSize": "1000"}
+
+    def parse_models(self, doc: Any) -> tuple[list[dict[str, Any]], dict[str, str] | None] | None:
+        """``{"models": [{"name": "models/ID", "displayName",
+        "supportedGenerationMethods", ...}], "nextPageToken"}``, continued
+        with ``pageToken``.  Ids are listed without ``models/``; a model that
+        gives its ``supportedGenerationMethods`` only when they include
+        ``streamGenerateContent`` or ``generateContent`` (the API lists
+        ``generateContent`` for the models that stream, as Google's own
+        example filters on it)."""
+        items = base.list_items(doc, "models")
+        if items is None:
+            return None
+        models = [base.model_entry(_model_id(m), display_name=m.get("displayName"))
+                  for m in items if _streams(m)]
+        token = doc.get("nextPageToken")
+        following = {"pageSize": "1000", "pageToken": token} if isinstance(token, str) and token else None
+        return [m for m in models if m is not None], following
+
+
+def _streams(model: dict) -> bool:
+    """Whether a listed MODEL can answer ``streamGenerateContent``."""
+    methods = model.get("supportedGenerationMethods")
+    if not isinstance(methods, list):
+        return True
+    return "streamGenerateContent" in methods or "generateContent" in methods
+
+
+def _model_id(model: dict) -> str | None:
+    """A listed MODEL's id: its name without ``models/``."""
+    name = model.get("name")
+    return name.removeprefix("models/") if isinstance(name, str) else None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 from chatpipe import protocol
 from chatpipe.dialects import base
@@ -141,3 +142,26 @@ class Dialect(base.Dialect):
             options["temperature"] = params["temperature"]
         if "max_tokens" in params:
             options["num_predict"] = params["max_tokens"]
+
+    def streaming_hint(self, url: str | None, body: dict) -> str | None:
+        """Ollama streams unless the body says ``"stream": false``."""
+        return None if body.get("stream", True) is not False else 'remove "stream": false'
+
+    def models_request(self, url: str, headers: dict[str, str],
+                       ) -> tuple[str, dict[str, str], dict[str, str]] | None:
+        """``GET {host}/api/tags`` (the URL's path cut at ``/api/``):
+        https://docs.ollama.com/api/tags"""
+        parts = urlsplit(url)
+        path = parts.path.rstrip("/")
+        cut = path.find("/api/")
+        base_path = path[:cut] if cut >= 0 else path
+        return urlunsplit((parts.scheme, parts.netloc, base_path + "/api/tags", parts.query, "")), headers, {}
+
+    def parse_models(self, doc: Any) -> tuple[list[dict[str, Any]], dict[str, str] | None] | None:
+        """``{"models": [{"name", "model", "modified_at", "size", "digest",
+        "details"}]}``, one page."""
+        items = base.list_items(doc, "models")
+        if items is None:
+            return None
+        models = [base.model_entry(m.get("name") or m.get("model")) for m in items]
+        return [m for m in models if m is not None], None
