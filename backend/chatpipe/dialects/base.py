@@ -379,6 +379,8 @@ class Dialect:
         name: the dialect's name (a template's ``chatpipe.api``).
         parser: the :class:`Parser` subclass for its streams.
         history_key: the body key that holds the conversation.
+        endpoint_paths: the endings of an endpoint URL's path that its model
+            list's URL replaces (:meth:`models_request`).
     """
 
     name = "openai-chat"
@@ -470,8 +472,6 @@ class Dialect:
         Here: ``"stream": true`` in the body."""
         return None if body.get("stream") is True else 'add "stream": true'
 
-    #: The endings of an endpoint's path that the model list's replaces
-    #: (:meth:`models_request`).
     endpoint_paths: tuple[str, ...] = ("/chat/completions", "/responses", "/completions")
 
     def models_request(self, url: str, headers: dict[str, str],
