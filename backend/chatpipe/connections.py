@@ -170,6 +170,10 @@ class Control:
         """
         with self._lock:
             self._response = response
+            if response is None:
+                # Done with its connection: back in the pool, it may carry
+                # another stream's request, which a cancel must not shut.
+                self._connection = None
             if self.cancelled.is_set() and response is not None:
                 raise Cancelled()
 

@@ -274,6 +274,12 @@ class Output:
     survives a cut), nothing after the first terminal event, and goes to
     :meth:`write`.  Subclasses implement :meth:`write` and :meth:`send`.
 
+    An output is written by one thread, its stream's own, and is not
+    locked: another thread that must stop the stream (``serve``'s cancel)
+    trips the stream's :class:`~chatpipe.connections.Control` instead, and
+    the stream's thread writes the terminal event (see
+    :func:`chatpipe.runner.run`), so that nothing can follow it.
+
     Attributes:
         secrets: strings never to write (API keys); the runner adds them.
         finished: True once a ``done`` or ``error`` was written.

@@ -116,7 +116,9 @@ def run(build: Callable[[], Job], output: Output, *,
             before anything is sent.
         sessions: gives the shared ``requests.Session`` for an endpoint URL
             (``serve``); by default each request has a session of its own.
-        control: lets another thread cancel the stream.
+        control: lets another thread cancel the stream: it only trips
+            CONTROL, and this thread ends the stream with the aborted
+            ``error`` (:func:`error_for`), whatever the cut-off read raised.
         asker: the front end's way to confirm tool calls and run client tools.
         mcp: the :class:`chatpipe.mcp_host.McpHost` of the job's MCP
             servers (None: MCP servers cannot be used).
@@ -137,13 +139,15 @@ def run(build: Callable[[], Job], output: Output, *,
         output.secrets.extend(request.secrets)
         toolbox = tools.toolbox(job.tools, job.mcp, asker, mcp, output.emit, output.secrets,
                                 request.max_tool_result_bytes)
+        if control is not None and control.cancelled.is_set():
+            raise Cancelled()
     except OutputClosed:
         raise
     except Exception as err:
-        return report(err, output)
+        return report(_cancelled(err, control), output)
     if toolbox:
         dialect.add_tools(request.body, toolbox.definitions())
-    sink: protocol.Sink = output
+    sink: protocol.Sink = output if control is None else _Stoppable(output, control)
     if job.price:
         sink = Priced(sink, dialect.model_of(request), [request.url, template.url or ""])
     session = sessions(request.url) if sessions is not None else None
@@ -156,12 +160,38 @@ def run(build: Callable[[], Job], output: Output, *,
     except OutputClosed:
         raise
     except Exception as err:
-        code = report(err, output)
+        code = report(_cancelled(err, control), output)
     finally:
         output.flush()
     if job.save:
         code = _save(template.path, dialect, job.messages, loop, output.secrets) or code
     return code
+
+
+class _Stoppable:
+    """SINK, whose :meth:`flush` (called before each read from the server)
+    raises :class:`Cancelled` once CONTROL is cancelled: a cancelled
+    stream stops at its next read, even when the rest of the answer is
+    already in the socket's buffer, and its thread ends it."""
+
+    def __init__(self, sink: protocol.Sink, control: connections.Control) -> None:
+        self.emit = sink.emit
+        self._flush = sink.flush
+        self._cancelled = control.cancelled
+
+    def flush(self) -> None:
+        self._flush()
+        if self._cancelled.is_set():
+            raise Cancelled()
+
+
+def _cancelled(err: Exception, control: connections.Control | None) -> Exception:
+    """ERR, or :class:`Cancelled` when CONTROL was cancelled: what a read
+    cut off by the cancel raised (a dropped connection, a stream ended
+    early) is the cancel."""
+    if control is not None and control.cancelled.is_set() and not isinstance(err, Aborted):
+        return Cancelled()
+    return err
 
 
 def preconnect(build: Callable[[], Job],

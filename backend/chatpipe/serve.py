@@ -19,7 +19,9 @@ without a command line).  ``chat`` (a string) names the conversation
 the request belongs to: a tool the user approved with "always" runs
 without asking in that chat's later requests, and only there (a request
 without ``chat``: in that request alone).  A cancel ends the stream at once with an
-``error`` event carrying ``"aborted": true``.  A request with a usable
+``error`` event carrying ``"aborted": true``: the cancel only trips the
+stream's :class:`~chatpipe.connections.Control`, and the stream's own
+thread writes that error (see :class:`_Stream`).  A request with a usable
 ``id`` whose other fields are wrong is a stream of its own that ends with
 an ``error``.  A line that cannot start a stream (not JSON, too deep, no
 usable ``id``, an ``id`` already streaming) gets a ``rejected`` event,
@@ -115,6 +117,15 @@ class _Stream(tools.Asker):
     tool calls: a ``tool_request`` event, answered by a ``tool_result`` or
     ``tool_confirm`` line (:meth:`answer`).
 
+    One thread writes the stream's events, so that its terminal event is
+    one and last: its own thread, from the moment it takes the output
+    (:meth:`claim`, the first thing it does).  A cancel never writes into a claimed
+    output: it trips the :attr:`control`, and the thread, woken from its
+    read or wait, ends the stream with the aborted ``error``
+    (:func:`chatpipe.runner.error_for`).  Only a cancel that comes before
+    the thread claimed the output writes that error itself, and the
+    thread, finding the output taken, writes nothing.
+
     Args:
         always: the tools approved with "always" (``(source, name)``
             keys): those of the request's chat, shared by the chat's
@@ -133,14 +144,31 @@ class _Stream(tools.Asker):
             self.always = always
         self._answers: queue.Queue = queue.Queue()
         self._awaited: tuple[str, str] | None = None
+        self._owner: str | None = None     # who writes the events: "thread" or "cancel"
         self._lock = threading.Lock()
 
+    def claim(self) -> bool:
+        """Take the output for the stream's thread; False if a cancel came
+        first (and wrote the stream's terminal event): then the thread must
+        write nothing."""
+        with self._lock:
+            if self._owner is None:
+                self._owner = "thread"
+            return self._owner == "thread"
+
     def cancel(self) -> None:
-        """End the stream now with an aborted ``error``; its thread stops as
-        soon as its socket is shut, or its wait for a tool answer ends."""
-        self.output.emit(protocol.error("cancelled", aborted=True))
+        """Cancel the stream: its thread stops as soon as its socket is
+        shut, or its wait (a retry's, a tool answer's) ends, and ends the
+        stream with the aborted ``error``; before the thread claimed the
+        output, that error is written here, once."""
+        with self._lock:
+            first = self._owner is None
+            if first:
+                self._owner = "cancel"
         self.control.cancel()
         self._answers.put(None)
+        if first:
+            runner.report(Cancelled(), self.output)
 
     def answer(self, key: str, answer: Any) -> str | None:
         """Take a client's ANSWER line (KEY ``tool_result`` or
@@ -246,7 +274,7 @@ class Server:
         :class:`~chatpipe.errors.OutputClosed`."""
         try:
             self._handle(line)
-        except OutputClosed:
+        except (OutputClosed, Aborted):
             raise
         except Exception as err:  # a bug: this line is lost, the server goes on
             self.reject(f"internal error: {type(err).__name__}: {err}")
@@ -296,8 +324,9 @@ class Server:
 
     def _work(self, job: _Stream, request: dict) -> None:
         try:
-            runner.run(lambda: job_from_request(request), job.output,
-                       sessions=self.session_for, control=job.control, asker=job, mcp=self.mcp)
+            if job.claim():
+                runner.run(lambda: job_from_request(request), job.output, sessions=self.session_for,
+                           control=job.control, asker=job, mcp=self.mcp)
         except OutputClosed:
             # Nobody reads us any more: stop the server (its main thread).
             self.output_closed = True
@@ -320,7 +349,8 @@ class Server:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                jobs = [j for j in self.streams.values() if j.thread is not None]
+                jobs = [j for j in self.streams.values()
+                        if j.thread is not None and j.thread.is_alive()]
             if not jobs:
                 return True
             left = None if end is None else end - time.monotonic()
