@@ -4,7 +4,7 @@
 on stdin or stdout, so that piped input and output stay the chat's: the
 whole arguments, pretty-printed, then ``run get_current_time of mcp:time?
 [y]es, [a]lways for get_current_time of mcp:time in this run, [n]o``
-(what is shown goes through :func:`chatpipe.tools.shown`: no bidi control
+(what is shown goes through :func:`chatpipe.tooltext.shown`: no bidi control
 or control character of the model's or the server's reaches the
 terminal).  "Always" holds for that tool of that server until the
 command ends.  A "no" asks for a reason, which goes back to the model.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatpipe import protocol, redaction, tools
+from chatpipe import protocol, redaction, tools, tooltext
 from chatpipe.protocol import Output
 
 #: The terminal asked.
@@ -73,10 +73,10 @@ def question(call: tools.ToolCall, tool: tools.Tool, scope: str) -> str:
     """The question that asks whether CALL of TOOL may run, with the whole
     arguments, pretty-printed; "always" holds for SCOPE (e.g. ``in this
     run``).  Everything that comes from the model or the server is passed
-    through :func:`chatpipe.tools.shown`."""
-    what = f"{tools.shown(tool.name, False)} of {tools.shown(tool.source, False)}"
-    offered = (f" (offered to the model as {tools.shown(call.name, False)})"
+    through :func:`chatpipe.tooltext.shown`."""
+    what = f"{tooltext.shown(tool.name, False)} of {tooltext.shown(tool.source, False)}"
+    offered = (f" (offered to the model as {tooltext.shown(call.name, False)})"
                if call.name != tool.name else "")
     return (f"\nchatpipe: the model asks to run {what}{offered} with these arguments:\n"
-            f"{tools.shown_arguments(call.arguments)}\n"
+            f"{tooltext.shown_arguments(call.arguments)}\n"
             f"chatpipe: run {what}? [y]es, [a]lways for {what} {scope}, [n]o: ")

@@ -22,24 +22,24 @@ through an :class:`Asker`) and MCP servers' tools (:mod:`chatpipe.mcp_host`).
 
 What the user is asked, and what the model gets:
 
-- a tool is offered under a name the APIs take (:func:`offered_name`:
+- a tool is offered under a name the APIs take
+  (:func:`chatpipe.tooltext.offered_name`:
   ``^[A-Za-z0-9_-]{1,64}$``, unique in the request); a call of that name
   reaches that tool, whatever its server calls it;
 - "always" approves one tool of one source (``(source, name)``, the
   name its server gives it) for the :class:`Asker`'s life: one ``send``
   run, one ``serve`` request, or one chat (serve's ``chat``);
 - the question shows the whole arguments, pretty-printed, through
-  :func:`shown` (no bidi override or control character reaches the
-  screen);
+  :func:`chatpipe.tooltext.shown` (no bidi override or control character
+  reaches the screen);
 - a result longer than ``max_result_bytes`` is cut, and says so
-  (:func:`capped`).
+  (:func:`chatpipe.tooltext.capped`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -47,6 +47,7 @@ from chatpipe import protocol, stream
 from chatpipe.dialects.base import LOCAL_CALL_ID, Dialect
 from chatpipe.errors import Aborted, Cancelled, OutputClosed, UsageError
 from chatpipe.protocol import Sink
+from chatpipe.tooltext import MAX_RESULT_BYTES, capped, offered_name
 from chatpipe.connections import Control
 
 
@@ -196,89 +197,17 @@ def check_tools(tools: Any, where: str = "tools") -> list:
     return tools
 
 
-#: A name every API takes for a tool (OpenAI's and Anthropic's rule).
-VALID_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-#: Default largest tool result sent to the model, in bytes (UTF-8).
-MAX_RESULT_BYTES = 100_000
-
-
-def offered_name(tool: Tool, taken: set[str] | dict) -> str:
-    """The name under which TOOL is offered to the model: its own name
-    when it is valid (:data:`VALID_NAME`) and not TAKEN; else its name
-    with every other character turned into ``_`` and cut to 64
-    characters; when that is taken, with ``_SERVER`` (its source's
-    name) added, then ``_2``, ``_3``...: never one of TAKEN."""
-    def fit(base: str, suffix: str) -> str:
-        return base[:64 - len(suffix)] + suffix
-
-    base = re.sub(r"[^A-Za-z0-9_-]", "_", tool.name)[:64] or "tool"
-    if base not in taken:
-        return base
-    server = re.sub(r"[^A-Za-z0-9_-]", "_", tool.source.removeprefix("mcp:"))[:30]
-    name = fit(base, f"_{server}")
-    number = 2
-    while name in taken:
-        name = fit(base, f"_{server}_{number}")
-        number += 1
-    return name
-
-
-#: Characters never shown as they are: bidi embeddings, overrides and
-#: isolates, the directional marks, and the control characters (C0 but
-#: tab and newline, DEL, C1); each is shown as its ``\uXXXX`` escape.
-_HIDDEN = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c"
-                     "\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def shown(text: str, newlines: bool = True) -> str:
-    """TEXT as it may be shown to the user when asking about a tool call:
-    each bidi control (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F,
-    U+061C) and control character (tab and, with NEWLINES, newline
-    kept) as its visible ``\\uXXXX`` escape, so that what the user reads
-    is what runs."""
-    text = _HIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-    return text if newlines else text.replace("\n", "\\u000a")
-
-
-def shown_arguments(arguments: str) -> str:
-    """A call's ARGUMENTS (a JSON text) as shown when asking: the whole
-    of them, pretty-printed when they are JSON (else as written), through
-    :func:`shown`."""
-    try:
-        value = json.loads(arguments) if arguments.strip() else {}
-        text = json.dumps(value, ensure_ascii=False, indent=2)
-    except ValueError:
-        text = arguments
-    return shown(text)
-
-
-def capped(content: str, limit: int) -> str:
-    """CONTENT, a tool's result, in at most LIMIT bytes of UTF-8: when it
-    is longer, its start (cut at a character's boundary) and
-    ``\\n[truncated: N of M bytes]`` (N the bytes of CONTENT kept, M all
-    of them), the two together LIMIT bytes at most; a LIMIT of 0 or less
-    keeps it whole."""
-    data = content.encode("utf-8", "surrogatepass")
-    if limit <= 0 or len(data) <= limit:
-        return content
-    room = max(0, limit - len(f"\n[truncated: {limit} of {len(data)} bytes]"))
-    kept = data[:room].decode("utf-8", "ignore")
-    size = len(kept.encode("utf-8", "surrogatepass"))
-    return f"{kept}\n[truncated: {size} of {len(data)} bytes]"
-
-
 class Toolbox:
     """The tools of one request, and how each call is answered.
 
     Args:
         tools: the tools.  Each is offered under the name
-            :func:`offered_name` gives it, in order: two tools of one name
+            :func:`~chatpipe.tooltext.offered_name` gives it, in order: two tools of one name
             from two sources are both offered (the later one renamed);
             for two client tools of one name, the first is kept.
         asker: the front end (confirmations, client tools).
         max_result_bytes: the largest result sent to the model (see
-            :func:`capped`).
+            :func:`~chatpipe.tooltext.capped`).
 
     Attributes:
         tools: the tools by the name offered to the model.
@@ -305,7 +234,8 @@ class Toolbox:
         """Run CALL, after asking the user when its tool needs it; never
         raises for the tool's own failures (an unknown tool, arguments that
         are not a JSON object, a denial, an exception): they are error
-        results for the model.  A result is capped (see :func:`capped`).
+        results for the model.  A result is capped (see
+        :func:`~chatpipe.tooltext.capped`).
 
         Raises:
             Cancelled, Aborted: the request was stopped meanwhile.
