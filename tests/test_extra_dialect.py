@@ -29,7 +29,7 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from chatpipe import dialects, protocol
-from chatpipe.dialects import base
+from chatpipe.dialects import base, modellist
 from chatpipe.errors import StreamError
 
 HERE = Path(__file__).resolve()
@@ -113,10 +113,10 @@ class ToyDialect(base.Dialect):
                 {**headers, "toy-client": "yes"}, {"cursor": "start"})
 
     def parse_models(self, doc: Any):
-        items = base.list_items(doc, "engines")
+        items = modellist.list_items(doc, "engines")
         if items is None:
             return None
-        models = [base.model_entry(m.get("label"), m.get("born")) for m in items]
+        models = [modellist.model_entry(m.get("label"), m.get("born")) for m in items]
         more = doc.get("more")
         return [m for m in models if m], {"cursor": more} if more else None
 

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from chatpipe import __version__, connections, dialects, jsonin, protocol, reading, redaction, templates, transport
-from chatpipe.dialects.base import file_name
+from chatpipe.dialects.modellist import file_name
 from chatpipe.errors import StreamError
 from chatpipe.textview import TextView
 

@@ -37,7 +37,7 @@ import json
 from typing import Any, Iterable
 
 from chatpipe import protocol
-from chatpipe.dialects import base
+from chatpipe.dialects import base, modellist
 from chatpipe.dialects.base import SYSTEM_ROLES, parse_json
 from chatpipe.errors import StreamError
 
@@ -235,10 +235,10 @@ class Dialect(base.Dialect):
         """``{"data": [{"id", "created_at", "display_name", "type"}],
         "has_more", "first_id", "last_id"}``, continued with
         ``after_id=last_id``."""
-        items = base.list_items(doc, "data")
+        items = modellist.list_items(doc, "data")
         if items is None:
             return None
-        models = [base.model_entry(m.get("id"), m.get("created_at"),
+        models = [modellist.model_entry(m.get("id"), m.get("created_at"),
                                    display_name=m.get("display_name")) for m in items]
         last = doc.get("last_id")
         following = ({"limit": "1000", "after_id": last}

@@ -33,7 +33,7 @@ from typing import Any, Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from chatpipe import protocol
-from chatpipe.dialects import base
+from chatpipe.dialects import base, modellist
 from chatpipe.dialects.base import SYSTEM_ROLES, MalformedEvent, parse_json
 from chatpipe.errors import StreamError
 
@@ -288,10 +288,10 @@ class Dialect(base.Dialect):
         ``streamGenerateContent`` or ``generateContent`` (the API lists
         ``generateContent`` for the models that stream, as Google's own
         example filters on it)."""
-        items = base.list_items(doc, "models")
+        items = modellist.list_items(doc, "models")
         if items is None:
             return None
-        models = [base.model_entry(_model_id(m), display_name=m.get("displayName"))
+        models = [modellist.model_entry(_model_id(m), display_name=m.get("displayName"))
                   for m in items if _streams(m)]
         token = doc.get("nextPageToken")
         following = {"pageSize": "1000", "pageToken": token} if isinstance(token, str) and token else None

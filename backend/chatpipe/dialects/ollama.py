@@ -28,7 +28,7 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from chatpipe import protocol
-from chatpipe.dialects import base
+from chatpipe.dialects import base, modellist
 from chatpipe.dialects.base import parse_json
 from chatpipe.errors import StreamError
 
@@ -160,8 +160,8 @@ class Dialect(base.Dialect):
     def parse_models(self, doc: Any) -> tuple[list[dict[str, Any]], dict[str, str] | None] | None:
         """``{"models": [{"name", "model", "modified_at", "size", "digest",
         "details"}]}``, one page."""
-        items = base.list_items(doc, "models")
+        items = modellist.list_items(doc, "models")
         if items is None:
             return None
-        models = [base.model_entry(m.get("name") or m.get("model")) for m in items]
+        models = [modellist.model_entry(m.get("name") or m.get("model")) for m in items]
         return [m for m in models if m is not None], None
