@@ -321,17 +321,6 @@ def test_connection_refused(chatpipe, cache):
     assert (event["kind"], event["host"]) == ("connect", f"127.0.0.1:{port}")
 
 
-def test_redirect_to_another_host_not_followed(chatpipe, cache):
-    with ReplayServer() as here, ReplayServer() as other:
-        other.add("/v1/models", json_reply(OPENAI_LIST))
-        here.add("/v1/models", Reply([b""], status=302, framing="length",
-                                     headers={"Location": f"{other.url}/v1/models"}))
-        proc = run_models(chatpipe, "openai", "--url", f"{here.url}/v1/chat/completions")
-        assert proc.returncode == 1
-        assert "redirected (HTTP 302)" in proc.stderr
-        assert other.requests == []
-
-
 def test_usage_and_template_errors_exit_2(chatpipe, env, cache):
     proc = run_models(chatpipe, "no-such-template")
     assert proc.returncode == 2 and "no template named 'no-such-template'" in proc.stderr
