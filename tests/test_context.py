@@ -71,12 +71,35 @@ def test_parse_items_all_shapes_round_trip():
     ([{"type": "text", "name": "n", "text": "x", "language": "emacs lisp"}], ["'language' must be one word"]),
     ([{"type": "text", "name": "n", "text": "bad \udcff"}], ["'text' is not valid Unicode"]),
     ([{"type": "mcp", "server": "s"}], ["needs 'uri'"]),
+    ([{"type": "file", "path": "a\u0000b"}], ["must not contain a NUL"]),
 ])
 def test_parse_items_errors_name_item_and_key(items, words):
     with pytest.raises(UsageError) as err:
         parse_items(items)
     for word in words:
         assert word in str(err.value)
+
+
+item_values = st.one_of(
+    st.builds(FileItem, st.text(min_size=1).filter(lambda t: "\0" not in t),
+              st.none() | st.tuples(st.integers(1, 50), st.integers(0, 50)).map(lambda t: (t[0], t[0] + t[1])),
+              st.none() | st.text()),
+    st.builds(DirItem, st.text(min_size=1).filter(lambda t: "\0" not in t),
+              st.lists(st.text(min_size=1)).map(tuple)),
+    st.builds(TextItem, st.text(min_size=1), st.none() | st.text(),
+              st.none() | st.from_regex(r"[a-z+#]{1,9}", fullmatch=True)),
+    st.builds(McpItem, st.text(min_size=1), st.text(min_size=1)))
+
+
+@given(st.lists(item_values, max_size=5))
+def test_item_json_round_trips_through_json(items):
+    """(hypothesis' text() has no lone surrogates, which parse_items refuses)"""
+    assert parse_items(json.loads(json.dumps([item_json(item) for item in items]))) == items
+
+
+def test_limits_are_checked():
+    with pytest.raises(UsageError, match="item_bytes must be a whole number above 0"):
+        Limits(item_bytes=0)
 
 
 def test_parse_file_arg(tmp_path):
@@ -118,7 +141,7 @@ def test_file_outside_a_project_keeps_given_path_with_home_as_tilde(tmp_path, mo
 
 def test_line_ranges_out_of_range_give_clear_errors(project):
     for lines, words in [([3, 4], "has 3 lines: lines 3-4 are out of range"),
-                         ([7, 7], "has 3 lines: lines 7-7 are out of range")]:
+                         ([7, 7], "has 3 lines: line 7 is out of range")]:
         out = one([{"type": "file", "path": "src/app.py", "lines": lines}], project)
         assert not out.pieces
         assert [p.message for p in out.errors] == [f"src/app.py {words}"]
@@ -247,6 +270,7 @@ def test_dir_honours_nested_gitignores_excludes_and_skips_git(project):
     assert [p.display for p in out.pieces] == ["src/.gitignore", "src/B.py", "src/app.py", "src/deep/a.py",
                                                "src/deep/b.py", "src/keep.log"]
     assert not out.warnings and not out.errors
+    assert out.item_tokens() == {0: out.tokens} and out.tokens == sum(estimate_tokens(p.text) for p in out.pieces)
     whole = one([{"type": "dir", "path": "."}], project, limits=Limits(exclude=("src/",)))
     assert [p.display for p in whole.pieces] == [".gitignore", "README.md", "other/x.py"]
 
@@ -265,12 +289,16 @@ def test_dir_skips_binaries_and_broken_links_with_warnings_and_ends_symlink_loop
     (src / "logo.png").write_bytes(PNG)
     (src / "loop").symlink_to("..")
     (src / "dangling").symlink_to("nowhere")
-    out = one([{"type": "dir", "path": "src"}], project)
+    (src / "big.txt").write_text("x" * 2000)
+    os.mkfifo(src / "pipe")
+    out = one([{"type": "dir", "path": "src"}], project, limits=Limits(item_bytes=1000))
     assert [p.display for p in out.pieces] == ["src/app.py", "src/loop/README.md"]
     assert [w.message for w in out.warnings] == [
+        "src/big.txt is too big: 2000 bytes, over the limit of 1000 bytes per item: left out",
         "src/dangling is a broken symlink: left out",
         "src/logo.png is a binary file (image/png, .png): left out",
-        "src/loop/src is a folder entered already (a symlink loop?): left out"]
+        "src/loop/src is a folder entered already (a symlink loop?): left out",
+        "src/pipe is not a regular file (a FIFO, socket or device): left out"]
     assert not out.errors
 
 

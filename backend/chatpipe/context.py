@@ -42,7 +42,11 @@ Items (a request's ``context``, a JSON array; ``send -f`` makes them too):
 
 Unknown keys are refused, so that a misspelt ``line`` is not silently
 ignored.  Limits (:class:`Limits`) and problems (:class:`Problem`) are
-explained before anything is sent.
+explained before anything is sent: an item left out gives a ``warning``
+event ``{"type": "warning", "message": "notes.md does not exist: left
+out", "kind": "context", "item": 0, "subject": "notes.md"}`` (``item`` is
+the item's 0-based index, ``subject`` the file or text named); errors
+refuse the request with all their messages.
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ def _string(value: Any, where: str, key: str, *, empty: bool = False) -> str:
         raise UsageError(f"{where}: {key!r} must be a string, not {type(value).__name__}")
     if not value and not empty:
         raise UsageError(f"{where}: {key!r} must not be empty")
+    if key == "path" and "\0" in value:
+        raise UsageError(f"{where}: 'path' must not contain a NUL character")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -263,6 +269,13 @@ class Limits:
     max_files: int = 1000
     exclude: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """Raises UsageError for a limit that is not a whole number above 0."""
+        for field in ("item_bytes", "total_bytes", "max_files"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"the context limit {field} must be a whole number above 0, not {value!r}")
+
 
 def estimate_tokens(text: str) -> int:
     """An estimate of TEXT's tokens: its UTF-8 bytes divided by 4, rounded up.
@@ -337,8 +350,9 @@ class Piece:
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """A warning or an error about an item: ``message`` for the user (it
-    names the file or text), ``item`` its index (0-based), ``subject`` the
-    path or name concerned."""
+    names the file or text), ``item`` its index (0-based; -1 for the whole
+    context, over the total limit), ``subject`` the path or name concerned
+    (``""`` for the whole context)."""
 
     message: str
     item: int
@@ -366,6 +380,14 @@ class Resolved:
         """The pieces' estimated tokens added up (the headers and fences
         that :func:`~chatpipe.contextrender.render` adds are a few more)."""
         return sum(piece.tokens for piece in self.pieces)
+
+    def item_tokens(self) -> dict[int, int]:
+        """Estimated tokens by item index (a dir item's files added up);
+        items that gave no piece are absent."""
+        out: dict[int, int] = {}
+        for piece in self.pieces:
+            out[piece.item] = out.get(piece.item, 0) + piece.tokens
+        return out
 
     def raise_errors(self) -> None:
         """Raise UsageError with every error's message, one a line (details

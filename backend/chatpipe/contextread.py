@@ -151,7 +151,8 @@ def _read_lines(f, lines: tuple[int, int], cap: int) -> tuple[bytes, bytes]:
     count = line if partial else line - 1
     if count >= end:
         return head, bytes(out)
-    raise _Refused(f"has {count} line{'' if count == 1 else 's'}: lines {start}-{end} are out of range")
+    wanted = f"line {start} is" if start == end else f"lines {start}-{end} are"
+    raise _Refused(f"has {count} line{'' if count == 1 else 's'}: {wanted} out of range")
 
 
 @dataclasses.dataclass
