@@ -26,17 +26,18 @@
 ;; by default into a folded block at the start of the answer, between
 ;; the lines of `chatpipe-reasoning-delimiters' (Org buffers:
 ;; `chatpipe-org-reasoning-delimiters'), or into a buffer of its own.
-;; This file folds and unfolds the blocks (with overlays, the same way
-;; as tool blocks), opens a new block, escapes the lines of reasoning
-;; that would look like the block's own lines, and makes the reasoning
-;; buffers; and has the commands `chatpipe-toggle-reasoning' and
-;; `chatpipe-show-reasoning'.
+;; This file folds and unfolds the blocks (with the overlays of
+;; chatpipe-fold.el, as tool blocks), opens a new block, escapes the
+;; lines of reasoning that would look like the block's own lines, and
+;; makes the reasoning buffers; and has the commands
+;; `chatpipe-toggle-reasoning' and `chatpipe-show-reasoning'.
 
 ;;; Code:
 
 (require 'cl-lib)
 (require 'subr-x)
 (require 'chatpipe-turns)
+(require 'chatpipe-fold)
 
 ;;;; Customization
 
@@ -66,75 +67,6 @@ Reasoning is never sent back to the model."
   "The buffer that shows this chat's reasoning, or nil.")
 
 ;;;; Folding
-
-;; Reasoning blocks and tool blocks (chatpipe-toolblocks.el) fold the
-;; same way: an overlay covers the block but for its first line, and
-;; hides it with an `invisible' property of the block's KIND, a symbol
-;; (`chatpipe-reasoning' or `chatpipe-tool') that is also the overlay's
-;; property and its face.
-
-(defun chatpipe--fold-overlay (block kind)
-  "Return the overlay that folds BLOCK of KIND, making it if needed.
-BLOCK is a list (START BODY-START BLOCK-END) as
-`chatpipe-reasoning-blocks' returns.  The overlay covers the block
-but for its first line, and is new if there was none; a new overlay
-does not hide the block.  Searching with isearch unfolds it."
-  (let ((beg (nth 1 block))
-        (end (nth 2 block))
-        (ov (cl-find-if (lambda (ov) (overlay-get ov kind))
-                        (overlays-in (nth 1 block) (nth 2 block)))))
-    (if ov
-        (unless (and (= (overlay-start ov) beg) (= (overlay-end ov) end))
-          (move-overlay ov beg end))
-      (setq ov (make-overlay beg end))
-      (overlay-put ov kind t)
-      (overlay-put ov 'evaporate t)
-      (overlay-put ov 'face kind)
-      (overlay-put ov 'isearch-open-invisible #'chatpipe--show-overlay))
-    (unless (and (listp buffer-invisibility-spec)
-                 (assq kind buffer-invisibility-spec))
-      (add-to-invisibility-spec (cons kind t)))
-    ov))
-
-(defun chatpipe--show-overlay (overlay)
-  "Unfold the block folded by OVERLAY."
-  (overlay-put overlay 'invisible nil))
-
-(defun chatpipe--folded-p (block kind)
-  "Return non-nil if BLOCK of KIND is folded; see `chatpipe--fold-overlay'."
-  (cl-some (lambda (ov) (and (overlay-get ov kind) (overlay-get ov 'invisible)))
-           (overlays-in (nth 1 block) (nth 2 block))))
-
-(defun chatpipe--fold (block kind hide)
-  "Fold BLOCK of KIND if HIDE is non-nil, else unfold it; return HIDE.
-Only its first line shows when it is folded; see
-`chatpipe--fold-overlay'."
-  (overlay-put (chatpipe--fold-overlay block kind) 'invisible (and hide kind))
-  hide)
-
-(defun chatpipe--unfold-all (kind)
-  "Remove the overlays that fold the blocks of KIND in this buffer."
-  (save-restriction
-    (widen)
-    (remove-overlays (point-min) (point-max) kind t))
-  (remove-from-invisibility-spec (cons kind t)))
-
-(defun chatpipe--toggle-folds (kind block all-blocks what)
-  "Fold or unfold BLOCK of KIND; without BLOCK, all of ALL-BLOCKS.
-ALL-BLOCKS is a function that returns the blocks of the buffer.
-Without BLOCK, unfold them all if one of them is folded, else fold
-them all; signal a `user-error' saying that there is no WHAT if
-there is none.  Return non-nil if the block (or the blocks) are now
-folded."
-  (if block
-      (chatpipe--fold block kind (not (chatpipe--folded-p block kind)))
-    (let* ((blocks (or (save-restriction (widen) (funcall all-blocks))
-                       (user-error "No %s in this buffer" what)))
-           (hide (not (cl-some (lambda (b) (chatpipe--folded-p b kind))
-                               blocks))))
-      (dolist (block blocks)
-        (chatpipe--fold block kind hide))
-      hide)))
 
 (defun chatpipe-reasoning-hidden-p (block)
   "Return non-nil if the reasoning BLOCK is folded.

@@ -39,7 +39,7 @@
 ;; What a file gives back is data, never code: property values are
 ;; parsed by `chatpipe--parse-property-data', which knows strings,
 ;; lists and pairs and nothing of the Lisp reader's other syntax, and
-;; local variables are checked by chatpipe-status.el.  The settings
+;; local variables are checked by chatpipe-chat-settings.el.  The settings
 ;; that choose where requests go (a template file, template
 ;; variables) or what runs (tools) are applied only with the user's
 ;; consent, asked once per file (see `chatpipe--file-settings-consent');
@@ -61,7 +61,7 @@
 (require 'subr-x)
 (require 'chatpipe-turns)
 (require 'chatpipe-reasoning)
-(require 'chatpipe-status)
+(require 'chatpipe-chat-settings)
 (require 'chatpipe-chat)
 
 (defvar chatpipe-mode)

@@ -65,8 +65,7 @@
 (require 'cl-lib)
 (require 'subr-x)
 (require 'chatpipe-modeltext)
-
-(defvar chatpipe-headings)
+(require 'chatpipe-headings)
 
 (defconst chatpipe--tool-block-syntax
   '((nil "<details><summary>Tool call " "</summary>" "</details>" "\n")
@@ -309,62 +308,6 @@ non-nil if it was converted."
             (delete-region start (nth 2 block))
             (insert text)
             t))))))
-
-;;;; Messages
-
-(declare-function chatpipe--turn-pieces "chatpipe-turns" (turn))
-(declare-function chatpipe--assistant-text "chatpipe-turns" (text))
-
-(defun chatpipe--tool-messages (text items)
-  "Return the messages of the answer TEXT and of its tool call ITEMS.
-Each item is a plist as `chatpipe-tool-block-data' returns.
-The messages are alists in the neutral shape of docs/protocol.md:
-the assistant's, with `tool_calls', then a `tool' message for each
-call's result."
-  (cons `((role . "assistant") (content . ,(chatpipe--assistant-text text))
-          (tool_calls
-           . ,(vconcat
-               (mapcar (lambda (call)
-                         `((id . ,(plist-get call :id))
-                           (name . ,(plist-get call :name))
-                           (arguments . ,(plist-get call :arguments))
-                           ,@(and (plist-get call :signature)
-                                  `((signature . ,(plist-get call :signature))))))
-                       items))))
-        (mapcar (lambda (call)
-                  `((role . "tool") (tool_call_id . ,(plist-get call :id))
-                    (name . ,(plist-get call :name))
-                    (content . ,(plist-get call :content))
-                    (is_error . ,(if (memq (plist-get call :flag) '(error denied))
-                                     t :false))))
-                items)))
-
-(defun chatpipe--assistant-messages (turn)
-  "Return the messages of the assistant TURN, a list.
-A turn without tool blocks is one message (\"assistant\" . TEXT),
-or none if its text is empty.  With tool blocks, each round (the
-text before some calls, the calls, their results) gives the
-messages of `chatpipe--tool-messages', and the text after the last
-round, if any, a last (\"assistant\" . TEXT)."
-  (let ((text "") calls messages)
-    (dolist (piece (chatpipe--turn-pieces turn))
-      (cond ((not (stringp piece)) (push piece calls))
-            ((and calls (string-blank-p piece)))
-            (t (when calls
-                 (setq messages (append (reverse (chatpipe--tool-messages
-                                                  text (nreverse calls)))
-                                        messages))
-                 (setq text "" calls nil))
-               (setq text (concat text piece)))))
-    (when calls
-      (setq messages (append (reverse (chatpipe--tool-messages
-                                       text (nreverse calls)))
-                             messages)
-            text ""))
-    (let ((last (chatpipe--assistant-text text)))
-      (unless (string-empty-p last)
-        (push (cons "assistant" last) messages)))
-    (nreverse messages)))
 
 (provide 'chatpipe-toolblocks)
 ;;; chatpipe-toolblocks.el ends here

@@ -28,7 +28,8 @@
 ;; `chatpipe-org-headings').  Text before the first heading is not part of
 ;; the chat.  A "### System" turn, if any, is sent as a system message.
 ;;
-;; This file finds the turns of a buffer and makes messages of them.
+;; This file finds the turns of a buffer (the headings are in
+;; chatpipe-headings.el) and makes messages of them.
 ;; Reasoning blocks (between the lines of `chatpipe-reasoning-delimiters',
 ;; or `chatpipe-org-reasoning-delimiters' in Org buffers) are never sent,
 ;; and headings inside them start no turn; nor are the notes that end
@@ -50,31 +51,10 @@
 (require 'subr-x)
 (require 'chatpipe-modeltext)
 (require 'chatpipe-org)
+(require 'chatpipe-headings)
 (require 'chatpipe-toolblocks)
 
 ;;;; Customization
-
-(defcustom chatpipe-headings
-  '((system . "### System")
-    (user . "### User")
-    (assistant . "### Assistant"))
-  "The role headings of chats in buffers other than Org buffers.
-An alist of (ROLE . HEADING): a line that is exactly HEADING (but
-for trailing spaces) starts a turn of ROLE."
-  :type '(alist :key-type (choice (const system) (const user)
-                                  (const assistant))
-                :value-type string)
-  :group 'chatpipe)
-
-(defcustom chatpipe-org-headings
-  '((system . "* System")
-    (user . "* User")
-    (assistant . "* Assistant"))
-  "The role headings of chats in Org buffers; see `chatpipe-headings'."
-  :type '(alist :key-type (choice (const system) (const user)
-                                  (const assistant))
-                :value-type string)
-  :group 'chatpipe)
 
 (defcustom chatpipe-aborted-text "[aborted]"
   "The line that ends an answer stopped by `chatpipe-abort'."
@@ -120,25 +100,7 @@ move along with it; point elsewhere never moves."
   :type 'boolean
   :group 'chatpipe)
 
-(defface chatpipe-heading
-  '((t :inherit bold))
-  "Face of role headings in chat buffers that do not fontify them."
-  :group 'chatpipe)
-
 ;;;; Turns
-
-(defun chatpipe--role-headings ()
-  "Return the role headings of the current buffer, an alist.
-Each element is (ROLE . HEADING)."
-  (if (derived-mode-p 'org-mode) chatpipe-org-headings chatpipe-headings))
-
-(defun chatpipe--heading (role)
-  "Return the heading line for ROLE in the current buffer."
-  (alist-get role (chatpipe--role-headings)))
-
-(defun chatpipe--heading-regexp ()
-  "Return a regexp matching a whole heading line; group 1 is the heading."
-  (concat "^" (regexp-opt (mapcar #'cdr (chatpipe--role-headings)) t) "[ \t]*$"))
 
 (defun chatpipe--note-regexp ()
   "Return a regexp matching the note lines that end some answers.
@@ -357,20 +319,7 @@ Reasoning blocks and tool blocks without a result are left out."
     (push (buffer-substring-no-properties pos end) pieces)
     (nreverse pieces)))
 
-(defun chatpipe--heading-breaks ()
-  "Return the role headings as constructs to break in model text.
-They are lists (HEAD LAST), as `chatpipe--breaks-regexp' takes, of
-the headings of both styles (`chatpipe-headings' and
-`chatpipe-org-headings'): a line of an answer that starts as one
-would start a turn, or would once the chat is converted to the
-other style, and is broken as the model's other constructs are."
-  (mapcar (lambda (heading)
-            (list (concat "^" (regexp-quote (substring heading 0 -1)))
-                  (regexp-quote (substring heading -1))))
-          (delete-dups (cl-remove-if-not
-                        (lambda (heading) (> (length heading) 0))
-                        (mapcar #'cdr (append chatpipe-headings
-                                              chatpipe-org-headings))))))
+;;;; Messages
 
 (defun chatpipe--assistant-text (text)
   "Return TEXT, of an assistant turn, as sent: trimmed.
@@ -404,6 +353,57 @@ copied from an answer into a question is sent as the model wrote it."
     (chatpipe--restore-model-text
      (string-trim (buffer-substring-no-properties (nth 2 turn) (nth 3 turn)))
      (chatpipe--heading-breaks))))
+
+(defun chatpipe--tool-messages (text items)
+  "Return the messages of the answer TEXT and of its tool call ITEMS.
+Each item is a plist as `chatpipe-tool-block-data' returns.
+The messages are alists in the neutral shape of docs/protocol.md:
+the assistant's, with `tool_calls', then a `tool' message for each
+call's result."
+  (cons `((role . "assistant") (content . ,(chatpipe--assistant-text text))
+          (tool_calls
+           . ,(vconcat
+               (mapcar (lambda (call)
+                         `((id . ,(plist-get call :id))
+                           (name . ,(plist-get call :name))
+                           (arguments . ,(plist-get call :arguments))
+                           ,@(and (plist-get call :signature)
+                                  `((signature . ,(plist-get call :signature))))))
+                       items))))
+        (mapcar (lambda (call)
+                  `((role . "tool") (tool_call_id . ,(plist-get call :id))
+                    (name . ,(plist-get call :name))
+                    (content . ,(plist-get call :content))
+                    (is_error . ,(if (memq (plist-get call :flag) '(error denied))
+                                     t :false))))
+                items)))
+
+(defun chatpipe--assistant-messages (turn)
+  "Return the messages of the assistant TURN, a list.
+A turn without tool blocks is one message (\"assistant\" . TEXT),
+or none if its text is empty.  With tool blocks, each round (the
+text before some calls, the calls, their results) gives the
+messages of `chatpipe--tool-messages', and the text after the last
+round, if any, a last (\"assistant\" . TEXT)."
+  (let ((text "") calls messages)
+    (dolist (piece (chatpipe--turn-pieces turn))
+      (cond ((not (stringp piece)) (push piece calls))
+            ((and calls (string-blank-p piece)))
+            (t (when calls
+                 (setq messages (append (reverse (chatpipe--tool-messages
+                                                  text (nreverse calls)))
+                                        messages))
+                 (setq text "" calls nil))
+               (setq text (concat text piece)))))
+    (when calls
+      (setq messages (append (reverse (chatpipe--tool-messages
+                                       text (nreverse calls)))
+                             messages)
+            text ""))
+    (let ((last (chatpipe--assistant-text text)))
+      (unless (string-empty-p last)
+        (push (cons "assistant" last) messages)))
+    (nreverse messages)))
 
 (defun chatpipe-messages (&optional beg end)
   "Return the messages of the chat between BEG and END (default: all).

@@ -76,24 +76,28 @@
 ;; on a command line.
 ;;
 ;; The files: chatpipe-backend.el (the backend command, its templates,
-;; API keys), chatpipe-events.el (the backend's events, routed to their
-;; answers), chatpipe-process.el (backend processes and requests),
-;; chatpipe-turns.el (headings, turns, messages),
-;; chatpipe-modeltext.el (text from the model or a tool never becomes
-;; structure: settings, Org code, tool blocks, turns),
-;; chatpipe-toolblocks.el (tool calls and results as text),
-;; chatpipe-reasoning.el (reasoning blocks and buffers, folding),
-;; chatpipe-status.el (chat settings, header line, error hints),
-;; chatpipe-filedata.el (settings read from files: plain data, and
-;; consent for those that choose where requests go or what runs),
-;; chatpipe-insert.el (an answer's pieces inserted into its buffer),
-;; chatpipe-tools.el (tools defined in Emacs, MCP servers, answering
-;; the backend's tool requests), chatpipe-tool-ask.el (the questions
-;; before a tool runs, and its approvals), chatpipe-chat.el (streaming answers
-;; into buffers), chatpipe-org.el and chatpipe-org-stream.el (answers
-;; converted to Org in Org buffers), chatpipe-templates.el (choosing and
-;; editing templates), chatpipe-models.el (the models of a template's
-;; endpoint), chatpipe-state.el (chats saved to files),
+;; API keys), chatpipe-events.el (the backend's events, routed to
+;; their answers), chatpipe-process.el (backend processes and
+;; requests), chatpipe-headings.el (role headings), chatpipe-turns.el
+;; (turns, messages), chatpipe-modeltext.el (text from the model or a
+;; tool never becomes structure: settings, Org code, tool blocks,
+;; turns), chatpipe-toolblocks.el (tool calls and results as text),
+;; chatpipe-fold.el (folding blocks), chatpipe-reasoning.el (reasoning
+;; blocks and buffers), chatpipe-chat-settings.el (a chat's settings),
+;; chatpipe-header.el (header line), chatpipe-usage.el (tokens and
+;; cost), chatpipe-hints.el (error texts and hints),
+;; chatpipe-prestart.el (the backend made ready for a new chat),
+;; chatpipe-status.el (loads the four before it), chatpipe-filedata.el
+;; (settings read from files: plain data, and consent for those that
+;; choose where requests go or what runs), chatpipe-insert.el (an
+;; answer's pieces inserted into its buffer), chatpipe-tools.el (tools
+;; defined in Emacs, MCP servers, answering the backend's tool
+;; requests), chatpipe-tool-ask.el (the questions before a tool runs,
+;; and its approvals), chatpipe-chat.el (streaming answers into
+;; buffers), chatpipe-org.el and chatpipe-org-stream.el (answers
+;; converted to Org in Org buffers), chatpipe-templates.el (choosing
+;; and editing templates), chatpipe-models.el (the models of a
+;; template's endpoint), chatpipe-state.el (chats saved to files),
 ;; chatpipe-settings.el (the settings commands and the menu),
 ;; chatpipe-install.el (installing the backend) and this one (the mode
 ;; and the chat commands).
@@ -104,10 +108,14 @@
 (require 'subr-x)
 (require 'chatpipe-backend)
 (require 'chatpipe-process)
+(require 'chatpipe-headings)
 (require 'chatpipe-turns)
-(require 'chatpipe-reasoning)
-(require 'chatpipe-status)
 (require 'chatpipe-toolblocks)
+(require 'chatpipe-fold)
+(require 'chatpipe-reasoning)
+(require 'chatpipe-chat-settings)
+(require 'chatpipe-header)
+(require 'chatpipe-prestart)
 (require 'chatpipe-insert)
 (require 'chatpipe-tools)
 (require 'chatpipe-chat)
@@ -148,14 +156,9 @@ When nil, use `markdown-mode' if it is installed, else `text-mode'."
 That is `chatpipe-toggle-reasoning' on the first line of a reasoning
 block, `chatpipe-toggle-tool-result' on that of a tool block, else
 nil, so that TAB does what it does without `chatpipe-mode'."
-  (save-excursion
-    (beginning-of-line)
-    (let ((case-fold-search nil))
-      (cond ((looking-at (chatpipe--line-regexp
-                          (car (chatpipe--reasoning-delimiters))))
-             #'chatpipe-toggle-reasoning)
-            ((looking-at (chatpipe--tool-begin-regexp (chatpipe--tool-org-p)))
-             #'chatpipe-toggle-tool-result)))))
+  (pcase (chatpipe--fold-kind-at-line)
+    ('chatpipe-reasoning #'chatpipe-toggle-reasoning)
+    ('chatpipe-tool #'chatpipe-toggle-tool-result)))
 
 (defun chatpipe--major-mode-binds-p (key)
   "Return non-nil if the buffer's major mode (its local map) binds KEY."
@@ -234,12 +237,7 @@ changes, the headings converted to its style."
               `((,(chatpipe--heading-regexp) 0 'chatpipe-heading)))
         (font-lock-add-keywords nil chatpipe--font-lock-keywords 'append)
         (font-lock-flush)
-        (save-restriction
-          (widen)
-          (dolist (block (chatpipe-reasoning-blocks))
-            (chatpipe-hide-reasoning block t))
-          (dolist (block (chatpipe-tool-blocks))
-            (chatpipe-hide-tool-result block t))))
+        (chatpipe--fold-all t))
     (when (equal header-line-format chatpipe--header-line-format)
       (setq-local header-line-format chatpipe--saved-header-line))
     (remove-hook 'kill-buffer-hook #'chatpipe--kill-buffer t)
@@ -247,8 +245,7 @@ changes, the headings converted to its style."
     (chatpipe--state-disable)
     (font-lock-remove-keywords nil chatpipe--font-lock-keywords)
     (font-lock-flush)
-    (chatpipe--unfold-all 'chatpipe-reasoning)
-    (chatpipe--unfold-all 'chatpipe-tool)))
+    (chatpipe--fold-all nil)))
 
 ;;;; Sending
 

@@ -21,9 +21,11 @@
 
 (defconst chatpipe-test-files
   '("chatpipe-modeltext.el" "chatpipe-org-stream.el" "chatpipe-org.el" "chatpipe-backend.el"
-    "chatpipe-events.el" "chatpipe-process.el" "chatpipe-toolblocks.el"
-    "chatpipe-turns.el" "chatpipe-reasoning.el" "chatpipe-filedata.el"
-    "chatpipe-status.el"
+    "chatpipe-events.el" "chatpipe-process.el" "chatpipe-headings.el"
+    "chatpipe-toolblocks.el" "chatpipe-turns.el" "chatpipe-fold.el"
+    "chatpipe-reasoning.el" "chatpipe-filedata.el"
+    "chatpipe-chat-settings.el" "chatpipe-header.el" "chatpipe-usage.el"
+    "chatpipe-hints.el" "chatpipe-prestart.el" "chatpipe-status.el"
     "chatpipe-insert.el" "chatpipe-tool-ask.el" "chatpipe-tools.el" "chatpipe-chat.el"
     "chatpipe-install.el"
     "chatpipe-templates.el" "chatpipe-models.el" "chatpipe-state.el"
