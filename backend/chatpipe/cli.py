@@ -18,9 +18,8 @@ import json
 import os
 import signal
 import sys
-from typing import Any
 
-from chatpipe import __version__, redaction
+from chatpipe import __version__, redaction, requestfields
 from chatpipe.errors import Aborted, OutputClosed, UsageError
 
 _EPILOG = """\
@@ -46,39 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     send = commands.add_parser(
         "send", help="send a chat request and stream the answer",
         description="Fill in TEMPLATE, send it, and stream the answer to stdout.")
-    send.add_argument("template", metavar="TEMPLATE",
-                      help="a template name (see `chatpipe templates list`) or a .json file path")
-    send.add_argument("-m", "--message", action="append", default=[], metavar="TEXT",
-                      help="append a user message (repeatable)")
-    send.add_argument("--messages", metavar="FILE|-",
-                      help='append a JSON array of {"role", "content"} messages from FILE '
-                           "or stdin")
-    send.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
-                      help="fill the ${NAME} placeholders (repeatable)")
-    send.add_argument("--model", help="override the template's model")
-    send.add_argument("--url", help="override the template's endpoint URL")
-    send.add_argument("--temperature", type=float, metavar="T",
-                      help="sampling temperature, 0 to 2 (set in the API's own field)")
-    send.add_argument("--max-tokens", type=int, metavar="N",
-                      help="the most output tokens the answer may have")
-    send.add_argument("--usage", action="store_true",
-                      help="say the tokens used and what the answer cost (when the model's "
-                           "price is known) on stderr; with --output ndjson, add its cost "
-                           "to the usage event")
+    requestfields.add_arguments(send)
+    send.add_argument("--request", metavar="FILE|-",
+                      help="a JSON object of request fields (serve's request shape, without "
+                           "id; docs/protocol.md) from FILE or stdin; the options given "
+                           "replace its values, but append to its lists (messages, tools) "
+                           "and add to its objects (vars, params)")
     send.add_argument("--output", choices=("text", "ndjson"), default="text",
                       help="text: the answer as plain text (default); ndjson: one JSON "
                            "event per line (docs/protocol.md)")
-    send.add_argument("--save", action="store_true",
-                      help="append the new messages and the answer to the template file")
-    send.add_argument("--tools", action="append", default=[], metavar="mcp:NAME",
-                      help="let the model call the tools of the MCP server NAME of "
-                           f"{_MCP_CONFIG} (repeatable; comma-separated names too); "
-                           "each call is confirmed on the terminal")
     send.add_argument("--yes", action="store_true",
                       help="run every tool call without asking")
-    send.add_argument("--max-tool-steps", type=int, metavar="N",
-                      help="the most rounds of tool calls (default: the template's "
-                           "max_tool_steps, else 10)")
     send.set_defaults(func=cmd_send)
 
     serve = commands.add_parser(
@@ -136,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     mcp_sub = mcp.add_subparsers(dest="action", required=True, metavar="ACTION")
     mcp_list = mcp_sub.add_parser(
         "list", help="list the MCP servers configured",
-        description=f"List the MCP servers of {_MCP_CONFIG}: their names, "
+        description=f"List the MCP servers of {requestfields.MCP_CONFIG}: their names, "
                     "whether each is spoken to over stdio or streamable HTTP, and whether "
                     "it is disabled; never their commands, environments or headers.")
     mcp_list.add_argument("--json", action="store_true",
@@ -148,77 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- send ---------------------------------------------------------------
 
-def parse_vars(pairs: list[str]) -> dict[str, str]:
-    """Turn ``["a=1", "b=2"]`` into ``{"a": "1", "b": "2"}``.
+def request_of(args, stdin) -> dict:
+    """The JSON request of ``chatpipe send``'s ARGS: ``--request``'s
+    object with the options given over it (see
+    :func:`chatpipe.requestfields.from_args`).  With none of ``-m``,
+    ``--messages`` and ``--request``, text piped on STDIN is the user
+    message.
 
     Raises:
-        UsageError: an item without ``=``.
+        UsageError: an unreadable ``--request`` or one that is not a JSON
+            object, both ``--request -`` and ``--messages -``, or a bad option.
     """
-    result = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--var {pair!r}: expected NAME=VALUE")
-        result[name] = value
-    return result
-
-
-def load_messages(source: str, stdin) -> list[dict[str, Any]]:
-    """Read a JSON array of chat messages from the file SOURCE, or STDIN for ``-``.
-
-    Raises:
-        UsageError: unreadable file, invalid JSON, or not a list of messages
-            (see :func:`chatpipe.prepare.check_messages`).
-    """
-    from chatpipe import jsonin
-    from chatpipe.prepare import check_messages
-
-    where = "stdin" if source == "-" else source
-    try:
-        text = stdin.read() if source == "-" else open(source, encoding="utf-8").read()
-    except OSError as err:
-        raise UsageError(f"--messages {where}: {err.strerror}") from None
-    try:
-        messages = jsonin.loads(text)
-    except ValueError as err:
-        raise UsageError(f"--messages {where}: invalid JSON: {err}") from None
-    return check_messages(messages, f"--messages {where}")
-
-
-def _new_messages(args, stdin) -> list[dict[str, Any]]:
-    messages = load_messages(args.messages, stdin) if args.messages else []
-    texts = list(args.message)
-    if not texts and not args.messages and not stdin.isatty():
+    base = None
+    if args.request is not None:
+        if args.request == "-" and args.messages == "-":
+            raise UsageError("--request - and --messages - cannot both read stdin")
+        base = requestfields.load_json("--request", args.request, stdin)
+        if not isinstance(base, dict):
+            raise UsageError(f"--request {'stdin' if args.request == '-' else args.request}: "
+                             "expected a JSON object")
+    request = requestfields.from_args(args, base)
+    if not (args.message or args.messages or args.request) and not stdin.isatty():
         text = stdin.read()
         if text.strip():
-            texts.append(text)
-    messages += [{"role": "user", "content": text} for text in texts]
-    return messages
-
-
-#: Where the MCP servers are configured, for messages (see :mod:`chatpipe.mcp_host`).
-_MCP_CONFIG = "mcp.json in chatpipe's config folder (e.g. ~/.config/chatpipe/mcp.json)"
-
-
-def parse_tools(values: list[str]) -> list[str]:
-    """The MCP server names of ``--tools mcp:NAME[,mcp:NAME...]`` VALUES.
-
-    Raises:
-        UsageError: a value that is not ``mcp:NAME``.
-    """
-    names = []
-    for value in values:
-        for item in filter(None, (v.strip() for v in value.split(","))):
-            if not item.startswith("mcp:") or len(item) == 4:
-                raise UsageError(f"--tools {item!r}: expected mcp:NAME (an MCP server of "
-                                 f"{_MCP_CONFIG})")
-            names.append(item[4:])
-    return names
+            request["messages"] = [{"role": "user", "content": text}]
+    return request
 
 
 def cmd_send(args, ctx: "_Context") -> int:
     """``chatpipe send``: stream one answer through :func:`chatpipe.runner.run`
-    (and, with ``--tools``, run the model's tool calls, confirmed on the
+    (and, with tools, run the model's tool calls, confirmed on the
     terminal: :class:`chatpipe.terminal.TerminalAsker`); returns the exit
     code."""
     from chatpipe import runner, templates
@@ -227,29 +163,25 @@ def cmd_send(args, ctx: "_Context") -> int:
     from chatpipe.textview import TextView
 
     stdout = sys.stdout.buffer
-    ctx.output = (EventLines(LineWriter(stdout)) if args.output == "ndjson"
-                  else TextView(stdout, sys.stderr.buffer, usage=args.usage))
 
-    def build() -> runner.Job:
-        if args.save and not templates.looks_like_path(args.template):
-            raise UsageError("--save needs a template file path (e.g. ./request.json), "
-                             f"not the name {args.template!r}")
-        if args.max_tool_steps is not None and args.max_tool_steps < 0:
-            raise UsageError("--max-tool-steps must be 0 or more")
-        return runner.Job(template=args.template, messages=_new_messages(args, sys.stdin),
-                          variables=parse_vars(args.var), model=args.model, url=args.url,
-                          save=args.save, price=args.usage, params={k: v for k, v in (
-                              ("temperature", args.temperature),
-                              ("max_tokens", args.max_tokens)) if v is not None},
-                          mcp=parse_tools(args.tools), max_tool_steps=args.max_tool_steps)
+    def output(usage: bool):
+        return (EventLines(LineWriter(stdout)) if args.output == "ndjson"
+                else TextView(stdout, sys.stderr.buffer, usage=usage))
 
-    if not args.tools:
-        return runner.run(build, ctx.output)
+    ctx.output = output(args.usage)
+    job = requestfields.job(request_of(args, sys.stdin), save=args.save)
+    ctx.output = output(job.price)
+    if job.save and not templates.looks_like_path(job.template):
+        raise UsageError("--save needs a template file path (e.g. ./request.json), "
+                         f"not the name {job.template!r}")
+    if not (job.tools or job.mcp):
+        return runner.run(lambda: job, ctx.output)
     from chatpipe.mcp_host import McpHost
 
     host = McpHost()
     try:
-        return runner.run(build, ctx.output, asker=TerminalAsker(ctx.output, args.yes), mcp=host)
+        return runner.run(lambda: job, ctx.output, asker=TerminalAsker(ctx.output, args.yes),
+                          mcp=host)
     finally:
         host.close()
 
@@ -266,7 +198,7 @@ def cmd_models(args, ctx: "_Context") -> int:
     from chatpipe import models
 
     ctx.output = models.output(args.json)
-    return models.command(args.template, url=args.url, variables=parse_vars(args.var),
+    return models.command(args.template, url=args.url, variables=requestfields.parse_vars(args.var),
                           as_json=args.json, refresh=args.refresh, output=ctx.output)
 
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import requests
 
@@ -26,42 +25,7 @@ from chatpipe.errors import Aborted, Cancelled, ChatpipeError, OutputClosed, Str
 from chatpipe.prepare import prepare
 from chatpipe.pricing import Priced
 from chatpipe.protocol import Output
-
-
-@dataclass
-class Job:
-    """What to send, from any front end.
-
-    Attributes:
-        template: a template name or file path.
-        messages: ``{"role", "content"}`` messages appended to the template's.
-        variables: values of the template's ``${name}`` placeholders.
-        model: overrides the template's model.
-        url: overrides the template's endpoint.
-        env: environment for ``${env:NAME}`` (default ``os.environ``).
-        save: append the new messages and the answer to the template file.
-        params: request parameters (``temperature``, ``max_tokens``), set in
-            each API's own fields (see :meth:`Dialect.set_params`).
-        price: add ``cost`` (US dollars) to the ``usage`` event when the
-            model's price is known (see :mod:`chatpipe.pricing`).
-        tools: neutral definitions of the client's own tools, and
-            ``mcp:SERVER`` strings (see :func:`chatpipe.tools.toolbox`).
-        mcp: names of MCP servers whose tools the model may call.
-        max_tool_steps: overrides the template's ``max_tool_steps``.
-    """
-
-    template: str
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    variables: Mapping[str, str] = field(default_factory=dict)
-    model: str | None = None
-    url: str | None = None
-    env: Mapping[str, str] | None = None
-    save: bool = False
-    params: Mapping[str, Any] = field(default_factory=dict)
-    price: bool = False
-    tools: list = field(default_factory=list)
-    mcp: list[str] = field(default_factory=list)
-    max_tool_steps: int | None = None
+from chatpipe.requestfields import Job
 
 
 def error_for(err: BaseException) -> tuple[dict, int]:
@@ -133,7 +97,8 @@ def run(build: Callable[[], Job], output: Output, *,
         job = build()
         template, request, dialect = prepare(job.template, job.messages,
                                              variables=job.variables, model=job.model,
-                                             url=job.url, env=job.env, params=job.params)
+                                             url=job.url, env=job.environment(),
+                                             params=job.params())
         if job.save:
             conversation.check_writable(template.path)
         output.secrets.extend(request.secrets)
@@ -207,7 +172,7 @@ def preconnect(build: Callable[[], Job],
     try:
         job = build()
         template = templates.load(job.template)
-        request = templates.fill(template, job.variables, job.env, url=job.url)
+        request = templates.fill(template, job.variables, job.environment(), url=job.url)
         dialects.get(request.api)
     except Exception:
         return False

@@ -11,9 +11,12 @@ docs/protocol.md on stdout, each tagged with its request's ``id``::
     stdout: {"id":"r1","type":"delta","content":"Hi"}
     stdout: {"id":"r1","type":"done","finish_reason":"stop"}
 
-Each request runs through :func:`chatpipe.runner.run`, as ``send`` does, in
-a thread of its own; its events are those ``send --output ndjson`` writes,
-with the request ``id`` added.  ``env`` adds environment variables for that
+A request's fields are those of ``send`` (one table,
+:mod:`chatpipe.requestfields`, checked the same way), with the protocol's
+own keys (:data:`PROTOCOL_KEYS`).  Each request runs through
+:func:`chatpipe.runner.run`, as ``send`` does, in a thread of its own;
+its events are those ``send --output ndjson`` writes, with the request
+``id`` added.  ``env`` adds environment variables for that
 request's ``${env:NAME}`` placeholders (how an editor passes API keys
 without a command line).  ``chat`` (a string) names the conversation
 the request belongs to: a tool the user approved with "always" runs
@@ -41,7 +44,6 @@ session per endpoint keeps connections (and TLS sessions) warm.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import sys
@@ -52,14 +54,17 @@ from urllib.parse import urlsplit
 
 import requests
 
-from chatpipe import PROTOCOL_VERSION, __version__, connections, jsonin, mcp_host, protocol, runner, tools
-from chatpipe.errors import Aborted, Cancelled, OutputClosed, UsageError
-from chatpipe.prepare import check_messages
+from chatpipe import (PROTOCOL_VERSION, __version__, connections, jsonin, mcp_host, protocol,
+                      requestfields, runner, tools)
+from chatpipe.errors import Aborted, Cancelled, OutputClosed
 from chatpipe.protocol import EventLines, LineWriter
 
+#: The keys of a request line that are not fields of its job (see
+#: :data:`chatpipe.requestfields.JSON_KEYS`): the protocol's own.
+PROTOCOL_KEYS = frozenset({"id", "cancel", "preconnect", "tool_result", "tool_confirm"})
+
 #: The keys a request line may have.
-REQUEST_KEYS = {"id", "template", "messages", "vars", "env", "model", "url", "params",
-                "price", "cancel", "preconnect", "tools", "mcp", "max_tool_steps", "chat"}
+REQUEST_KEYS = PROTOCOL_KEYS | requestfields.JSON_KEYS
 
 #: The keys of the lines that answer a running stream's ``tool_request``.
 ANSWER_KEYS = ("tool_result", "tool_confirm")
@@ -75,40 +80,14 @@ SHUTDOWN_WAIT = 0.5
 
 
 def job_from_request(request: dict) -> runner.Job:
-    """Turn a request line's object into a :class:`~chatpipe.runner.Job`.
+    """Turn a request line's object into a :class:`~chatpipe.runner.Job`
+    (:func:`chatpipe.requestfields.job`, as ``send`` does), its
+    :data:`PROTOCOL_KEYS` left out.
 
     Raises:
         UsageError: an unknown key, or a value of the wrong type.
     """
-    unknown = set(request) - REQUEST_KEYS
-    if unknown:
-        raise UsageError("unknown request keys: " + ", ".join(sorted(unknown)))
-    if not isinstance(request.get("template"), str):
-        raise UsageError('"template" must be a template name or file path')
-    messages = check_messages(request.get("messages", []), "messages")
-    env = request.get("env") or {}
-    variables = request.get("vars") or {}
-    for name, value in (("env", env), ("vars", variables)):
-        if not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
-            raise UsageError(f'"{name}" must be an object of strings')
-    for name in ("model", "url"):
-        if request.get(name) is not None and not isinstance(request[name], str):
-            raise UsageError(f'"{name}" must be a string')
-    mcp = request.get("mcp") or []
-    if not (isinstance(mcp, list) and all(isinstance(n, str) and n for n in mcp)):
-        raise UsageError('"mcp" must be a list of MCP server names')
-    if request.get("chat") is not None and not (isinstance(request["chat"], str)
-                                                and request["chat"]):
-        raise UsageError('"chat" must be a non-empty string')
-    steps = request.get("max_tool_steps")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
-        raise UsageError('"max_tool_steps" must be a whole number, 0 or more')
-    return runner.Job(template=request["template"], messages=messages, variables=variables,
-                      model=request.get("model"), url=request.get("url"),
-                      env={**os.environ, **env}, params=request.get("params") or {},
-                      price=request.get("price") is True,
-                      tools=tools.check_tools(request.get("tools") or []), mcp=mcp,
-                      max_tool_steps=steps)
+    return requestfields.job({k: v for k, v in request.items() if k not in PROTOCOL_KEYS})
 
 
 class _Stream(tools.Asker):
