@@ -27,7 +27,9 @@ The ``chatpipe`` block is removed before sending.  Placeholders:
 
 A placeholder left unfilled is an error that names it.  Bare names resolve to
 ``NAME.json`` in the user's template folder first (:func:`user_dir`), then in
-the bundled ``request-templates/`` (:func:`bundled_dir`).
+the bundled ``request-templates/`` (:func:`bundled_dir`).  The keys of the
+``chatpipe`` block, their checks and defaults, are those of
+:mod:`chatpipe.templatesettings`.
 """
 
 from __future__ import annotations
@@ -41,36 +43,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
-from chatpipe import jsonin, redaction
+from chatpipe import jsonin, redaction, templatesettings
 from chatpipe.errors import TemplateError
+from chatpipe.templatesettings import RESERVED_KEY, RequestSettings
 
-#: The reserved top-level key.
-RESERVED_KEY = "chatpipe"
-
-#: Keys allowed in the reserved block, with their meaning.
-BLOCK_KEYS = {
-    "api": "API dialect of the endpoint, e.g. \"openai-chat\"",
-    "url": "endpoint URL",
-    "headers": "HTTP headers, an object of strings",
-    "description": "one line shown by `chatpipe templates list`",
-    "connect_timeout": "seconds to wait for the TCP/TLS connection",
-    "read_timeout": "seconds to wait for the next bytes of the stream",
-    "deadline": "seconds a whole answer may take, retries included",
-    "max_retries": "how many times to retry a failed request (0: never)",
-    "retry_budget": "seconds that failed attempts and the waits between retries may add up to",
-    "max_event_bytes": "largest server-sent event or NDJSON line accepted, in bytes",
-    "max_tool_steps": "how many rounds of tool calls one request may run (0: none)",
-    "max_tool_result_bytes": "largest tool result sent to the model, in bytes (0: no limit)",
-}
-
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_READ_TIMEOUT = 120.0
-DEFAULT_DEADLINE = 1800.0
-DEFAULT_MAX_RETRIES = 3
-DEFAULT_RETRY_BUDGET = 60.0
-DEFAULT_MAX_EVENT_BYTES = 8 << 20
-DEFAULT_MAX_TOOL_STEPS = 10
-DEFAULT_MAX_TOOL_RESULT_BYTES = 100_000
+#: The default of ``chatpipe.max_event_bytes`` (:data:`chatpipe.templatesettings.SETTINGS`).
+DEFAULT_MAX_EVENT_BYTES = templatesettings.BY_NAME["max_event_bytes"].default
 
 #: What to do when the local model server's port refuses connections (see
 #: :meth:`Template.is_local_server`): PORT is the endpoint's, WHERE the
@@ -121,17 +99,17 @@ class Template:
     @property
     def api(self) -> str:
         """The API dialect name, default ``"openai-chat"``."""
-        return self.block.get("api", "openai-chat")
+        return templatesettings.value(self.block, "api")
 
     @property
     def url(self) -> str | None:
         """The endpoint URL as written (placeholders not filled), or None."""
-        return self.block.get("url")
+        return templatesettings.value(self.block, "url")
 
     @property
     def description(self) -> str:
         """The template's one-line description, or ``""``."""
-        return self.block.get("description", "")
+        return templatesettings.value(self.block, "description")
 
     def warnings(self) -> list[str]:
         """What is valid but probably not meant: for now, a request that
@@ -176,25 +154,19 @@ class Template:
             return None
 
 
-@dataclass
-class Request:
-    """A filled-in template, ready to send.
+@dataclass(kw_only=True)
+class Request(RequestSettings):
+    """A filled-in template, ready to send: its endpoint and body, and the
+    settings of :class:`~chatpipe.templatesettings.RequestSettings`
+    (timeouts, retries, size limits; one field for each, defaults those of
+    :data:`~chatpipe.templatesettings.SETTINGS`).  Fields are given by
+    keyword.
 
     Attributes:
         url: endpoint URL.
         headers: HTTP headers (values may hold API keys: never print them).
         body: JSON request body.
         api: API dialect name.
-        connect_timeout, read_timeout: seconds.
-        deadline: seconds the whole answer may take, retries included.
-        max_retries: retries of a failed request, before any text arrived.
-        retry_budget: seconds that failed attempts and the waits between
-            retries may add up to.
-        max_event_bytes: the largest event (or NDJSON line) accepted, bytes.
-        max_tool_steps: how many rounds of tool calls one request may run
-            (see :mod:`chatpipe.tools`).
-        max_tool_result_bytes: the largest tool result sent to the model
-            (longer ones are cut, and say so); 0: no limit.
         secrets: the secrets among the values filled from the environment
             and the URL's credentials (:func:`chatpipe.redaction.secrets`),
             to redact from any message shown to the user.
@@ -208,14 +180,6 @@ class Request:
     headers: dict[str, str]
     body: dict[str, Any]
     api: str
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    read_timeout: float = DEFAULT_READ_TIMEOUT
-    deadline: float = DEFAULT_DEADLINE
-    max_retries: int = DEFAULT_MAX_RETRIES
-    retry_budget: float = DEFAULT_RETRY_BUDGET
-    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
-    max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS
-    max_tool_result_bytes: int = DEFAULT_MAX_TOOL_RESULT_BYTES
     secrets: list[str] = field(default_factory=list)
     refused_hint: str | None = None
 
@@ -335,39 +299,9 @@ def load_file(path: Path, source: str = "file") -> Template:
     if not isinstance(block, dict):
         raise TemplateError(f'"{RESERVED_KEY}" must be an object',
                             where, *_key_position(text, RESERVED_KEY))
-    _check_block(block, text, where)
+    for key, message in templatesettings.problems(block):  # the first problem, if any
+        raise TemplateError(message, where, *_key_position(text, key, RESERVED_KEY))
     return Template(name=path.stem, path=path, source=source, block=block, body=doc)
-
-
-def _check_block(block: dict[str, Any], text: str, where: str) -> None:
-    from chatpipe.dialects import DIALECTS
-
-    def fail(message: str, key: str) -> TemplateError:
-        return TemplateError(message, where, *_key_position(text, key, RESERVED_KEY))
-
-    for key, value in block.items():
-        if key not in BLOCK_KEYS:
-            raise fail(f'unknown key "{key}" in "{RESERVED_KEY}"; known keys: '
-                       + ", ".join(BLOCK_KEYS), key)
-        if key in ("api", "url", "description") and not isinstance(value, str):
-            raise fail(f'"{RESERVED_KEY}.{key}" must be a string', key)
-        if key in ("connect_timeout", "read_timeout", "deadline") and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise fail(f'"{RESERVED_KEY}.{key}" must be a positive number of seconds', key)
-        if key == "retry_budget" and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise fail(f'"{RESERVED_KEY}.{key}" must be a number of seconds, 0 or more', key)
-        if key == "max_event_bytes" and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1024):
-            raise fail(f'"{RESERVED_KEY}.{key}" must be a whole number of bytes, 1024 or more', key)
-        if key in ("max_retries", "max_tool_steps", "max_tool_result_bytes") and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise fail(f'"{RESERVED_KEY}.{key}" must be a whole number, 0 or more', key)
-        if key == "headers" and not (isinstance(value, dict)
-                                     and all(isinstance(v, str) for v in value.values())):
-            raise fail(f'"{RESERVED_KEY}.headers" must be an object of strings', key)
-    if block.get("api", "openai-chat") not in DIALECTS:
-        raise fail(f'unknown API dialect "{block["api"]}"; known: ' + ", ".join(DIALECTS), "api")
 
 
 def _fill(value: str, vars: Mapping[str, str], where: str, template: Template,
@@ -460,18 +394,8 @@ def fill(template: Template, vars: Mapping[str, str] | None = None,
                             str(template.path))
     secrets.extend(_userinfo(block["url"]))
     return Request(
-        url=block["url"], headers=dict(block.get("headers", {})), body=body,
-        api=template.api,
-        connect_timeout=float(block.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
-        read_timeout=float(block.get("read_timeout", DEFAULT_READ_TIMEOUT)),
-        deadline=float(block.get("deadline", DEFAULT_DEADLINE)),
-        max_retries=int(block.get("max_retries", DEFAULT_MAX_RETRIES)),
-        retry_budget=float(block.get("retry_budget", DEFAULT_RETRY_BUDGET)),
-        max_event_bytes=int(block.get("max_event_bytes", DEFAULT_MAX_EVENT_BYTES)),
-        max_tool_steps=int(block.get("max_tool_steps", DEFAULT_MAX_TOOL_STEPS)),
-        max_tool_result_bytes=int(block.get("max_tool_result_bytes",
-                                            DEFAULT_MAX_TOOL_RESULT_BYTES)),
-        secrets=secrets,
+        url=block["url"], headers=dict(templatesettings.value(block, "headers")), body=body,
+        api=template.api, **templatesettings.request_values(block), secrets=secrets,
         refused_hint=_local_server_hint(block["url"]) if template.is_local_server() else None)
 
 
