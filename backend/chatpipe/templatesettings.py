@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Callable, Collection, Iterator, Mapping
 
 #: The reserved top-level key of a template.
@@ -84,7 +85,8 @@ class Setting:
     Attributes:
         name: the key.
         kind: the values it takes.
-        default: its value when the block does not set it.
+        default: its value when the block does not set it (read-only:
+            a mapping is a ``MappingProxyType``).
         doc: what it means, one line.
         choices: the values it is limited to, checked after every key's
             kind (so that an unknown key or a wrong type is told first);
@@ -110,8 +112,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api", TEXT, "openai-chat", 'API dialect of the endpoint, e.g. "openai-chat"',
             choices=Choices("API dialect", _dialects), in_request=False),
     Setting("url", TEXT, None, "endpoint URL", in_request=False),
-    Setting("headers", HEADERS, {}, "HTTP headers, an object of strings (values may hold API "
-            "keys: never print them)", in_request=False),
+    Setting("headers", HEADERS, MappingProxyType({}),
+            "HTTP headers, an object of strings (values may hold API keys: never print them)",
+            in_request=False),
     Setting("description", TEXT, "", "one line shown by `chatpipe templates list`", in_request=False),
     Setting("connect_timeout", SECONDS, 10.0, "seconds to wait for the TCP/TLS connection"),
     Setting("read_timeout", SECONDS, 120.0, "seconds to wait for the next bytes of the stream"),
