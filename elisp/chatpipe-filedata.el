@@ -28,8 +28,9 @@
 ;; strings without text properties, the symbols nil, t and `none',
 ;; numbers, and lists and pairs of those, finite and shallow.  The
 ;; settings that choose where a request goes (a template given as a
-;; file, template variables, a URL) or what runs (tools) are applied
-;; only with the user's consent: see `chatpipe--file-settings-consent'.
+;; file, template variables, a URL), what runs (tools) or which files
+;; are sent (context) are applied only with the user's consent: see
+;; `chatpipe--file-settings-consent'.
 ;;
 ;; A file cannot set the approvals (`chatpipe-approved-file-settings'
 ;; is risky), and a value allowed once is not remembered.
@@ -127,11 +128,52 @@ That is the symbol `none', or a list of at most 100 plain strings."
            (cl-every (lambda (x) (and (stringp x) (<= (length x) 200)))
                      value))))
 
+(defun chatpipe--context-value-p (value)
+  "Return non-nil if VALUE is a value of `chatpipe-context'.
+That is a list of at most 200 entries (\"file\" PATH), (\"file\"
+PATH LINES) or (\"dir\" PATH): PATH a plain string of at most 4096
+characters, no control characters and no remote file name; LINES a
+string \"START-END\", line numbers, START <= END."
+  (and (proper-list-p value) (<= (length value) 200)
+       (chatpipe--plain-data-p value)
+       (cl-every
+        (lambda (entry)
+          (pcase entry
+            (`(,(or "file" "dir") ,(and (pred stringp) path) . ,lines)
+             (and (<= 1 (length path) 4096)
+                  (not (string-match-p "[[:cntrl:]]" path))
+                  (not (file-remote-p path))
+                  (or (null lines)
+                      (and (equal (car entry) "file") (consp lines)
+                           (null (cdr lines)) (stringp (car lines))
+                           (save-match-data
+                             (and (string-match
+                                   (rx bos (group (any "1-9") (** 0 8 digit))
+                                       "-" (group (any "1-9") (** 0 8 digit)) eos)
+                                   (car lines))
+                                  (<= (string-to-number (match-string 1 (car lines)))
+                                      (string-to-number
+                                       (match-string 2 (car lines))))))))))))
+        value)))
+
+(defvar-local chatpipe-context nil
+  "The files and folders saved with this chat as its context, or nil.
+A list of (\"file\" PATH), (\"file\" PATH \"START-END\") (lines)
+and (\"dir\" PATH), PATH relative to the chat file's folder or
+absolute: see `chatpipe--context-value-p'.  Saving a chat sets it
+from the chat's context, and visiting the file again restores that
+\(see chatpipe-context-items.el), with your consent, since it
+chooses files that are read and sent (see
+`chatpipe--file-settings-consent').")
+(put 'chatpipe-context 'safe-local-variable #'chatpipe--context-value-p)
+(put 'chatpipe-context 'permanent-local t)
+
 ;;;; Consent
 
 (defconst chatpipe--file-variables
   '(chatpipe-template chatpipe-model chatpipe-temperature chatpipe-max-tokens
-    chatpipe-system chatpipe-template-vars chatpipe-tools chatpipe-url)
+    chatpipe-system chatpipe-template-vars chatpipe-tools chatpipe-url
+    chatpipe-context)
   "The chat settings a file may give.")
 
 (defconst chatpipe--endpoint-variables
@@ -163,10 +205,10 @@ Saving the chat with those same settings does not remember them.")
 (defun chatpipe--risky-setting-p (var value)
   "Return non-nil if VALUE for VAR needs the user's consent from a file.
 That is a template that is no name (see `chatpipe-template-name-p'),
-template variables, a URL, and tools (not `none')."
+template variables, a URL, tools (not `none'), and context."
   (pcase var
     ('chatpipe-template (and value (not (chatpipe-template-name-p value))))
-    ((or 'chatpipe-template-vars 'chatpipe-url) value)
+    ((or 'chatpipe-template-vars 'chatpipe-url 'chatpipe-context) value)
     ('chatpipe-tools (consp value))))
 
 (defun chatpipe--file-setting (var value)
@@ -237,6 +279,8 @@ go\n" value))
       ('chatpipe-url (format "  endpoint URL %s: requests go there, with \
 the template's API keys\n" value))
       ('chatpipe-tools (format "  tools %s: the model may run them\n" value))
+      ('chatpipe-context (format "  context %s: these files and folders are \
+read and sent with each question\n" value))
       (var (format "  %s: %s\n" var value)))))
 
 (defun chatpipe--ask-file-settings (where settings)

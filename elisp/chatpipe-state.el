@@ -79,7 +79,8 @@
     (chatpipe-max-tokens . "CHATPIPE_MAX_TOKENS")
     (chatpipe-system . "CHATPIPE_SYSTEM")
     (chatpipe-template-vars . "CHATPIPE_VARS")
-    (chatpipe-tools . "CHATPIPE_TOOLS"))
+    (chatpipe-tools . "CHATPIPE_TOOLS")
+    (chatpipe-context . "CHATPIPE_CONTEXT"))
   "The settings saved with a chat: (VARIABLE . ORG-PROPERTY).")
 
 (defvar-local chatpipe--org-style nil
@@ -106,7 +107,7 @@
   (cond ((eq var 'chatpipe-system)
          (replace-regexp-in-string
           "\n" "\\\\n" (replace-regexp-in-string "\\\\" "\\\\\\\\" value)))
-        ((memq var '(chatpipe-template-vars chatpipe-tools))
+        ((memq var '(chatpipe-template-vars chatpipe-tools chatpipe-context))
          (let ((print-escape-newlines t)) (prin1-to-string value)))
         ((numberp value) (number-to-string value))
         (t value)))
@@ -189,7 +190,7 @@ Return nil if TEXT is no valid value of VAR (see the function
                   "\\\\\\(.\\)" (lambda (m) (if (equal (match-string 1 m) "n")
                                                "\n" (match-string 1 m)))
                   text t t))
-                ((or 'chatpipe-template-vars 'chatpipe-tools)
+                ((or 'chatpipe-template-vars 'chatpipe-tools 'chatpipe-context)
                  (cdr (chatpipe--parse-property-data text)))
                 ((or 'chatpipe-temperature 'chatpipe-max-tokens)
                  (and (string-match-p "\\`[0-9]*\\.?[0-9]+\\'" text)
