@@ -349,7 +349,7 @@ class _Step:
             self.usage = event
             return
         elif kind == "done":
-            self.done = event
+            self.done = event  # a dialect's Done carries the answer's thinking
             return
         if kind in protocol.CONTENT:
             self.content = True
@@ -383,7 +383,9 @@ class Loop:
 
     Args:
         request: the filled-in request; each round of calls and results is
-            appended to its conversation, in DIALECT's shape.
+            appended to its conversation, in DIALECT's shape.  If it offers
+            no tools, its history's tool turns go as text
+            (:meth:`~chatpipe.dialects.base.Dialect.tool_turns_as_text`).
         dialect: the request's API dialect.
         sink: where the events go.
         toolbox: the tools; with none (or MAX_STEPS 0), tool calls are
@@ -397,6 +399,8 @@ class Loop:
         turns: the neutral messages of the answers so far that are whole:
             each round (the answer with its calls, then a result per call),
             then the last answer once it completed (what ``--save`` keeps).
+            An answer that calls tools keeps the ``thinking`` its dialect's
+            ``done`` carries (:class:`~chatpipe.dialects.base.Done`).
         completed: True once the request completed (``done`` emitted).
         partial: True when an answer broke off after some content (not in
             TURNS).
@@ -423,6 +427,7 @@ class Loop:
         usage: dict | None = None
         rounds = first_index = 0
         number = 1
+        self.dialect.tool_turns_as_text(self.request.body)
         try:
             while True:
                 step = _Step(self.sink, number, first_index)
@@ -435,9 +440,11 @@ class Loop:
                     return self._finish(step.done, usage, number)
                 stopped = rounds >= self.max_steps
                 results = [self._answer(call, stopped) for call in calls]
-                round_ = [{"role": "assistant", "content": text,
-                           "tool_calls": [c.neutral() for c in calls]},
-                          *(r.message(c) for c, r in zip(calls, results))]
+                answer = {"role": "assistant", "content": text,
+                          "tool_calls": [c.neutral() for c in calls]}
+                if getattr(step.done, "thinking", None):
+                    answer["thinking"] = step.done.thinking
+                round_ = [answer, *(r.message(c) for c, r in zip(calls, results))]
                 self.turns.extend(round_)
                 if stopped:
                     return self._finish(step.done, usage, number, "max_tool_steps")

@@ -13,7 +13,11 @@ Named server-sent events, each with a JSON payload carrying its own ``type``::
     event: error                {"error": {"type": "overloaded_error", "message": "Overloaded"}}
 
 ``text_delta`` is text, ``thinking_delta`` reasoning, ``input_json_delta``
-a fragment of a tool call's arguments; ``signature_delta`` is ignored.
+a fragment of a tool call's arguments; ``signature_delta`` ends a
+``thinking`` block with its signature, and a ``redacted_thinking`` block
+comes whole (``{"type": "redacted_thinking", "data"}``): the answer's
+thinking blocks go with its ``done`` event (:class:`base.Done`), for the
+tool loop to send back (see :class:`Dialect`).
 ``message_stop`` ends the stream; a ``message_stop`` after no content and
 no ``stop_reason`` is an error.  An ``error`` event can come on an HTTP 200
 stream (e.g. ``overloaded_error``).
@@ -37,7 +41,7 @@ import json
 from typing import Any, Iterable
 
 from chatpipe import protocol
-from chatpipe.dialects import base, modellist
+from chatpipe.dialects import base, modellist, toolturns
 from chatpipe.dialects.base import SYSTEM_ROLES, parse_json
 from chatpipe.errors import StreamError
 
@@ -56,6 +60,7 @@ class Parser(base.Parser):
         super().__init__()
         self.stop_reason: str | None = None
         self.usage: dict[str, int] = {}
+        self.thinking: dict[Any, dict] = {}
 
     def parse(self, event: Any) -> Iterable[dict]:
         """Return the protocol events for one server-sent event.
@@ -75,6 +80,10 @@ class Parser(base.Parser):
                 out = [protocol.delta(delta["text"])] if delta.get("text") else []
             elif dtype == "thinking_delta":
                 out = [protocol.reasoning(delta["thinking"])] if delta.get("thinking") else []
+                self._thinking(payload.get("index"), delta.get("thinking"), "")
+            elif dtype == "signature_delta":
+                self._thinking(payload.get("index"), "", delta.get("signature"))
+                return []
             elif dtype == "input_json_delta":
                 out = self.tool_call(payload.get("index"), delta.get("partial_json") or "")
             else:
@@ -87,6 +96,10 @@ class Parser(base.Parser):
             if block.get("type") in ("tool_use", "server_tool_use"):
                 self.content = True
                 return self.tool_call(payload.get("index"), "", block.get("id"), block.get("name"))
+            if block.get("type") == "thinking":
+                self._thinking(payload.get("index"), block.get("thinking"), block.get("signature"))
+            elif block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
+                self.thinking[payload.get("index")] = {"data": block["data"]}
             return []
         if kind == "message_start":
             self._add_usage((payload.get("message") or {}).get("usage"))
@@ -103,13 +116,25 @@ class Parser(base.Parser):
             raise base.stream_error(payload)
         return []  # ping, content_block_stop, and types added later
 
+    def _thinking(self, index: Any, text: Any, signature: Any) -> None:
+        """Add TEXT and SIGNATURE (pieces, strings or None) to the thinking
+        block INDEX (started if new)."""
+        block = self.thinking.setdefault(index, {"text": "", "signature": ""})
+        if "data" not in block:
+            block["text"] += text if isinstance(text, str) else ""
+            block["signature"] += signature if isinstance(signature, str) else ""
+
     def _finish(self, out: list[dict]) -> list[dict]:
-        """OUT, then ``usage`` (if reported) and ``done``; the answer is done."""
+        """OUT, then ``usage`` (if reported) and ``done`` (a
+        :class:`base.Done` with the answer's thinking blocks, in order);
+        the answer is done."""
         self.done = True
         if self.usage:
             out.append(self.usage_event())
-        out.append(protocol.done(FINISH.get(self.stop_reason, self.stop_reason),
-                                 self.stop_reason))
+        done = base.Done(protocol.done(FINISH.get(self.stop_reason, self.stop_reason),
+                                       self.stop_reason))
+        done.thinking = list(self.thinking.values())
+        out.append(done)
         return out
 
     def parse_document(self, doc: Any) -> list[dict]:
@@ -131,6 +156,10 @@ class Parser(base.Parser):
             ("delta", b.get("text")) if b.get("type") == "text" else ("delta", None)
             for b in blocks)
         for i, block in enumerate(blocks):
+            if block.get("type") == "thinking":
+                self._thinking(i, block.get("thinking"), block.get("signature"))
+            elif block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
+                self.thinking[i] = {"data": block["data"]}
             if block.get("type") in ("tool_use", "server_tool_use"):
                 arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
                 out.extend(self.tool_call(i, arguments, block.get("id"), block.get("name")))
@@ -169,6 +198,25 @@ class Dialect(base.Dialect):
     text block; the results of one answer go in one user message of
     ``tool_result`` blocks ``{"type": "tool_result", "tool_use_id",
     "content", "is_error": true}`` (``is_error`` only on errors).
+
+    Extended thinking with tools
+    (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking#preserving-thinking-blocks):
+    an answer that calls tools goes back with its ``thinking`` blocks
+    (``{"type": "thinking", "thinking", "signature"}``) and
+    ``redacted_thinking`` blocks (``{"type": "redacted_thinking",
+    "data"}``), unmodified, before its ``tool_use`` blocks, or the API
+    refuses the request that carries the results.  The neutral answer
+    carries them as ``thinking: [{"text", "signature"} | {"data"}]``
+    (:meth:`add_thinking`); they are opaque data, sent back only to this
+    API, as they came.
+
+    Tool turns without tools: the Messages API answered HTTP 400
+    ("Requests which include tool_use or tool_result blocks must define
+    tools") until 27 February 2025, when it began to take them without
+    ``tools`` (https://docs.anthropic.com/en/release-notes/api), so
+    :attr:`tool_turns_need_tools` is False; a dialect for an endpoint that
+    still refuses them sets it, and gets them as text blocks
+    (:meth:`item_as_text`).
     """
 
     name = "anthropic-messages"
@@ -192,6 +240,46 @@ class Dialect(base.Dialect):
         content += [{"type": "tool_use", "id": call["id"], "name": call["name"],
                      "input": base.arguments_object(call["arguments"])} for call in tool_calls]
         return [{"role": "assistant", "content": content}]
+
+    def add_thinking(self, items: list[dict], thinking: Any) -> list[dict]:
+        """ITEMS (one assistant message) with THINKING's blocks first in its
+        content: ``{"text", "signature"}`` as a ``thinking`` block,
+        ``{"data"}`` as a ``redacted_thinking`` block (others, and a
+        thinking block without a signature, which the API refuses, are
+        left out)."""
+        blocks = []
+        for block in thinking if isinstance(thinking, list) else ():
+            block = block if isinstance(block, dict) else {}
+            if isinstance(block.get("data"), str):
+                blocks.append({"type": "redacted_thinking", "data": block["data"]})
+            elif (isinstance(block.get("text"), str) and isinstance(block.get("signature"), str)
+                  and block["signature"]):
+                blocks.append({"type": "thinking", "thinking": block["text"],
+                               "signature": block["signature"]})
+        if blocks and items and isinstance(items[0].get("content"), list):
+            items[0]["content"][:0] = blocks
+        return items
+
+    def item_as_text(self, item: Any, names: dict[str, str]) -> tuple[Any, str | None]:
+        """ITEM with its ``tool_use`` blocks and ``tool_result`` blocks as
+        ``text`` blocks (see :mod:`chatpipe.dialects.toolturns`); its other
+        blocks (text, thinking) are kept."""
+        content = item.get("content") if isinstance(item, dict) else None
+        if not isinstance(content, list):
+            return item, None
+        blocks = []
+        for block in content:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "tool_use":
+                names[block.get("id")] = block.get("name")
+                block = {"type": "text", "text": toolturns.call_text(block.get("name"),
+                                                                     block.get("input") or {})}
+            elif kind == "tool_result":
+                block = {"type": "text", "text": toolturns.result_text(
+                    names.get(block.get("tool_use_id")), toolturns.text_of(block.get("content")),
+                    bool(block.get("is_error")))}
+            blocks.append(block)
+        return {**item, "content": blocks}, None
 
     def add_tool_result(self, conversation: list, result: dict) -> None:
         """Add a ``tool_result`` block to the user message of results that

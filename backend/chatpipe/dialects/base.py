@@ -40,6 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from chatpipe import protocol
+from chatpipe.dialects import toolturns
 from chatpipe.dialects.modellist import list_items, model_entry
 from chatpipe.errors import StreamError, retryable_status
 
@@ -176,6 +177,14 @@ def error_text(result: dict) -> str:
     return f"Error: {content}" if result.get("is_error") else content
 
 
+class Done(dict):
+    """A ``done`` event (a plain dict to all else) whose attribute
+    ``thinking`` holds the neutral ``thinking`` of the answer (see
+    :class:`Dialect`), for :class:`chatpipe.tools.Loop` alone."""
+
+    thinking: list[dict] = []
+
+
 def parameters(tool: dict) -> dict:
     """The JSON Schema of a neutral TOOL's arguments (an object with no
     properties when it has none)."""
@@ -302,7 +311,14 @@ class Dialect:
       (may be empty), "tool_calls": [{"id", "name", "arguments": JSON-TEXT}]}``
       (a call may also carry ``signature``, Gemini's thought signature);
     - a tool's result: ``{"role": "tool", "tool_call_id", "name", "content":
-      TEXT, "is_error": BOOL}``.
+      TEXT, "is_error": BOOL}``;
+    - an answer that calls tools may carry ``thinking``: what the API must
+      get back with it, opaque (Anthropic's thinking blocks
+      ``{"text", "signature"}`` and redacted ones ``{"data"}``: see
+      :meth:`add_thinking`); other dialects drop it.
+
+    A request that offers no tools gets its history's tool turns as text
+    where the API refuses them (:attr:`tool_turns_need_tools`).
 
     OpenAI chat (https://platform.openai.com/docs/api-reference/chat/create,
     https://platform.openai.com/docs/guides/function-calling): tools are
@@ -317,6 +333,9 @@ class Dialect:
         name: the dialect's name (a template's ``chatpipe.api``).
         parser: the :class:`Parser` subclass for its streams.
         history_key: the body key that holds the conversation.
+        tool_turns_need_tools: whether the API refuses a request whose
+            conversation holds tool calls or results but that offers no
+            tools: then :meth:`tool_turns_as_text` writes them as text.
         endpoint_paths: the endings of an endpoint URL's path that its model
             list's URL replaces (:meth:`models_request`).
     """
@@ -324,6 +343,7 @@ class Dialect:
     name = "openai-chat"
     parser: type[Parser] = Parser
     history_key = "messages"
+    tool_turns_need_tools = False
 
     def conversation(self, body: dict) -> list:
         """The conversation list of the request BODY (made a list if absent,
@@ -350,10 +370,11 @@ class Dialect:
             if role == "tool":
                 self.add_tool_result(conversation, message)
             elif role == "assistant" and message.get("tool_calls"):
-                conversation.extend(self.assistant_message(message.get("content") or "",
-                                                           message["tool_calls"]))
+                conversation.extend(self.add_thinking(self.assistant_message(
+                    message.get("content") or "", message["tool_calls"]), message.get("thinking")))
             else:
-                conversation.append(self.message(message))
+                conversation.append(self.message(
+                    {k: v for k, v in message.items() if k != "thinking"}))
 
     def message(self, message: dict) -> dict:
         """The conversation item for a MESSAGE without tool calls (here:
@@ -369,6 +390,37 @@ class Dialect:
             {"id": call["id"], "type": "function",
              "function": {"name": call["name"], "arguments": call["arguments"]}}
             for call in tool_calls]}]
+
+    def add_thinking(self, items: list[dict], thinking: Any) -> list[dict]:
+        """ITEMS (an answer's, from :meth:`assistant_message`) with the
+        answer's neutral THINKING (may be None) where the API takes it;
+        here it is dropped."""
+        return items
+
+    def offers_tools(self, body: dict) -> bool:
+        """Whether the request BODY offers tools (a non-empty ``tools``)."""
+        return bool(body.get("tools"))
+
+    def tool_turns_as_text(self, body: dict) -> None:
+        """When the API needs tools for tool turns
+        (:attr:`tool_turns_need_tools`) and BODY offers none
+        (:meth:`offers_tools`), rewrite the tool calls and results of its
+        conversation as text (see :mod:`chatpipe.dialects.toolturns`),
+        each item by :meth:`item_as_text`."""
+        conversation = body.get(self.history_key)
+        if (self.tool_turns_need_tools and isinstance(conversation, list)
+                and not self.offers_tools(body)):
+            toolturns.rewrite(conversation, self.item_as_text)
+
+    def item_as_text(self, item: Any, names: dict[str, str]) -> tuple[Any, str | None]:
+        """A conversation ITEM without tool turns, and its group (see
+        :func:`chatpipe.dialects.toolturns.rewrite`).  Here OpenAI chat's
+        and Ollama's shape: an assistant message's ``tool_calls`` become
+        lines of its text; a ``tool`` message becomes a user message.
+        OpenAI's API takes tool turns without ``tools`` (its rule is that a
+        ``tool`` message answers a call of the assistant message before
+        it), so :attr:`tool_turns_need_tools` is False here."""
+        return toolturns.chat_item(item, names)
 
     def add_tool_result(self, conversation: list, result: dict) -> None:
         """Append a tool's RESULT (a neutral ``role: tool`` message) to CONVERSATION."""

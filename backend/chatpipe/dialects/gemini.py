@@ -33,7 +33,7 @@ from typing import Any, Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from chatpipe import protocol
-from chatpipe.dialects import base, modellist
+from chatpipe.dialects import base, modellist, toolturns
 from chatpipe.dialects.base import SYSTEM_ROLES, MalformedEvent, parse_json
 from chatpipe.errors import StreamError
 
@@ -181,7 +181,16 @@ class Dialect(base.Dialect):
     ``user`` content, ``{"functionResponse": {"name", "id", "response":
     {"output": TEXT}}}``, ``{"error": TEXT}`` for an error
     (https://ai.google.dev/api/caching#FunctionResponse).  Call ids are
-    sent only when Gemini gave them.
+    sent only when Gemini gave them.  The neutral ``thinking`` of an
+    answer is dropped: Gemini's own rule is the signature of each call.
+
+    Tool turns without tools: function calling pairs ``functionCall`` and
+    ``functionResponse`` parts with the ``functionDeclarations`` of the
+    request (https://ai.google.dev/gemini-api/docs/function-calling); a
+    third-party report has the API refuse (HTTP 400, "Request contains an
+    invalid argument") a ``functionResponse`` whose name no declaration
+    has, which the reference does not say, so :attr:`tool_turns_need_tools`
+    is False; where it is set, they go as ``text`` parts (:meth:`item_as_text`).
     """
 
     name = "gemini"
@@ -233,6 +242,34 @@ class Dialect(base.Dialect):
             last["parts"].append(part)
         else:
             conversation.append({"role": "user", "parts": [part]})
+
+    def offers_tools(self, body: dict) -> bool:
+        """Whether BODY declares a function (``functionDeclarations`` in a
+        ``tools`` entry; ``googleSearch`` alone declares none)."""
+        tools = body.get("tools")
+        return isinstance(tools, list) and any(
+            isinstance(t, dict) and t.get("functionDeclarations") for t in tools)
+
+    def item_as_text(self, item: Any, names: dict[str, str]) -> tuple[Any, str | None]:
+        """ITEM (a content) with its ``functionCall`` and ``functionResponse``
+        parts as ``text`` parts (see :mod:`chatpipe.dialects.toolturns`)."""
+        parts = item.get("parts") if isinstance(item, dict) else None
+        if not isinstance(parts, list):
+            return item, None
+        out = []
+        for part in parts:
+            call = part.get("functionCall") if isinstance(part, dict) else None
+            response = part.get("functionResponse") if isinstance(part, dict) else None
+            if isinstance(call, dict):
+                part = {"text": toolturns.call_text(call.get("name"), call.get("args") or {})}
+            elif isinstance(response, dict):
+                value = response.get("response")
+                value = value if isinstance(value, dict) else {"output": value}
+                failed = "error" in value and "output" not in value
+                part = {"text": toolturns.result_text(
+                    response.get("name"), value.get("error" if failed else "output", value), failed)}
+            out.append(part)
+        return {**item, "parts": out}, None
 
     def add_tools(self, body: dict, tools: list[dict]) -> None:
         """Offer TOOLS as one ``functionDeclarations`` tool."""

@@ -114,6 +114,11 @@ class Dialect(base.Dialect):
     the arguments as an object and no id; a result ``{"role": "tool",
     "content", "tool_name"}`` (no error flag: an error's text starts with
     ``Error: ``).
+
+    Tool turns without tools: the reference states no rule that
+    ``tool_calls`` and ``tool`` messages need ``tools`` (the model's own
+    template renders them), so :attr:`tool_turns_need_tools` is False
+    (where it is set: the base :meth:`item_as_text`).
     """
 
     name = "ollama"

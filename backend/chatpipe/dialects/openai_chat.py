@@ -172,7 +172,9 @@ def usage_event(usage: dict) -> dict:
 
 
 class Dialect(base.Dialect):
-    """OpenAI chat completions: the base class's ``messages`` shape."""
+    """OpenAI chat completions: the base class's ``messages`` shape (with
+    its tool turns as text when a request offers no tools: see
+    :meth:`base.Dialect.item_as_text`)."""
 
     name = "openai-chat"
     parser = Parser

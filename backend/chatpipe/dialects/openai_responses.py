@@ -40,7 +40,7 @@ import json
 from typing import Any, Iterable
 
 from chatpipe import protocol
-from chatpipe.dialects import base
+from chatpipe.dialects import base, toolturns
 from chatpipe.dialects.base import parse_json
 from chatpipe.errors import StreamError
 
@@ -183,6 +183,11 @@ class Dialect(base.Dialect):
     "function_call", "call_id", "name", "arguments"}`` item per call; a
     result is ``{"type": "function_call_output", "call_id", "output"}``
     (no error flag: an error's text starts with ``Error: ``).
+
+    Tool turns without tools: the reference states no rule that
+    ``function_call`` and ``function_call_output`` items need a function
+    tool in the request, so :attr:`tool_turns_need_tools` is False; where
+    it is set, they go as messages (:meth:`item_as_text`).
     """
 
     name = "openai-responses"
@@ -196,6 +201,20 @@ class Dialect(base.Dialect):
         items += [{"type": "function_call", "call_id": call["id"], "name": call["name"],
                    "arguments": call["arguments"]} for call in tool_calls or ()]
         return items
+
+    def item_as_text(self, item: Any, names: dict[str, str]) -> tuple[Any, str | None]:
+        """ITEM, a ``function_call`` item as an assistant message (group
+        ``calls``) and a ``function_call_output`` item as a user message
+        (group ``results``; see :mod:`chatpipe.dialects.toolturns`)."""
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "function_call":
+            names[item.get("call_id")] = item.get("name")
+            return {"role": "assistant", "content": toolturns.call_text(
+                item.get("name"), item.get("arguments"))}, "calls"
+        if kind == "function_call_output":
+            return {"role": "user", "content": toolturns.result_text(
+                names.get(item.get("call_id")), toolturns.text_of(item.get("output")))}, "results"
+        return item, None
 
     def add_tool_result(self, conversation: list, result: dict) -> None:
         """Append RESULT as a ``function_call_output`` item."""
