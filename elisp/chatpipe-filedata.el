@@ -267,7 +267,9 @@ saved with Customize for future sessions when Emacs has a custom file."
      (prin1-to-string value) t)))
 
 (defun chatpipe--describe-setting (setting)
-  "Return a line telling what SETTING, a (VAR . VALUE), would do."
+  "Return a line telling what SETTING, a (VAR . VALUE), would do.
+Context (`chatpipe-context') takes a line for each file or folder,
+its path expanded against `default-directory', the file's folder."
   (let ((value (chatpipe--show-value (cdr setting))))
     (pcase (car setting)
       ('chatpipe-template
@@ -279,22 +281,32 @@ go\n" value))
       ('chatpipe-url (format "  endpoint URL %s: requests go there, with \
 the template's API keys\n" value))
       ('chatpipe-tools (format "  tools %s: the model may run them\n" value))
-      ('chatpipe-context (format "  context %s: these files and folders are \
-read and sent with each question\n" value))
+      ('chatpipe-context
+       (concat "  context: these files and folders are read and sent with \
+each question:\n"
+               (mapconcat
+                (lambda (entry)
+                  (format "    %s %s%s\n"
+                          (if (equal (car entry) "dir") "folder" "file")
+                          (chatpipe--show-value
+                           (abbreviate-file-name (expand-file-name (nth 1 entry))))
+                          (if (nth 2 entry) (format ", lines %s" (nth 2 entry)) "")))
+                (cdr setting) "")))
       (var (format "  %s: %s\n" var value)))))
 
 (defun chatpipe--ask-file-settings (where settings)
   "Ask whether to apply SETTINGS of WHERE; return `always', `once' or nil.
 WHERE names the file or buffer; SETTINGS is an alist of (VAR . VALUE)."
-  (let ((buffer (get-buffer-create "*chatpipe file settings*")))
+  (let ((buffer (get-buffer-create "*chatpipe file settings*"))
+        (described (mapconcat #'chatpipe--describe-setting settings "")))
     (unwind-protect
         (save-window-excursion
           (with-current-buffer buffer
             (let ((inhibit-read-only t))
               (erase-buffer)
-              (insert (format "%s sets where chatpipe sends requests or \
-what runs:\n\n" where)
-                      (mapconcat #'chatpipe--describe-setting settings "")
+              (insert (format "%s sets where chatpipe sends requests, what \
+runs or which files it sends:\n\n" where)
+                      described
                       "\ny: apply them this time\n\
 !: apply them, and do not ask again for this file while they stay the same\n\
 n: do not apply them (the chat uses your defaults)\n")

@@ -304,6 +304,34 @@ EXT is the chat file's extension, \"txt\" or \"org\"."
   "An Org chat's context: saved as a property, restored with consent."
   (chatpipe-test--ctx-saved "org"))
 
+(ert-deftest chatpipe-test-context-consent-question ()
+  "The question before a file's context applies shows each path, resolved."
+  (let* ((dir (make-temp-file (expand-file-name "ctx" chatpipe-test-tmp) t))
+         (file (expand-file-name "chat.txt" dir))
+         (chatpipe-prestart nil) (chatpipe-approved-file-settings nil)
+         (question nil))
+    (with-temp-file file
+      (insert "### User\n\nHi\n\nLocal Variables:\nchatpipe-context: ("
+              (mapconcat (lambda (i) (format "(\"file\" \"f%02d\")" i))
+                         (number-sequence 1 25) " ")
+              " (\"file\" \"../secret\" \"3-4\"))\neval: (chatpipe-mode 1)\nEnd:\n"))
+    (let ((noninteractive nil))
+      (cl-letf (((symbol-function 'read-multiple-choice)
+                 (lambda (_prompt choices &rest _)
+                   (setq question (with-current-buffer "*chatpipe file settings*"
+                                    (buffer-string)))
+                   (assq ?n choices))))
+        (kill-buffer (find-file-noselect file))))
+    (should (string-search (format "file %S\n" (abbreviate-file-name
+                                                 (expand-file-name "f25" dir)))
+                           question))
+    (should (string-search
+             (format "file %S, lines 3-4\n"
+                     (abbreviate-file-name
+                      (expand-file-name "secret" (file-name-directory
+                                                  (directory-file-name dir)))))
+             question))))
+
 (ert-deftest chatpipe-test-context-hostile-values ()
   "A saved context that is not plain data, huge or circular is refused."
   (let ((dir (make-temp-file (expand-file-name "ctx" chatpipe-test-tmp) t))
