@@ -58,12 +58,15 @@
 
 (defun chatpipe-context--here ()
   "Return a new item for the region if it is active, else for this buffer.
-A buffer that visits a file gives a file item."
+A buffer that visits a file gives a file item.  Signal a `user-error'
+for a chat buffer without a region: a chat is no context of itself."
   (cond ((use-region-p)
          (chatpipe-context--item-create
           :kind 'region :buffer (current-buffer) :name (buffer-name)
           :beg (copy-marker (region-beginning) t)
           :end (copy-marker (region-end))))
+        ((chatpipe-context--chat-p (current-buffer))
+         (user-error "A chat is no context of itself: select a region of it"))
         (buffer-file-name
          (chatpipe-context--file-item buffer-file-name))
         (t (chatpipe-context--item-create :kind 'buffer :buffer (current-buffer)

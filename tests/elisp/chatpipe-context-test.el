@@ -191,6 +191,40 @@ No item is in the global context; buffers made are killed after."
 				  (should (equal (chatpipe-context-header-text chat)
 						 "ctx 1 (~1.1k tokens)")))))
 
+;;;; The list
+
+(ert-deftest chatpipe-test-context-list ()
+  "The list shows the items; d removes one, o flags it, n narrows to it."
+  (chatpipe-test--ctx-with-chat chat
+    (with-temp-buffer
+      (let ((source (current-buffer)))
+        (insert "one\ntwo\nthree\n")
+        (chatpipe-test--ctx-select 5 9)
+        (chatpipe-context-toggle)
+        (chatpipe-context-toggle '(4))
+        (with-current-buffer chat
+          (should-error (chatpipe-context-toggle) :type 'user-error))
+        (with-current-buffer (save-window-excursion (chatpipe-context-list))
+          (unwind-protect
+              (progn
+                (should (equal (mapcar (lambda (entry) (append (cadr entry) nil))
+                                       tabulated-list-entries)
+                               `(("chat" "region" ,(buffer-name source) "2-2" "1" "")
+                                 ("global" "buffer" ,(buffer-name source) "" "4" ""))))
+                (goto-char (point-min))
+                (save-window-excursion (chatpipe-context-list-narrow))
+                (should (equal (with-current-buffer source (buffer-string))
+                               "two\n"))
+                (with-current-buffer source (widen))
+                (chatpipe-context-next-only)
+                (should (chatpipe-context-item-once
+                         (car (chatpipe-context-items chat))))
+                (goto-char (point-min))
+                (chatpipe-context-list-remove)
+                (should-not (chatpipe-context-items chat))
+                (should (= 1 (length tabulated-list-entries))))
+            (kill-buffer)))))))
+
 ;;;; The request
 
 (ert-deftest chatpipe-test-context-rendered-request ()
