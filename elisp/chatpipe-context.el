@@ -26,18 +26,20 @@
 ;; with it.  Emacs says which; the backend reads and renders them (the
 ;; request's "context", see docs/protocol.md).
 ;;
-;; \\[chatpipe-context-toggle] adds the region, else the buffer (in
+;; M-x chatpipe-context-toggle adds the region, else the buffer (in
 ;; Dired, the marked files), to a chat's context, or removes it if it
 ;; is there already; `chatpipe-context-add-file' adds a file or folder
 ;; read in the minibuffer.  They add to the current buffer if it is a
 ;; chat, else to the chat buffer selected last, else to a chat you
-;; choose; with \\[universal-argument], to the global context, which
-;; every chat sends.  `chatpipe-context-next-only' marks an item for
-;; the next question only.  Items in a buffer are shown with the face
+;; choose; with C-u, to the global context, which every chat sends.
+;; `chatpipe-context-next-only' marks an item for the next question
+;; only.  Items in a buffer are shown with the face
 ;; `chatpipe-context-highlight' and a fringe bitmap; a region follows
-;; the edits around it.  `chatpipe-context-list' lists them,
-;; with their estimated tokens, and shows the request they make.
-;; The items themselves are in chatpipe-context-items.el.
+;; the edits around it; a killed buffer is named in a warning when a
+;; question is sent, never dropped silently.  `chatpipe-context-list'
+;; lists them with their estimated tokens, and shows the request they
+;; make (rendered by the backend).  The items themselves are in
+;; chatpipe-context-items.el.
 ;;
 ;; A chat's files and folders (and the regions of files, as line
 ;; ranges) are saved with it in `chatpipe-context', and come back when
