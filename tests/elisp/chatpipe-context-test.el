@@ -325,9 +325,12 @@ EXT is the chat file's extension, \"txt\" or \"org\"."
 				       (should-not (chatpipe-context-items chat))
 				       (should (assq 'chatpipe-context chatpipe--withheld-settings)))
 				     (kill-buffer chat))))
-    ;; "y": restored.
+    ;; "y": restored; the file visited again shows its two items.
     (let ((chat (chatpipe-test--ctx-visit file ?y)))
       (should (equal (chatpipe-test--ctx-paths chat) expected))
+      (let ((source (find-file-noselect code)))
+        (should (= 2 (length (chatpipe-test--ctx-marks source))))
+        (kill-buffer source))
       (kill-buffer chat))))
 
 (ert-deftest chatpipe-test-context-saved-text ()
