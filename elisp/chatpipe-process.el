@@ -32,9 +32,13 @@
 ;; The shared process can be started ahead of the first question, and
 ;; asked to open a connection to a template's endpoint then (a
 ;; `preconnect' request), so that the first answer comes as soon as
-;; the next ones: see `chatpipe-process-preconnect'.  Requests ask for
-;; the answer's price (serve's "price", send's --usage), which the
-;; `usage' event then carries as `cost' when the backend knows it.
+;; the next ones: see `chatpipe-process-preconnect'.
+;;
+;; A request is one JSON object, built by `chatpipe-process-request'
+;; and sent the same way to both: as a line (with its id) to the serve
+;; process, on stdin to `chatpipe send --request -'.  It asks for the
+;; answer's price, which the `usage' event then carries as `cost' when
+;; the backend knows it.
 ;;
 ;; API keys: each environment variable a template needs (its
 ;; `${env:NAME}' placeholders, which the backend lists) is taken from
@@ -323,6 +327,28 @@ and signal as `chatpipe-call' does."
       (kill-buffer err))))
 
 
+(defun chatpipe-process-request (template &optional messages model url vars
+                                         params tools)
+  "Return the request for an answer with TEMPLATE, an alist for JSON.
+It is the one shape of a request for both backend modes (the
+request fields of docs/protocol.md): a `chatpipe serve' line
+without its id, and what `chatpipe send --request -' reads.
+TEMPLATE, MESSAGES, MODEL, URL, VARS, PARAMS and TOOLS are as for
+`chatpipe-process-start'; the API keys TEMPLATE needs (see
+`chatpipe-template-env') are its \"env\", and it asks for the
+answer's price.  Fields that are nil are left out."
+  (let* ((entry (chatpipe-template-info template))
+         (env (chatpipe--entry-env entry)))
+    `((template . ,(chatpipe--template-argument template entry))
+      (messages . ,(chatpipe--messages-vector messages))
+      ,@(and model `((model . ,model)))
+      ,@(and url `((url . ,url)))
+      ,@(and vars `((vars . ,(chatpipe--string-table vars))))
+      ,@(and params `((params . ,params)))
+      ,@(and tools `((tools . ,(vconcat tools))))
+      ,@(and env `((env . ,(chatpipe--string-table env))))
+      (price . t))))
+
 (cl-defun chatpipe-process-start (&key template messages model url vars
                                        params tools name handler)
   "Start streaming an answer to MESSAGES with TEMPLATE; return its stream.
@@ -333,17 +359,17 @@ MESSAGES may also hold alists in the neutral shape of tool turns
 \(see `chatpipe-messages').  MODEL and URL, if non-nil, override the
 template's model and endpoint; VARS is an alist of (NAME . VALUE)
 strings for its `${NAME}' placeholders; PARAMS an alist such as
-\((temperature . 0.7) (max_tokens . 500)), given as the request's
-\"params\" or as options.  TOOLS, a list of neutral tool definitions
+\((temperature . 0.7) (max_tokens . 500)), the request's
+\"params\".  TOOLS, a list of neutral tool definitions
 \(alists) and \"mcp:NAME\" strings, is the request's \"tools\": it
 needs the serve process, whose `tool_request' events HANDLER answers
-with `chatpipe-process-answer'.  The request goes to the shared
-serve process, or to a send process named NAME (see
-`chatpipe-backend-mode'); the API keys
-the template needs (see `chatpipe-template-env') go in the request
-or the process environment, never on a command line.  The answer's
-`usage' event carries its `cost' (US dollars) when the backend
-knows the model's price.
+with `chatpipe-process-answer'.  The request, which
+`chatpipe-process-request' builds, goes to the shared serve process
+as a line, or on stdin to a send process named NAME (`chatpipe send
+--request -'; see `chatpipe-backend-mode'); the API keys the
+template needs (see `chatpipe-template-env') go in the request,
+never on a command line.  The answer's `usage' event carries its
+`cost' (US dollars) when the backend knows the model's price.
 
 HANDLER is called with each event, a plist such as \(:type
 \"delta\" :content \"Hi\"), up to the first `done' or `error'
@@ -353,51 +379,28 @@ delivered.  Text may be handed on joined, at most every
 `chatpipe-process-abort', nothing more is.  The value is a
 `chatpipe-stream'.  Signal `chatpipe-backend-missing' if there is
 no backend."
-  (let* ((entry (chatpipe-template-info template))
-         (template (chatpipe--template-argument template entry))
-         (env (chatpipe--entry-env entry))
-         (json-messages (chatpipe--messages-vector messages)))
+  (let ((request (chatpipe-process-request template messages model url vars
+                                           params tools)))
     (if (eq chatpipe-backend-mode 'send)
-        (let* ((name (or name "chatpipe"))
-               (process-environment (chatpipe--environment-with env))
-               (proc (chatpipe--start-process
+        (let ((name (or name "chatpipe")))
+          (chatpipe--request
+           (chatpipe--stream-create
+            :process (chatpipe--start-process
                       name
                       (append (chatpipe--command)
-                              (list "send" template "--output" "ndjson"
-                                    "--usage" "--messages" "-")
-                              (and model (list "--model" model))
-                              (and url (list "--url" url))
-                              (mapcan (lambda (var)
-                                        (list "--var" (format "%s=%s" (car var)
-                                                              (cdr var))))
-                                      vars)
-                              (chatpipe--param-options params))
-                      (get-buffer-create (format " *%s stderr*" name)))))
-          (chatpipe--request
-           (chatpipe--stream-create :process proc :handler handler)
-           (json-serialize json-messages) t))
+                              '("send" "--output" "ndjson" "--request" "-"))
+                      (get-buffer-create (format " *%s stderr*" name)))
+            :handler handler)
+           (json-serialize request) t))
       (let ((id (format "emacs-%d" (cl-incf chatpipe--serve-counter))))
         (chatpipe--request
          (chatpipe--stream-create :id id :process (chatpipe-serve-process)
                                   :handler handler)
-         (chatpipe--serve-line
-          `((id . ,id) (template . ,template) (messages . ,json-messages)
-            ,@(and params `((params . ,params)))
-            ,@(and tools `((tools . ,(vconcat tools))))
-            (price . t))
-          model url vars env))))))
+         (chatpipe--serve-line `((id . ,id) ,@request)))))))
 
-(defun chatpipe--serve-line (request &optional model url vars env)
-  "Return REQUEST, an alist, as a line for `chatpipe serve'.
-MODEL, URL, VARS and ENV are added to it if non-nil, as for
-`chatpipe-process-start'."
-  (concat (json-serialize
-           `(,@request
-             ,@(and model `((model . ,model)))
-             ,@(and url `((url . ,url)))
-             ,@(and vars `((vars . ,(chatpipe--string-table vars))))
-             ,@(and env `((env . ,(chatpipe--string-table env))))))
-          "\n"))
+(defun chatpipe--serve-line (request)
+  "Return REQUEST, an alist, as a line for `chatpipe serve'."
+  (concat (json-serialize request) "\n"))
 
 (defun chatpipe-process-answer (stream key answer)
   "Answer the `tool_request' that STREAM is waiting on.
@@ -423,14 +426,12 @@ as for `chatpipe-process-start'.  The backend sends nothing and
 answers nothing; the next request reports any error.  Signal
 `chatpipe-backend-missing' if there is no backend.  Return the
 process."
-  (let ((proc (chatpipe-serve-process))
-        (entry (chatpipe-template-info template)))
+  (let ((proc (chatpipe-serve-process)))
     (process-send-string
      proc (chatpipe--serve-line
            `((id . ,(format "emacs-%d" (cl-incf chatpipe--serve-counter)))
-             (template . ,(chatpipe--template-argument template entry))
-             (preconnect . t))
-           nil url vars (chatpipe--entry-env entry)))
+             (preconnect . t)
+             ,@(chatpipe-process-request template nil nil url vars))))
     proc))
 
 (defun chatpipe-process-abort (stream)
