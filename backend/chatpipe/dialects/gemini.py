@@ -184,13 +184,13 @@ class Dialect(base.Dialect):
     sent only when Gemini gave them.  The neutral ``thinking`` of an
     answer is dropped: Gemini's own rule is the signature of each call.
 
-    Tool turns without tools: function calling pairs ``functionCall`` and
-    ``functionResponse`` parts with the ``functionDeclarations`` of the
-    request (https://ai.google.dev/gemini-api/docs/function-calling); a
+    Tool turns without tools: a ``functionResponse``'s ``name`` "matches
+    FunctionDeclaration.name and FunctionCall.name"
+    (https://ai.google.dev/api/caching#FunctionResponse), and a
     third-party report has the API refuse (HTTP 400, "Request contains an
-    invalid argument") a ``functionResponse`` whose name no declaration
-    has, which the reference does not say, so :attr:`tool_turns_need_tools`
-    is False; where it is set, they go as ``text`` parts (:meth:`item_as_text`).
+    invalid argument") one whose name no declaration has.  Yet
+    :attr:`tool_turns_need_tools` is False here: the turns go back as they
+    are; set, they go as ``text`` parts (:meth:`item_as_text`).
     """
 
     name = "gemini"
