@@ -20,7 +20,7 @@ from chatpipe import dialects, tools
 from chatpipe.dialects import base
 from chatpipe.templates import Request
 from conftest import EXPECTED, STREAMS, ListSink, ndjson, run_stream_in_process
-from replay_server import Reply
+from replay_server import Reply, split_every
 from test_tool_formats import KEY, TOOL, TURNS
 
 RECORDING = "anthropic/thinking-tool-use.sse"
@@ -110,6 +110,43 @@ def test_a_whole_message_gives_its_thinking_and_redacted_thinking_in_order(serve
     assert items[0]["content"][:2] == [
         {"type": "thinking", "thinking": "Use the tool.", "signature": "c2ln"},
         {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}]
+
+
+def anthropic_events(*payloads: dict) -> bytes:
+    """Server-sent events of the Messages stream, one per PAYLOAD (named
+    by its ``type``: https://docs.anthropic.com/en/api/messages-streaming)."""
+    return b"".join(f"event: {p['type']}\ndata: {json.dumps(p)}\n\n".encode() for p in payloads)
+
+
+def test_a_stream_gives_its_redacted_and_signed_thinking_in_order(server):
+    url = server.add("/v1/messages", Reply(split_every(anthropic_events(
+        {"type": "message_start", "message": {"id": "msg_2", "usage": {"input_tokens": 5}}},
+        {"type": "content_block_start", "index": 0,
+         "content_block": {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "thinking_delta", "thinking": "Call "}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "thinking_delta", "thinking": "f."}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "signature_delta", "signature": "c2ln"}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "content_block_start", "index": 2,
+         "content_block": {"type": "tool_use", "id": "toolu_2", "name": "f", "input": {}}},
+        {"type": "content_block_delta", "index": 2,
+         "delta": {"type": "input_json_delta", "partial_json": "{}"}},
+        {"type": "content_block_stop", "index": 2},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+         "usage": {"output_tokens": 9}},
+        {"type": "message_stop"}), 7)))
+    sink, err, _ = run_stream_in_process(Request(url=url, headers={}, body={"model": "m"},
+                                                 api="anthropic-messages", connect_timeout=5))
+    assert err is None, err
+    assert [e["content"] for e in sink.of("reasoning")] == ["Call ", "f."]
+    assert sink.events[-1].thinking == [{"data": "EmwKAhgBEgy3va3pzix"},
+                                        {"text": "Call f.", "signature": "c2ln"}]
 
 
 ANSWER_WITH_THINKING = {"role": "assistant", "content": "", "tool_calls": TURNS[1]["tool_calls"],
