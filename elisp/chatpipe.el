@@ -89,7 +89,9 @@
 ;; chatpipe-prestart.el (the backend made ready for a new chat),
 ;; chatpipe-status.el (loads the four before it), chatpipe-filedata.el
 ;; (settings read from files: plain data, and consent for those that
-;; choose where requests go or what runs), chatpipe-insert.el (an
+;; choose where requests go or what runs), chatpipe-context-items.el
+;; and chatpipe-context.el (the files, buffers and regions sent with
+;; questions, and their commands), chatpipe-insert.el (an
 ;; answer's pieces inserted into its buffer), chatpipe-tools.el (tools
 ;; defined in Emacs, MCP servers, answering the backend's tool
 ;; requests), chatpipe-tool-ask.el (the questions before a tool runs,

@@ -26,6 +26,7 @@
     "chatpipe-reasoning.el" "chatpipe-filedata.el"
     "chatpipe-chat-settings.el" "chatpipe-header.el" "chatpipe-usage.el"
     "chatpipe-hints.el" "chatpipe-prestart.el" "chatpipe-status.el"
+    "chatpipe-context-items.el" "chatpipe-context.el"
     "chatpipe-insert.el" "chatpipe-tool-ask.el" "chatpipe-tools.el" "chatpipe-chat.el"
     "chatpipe-install.el"
     "chatpipe-templates.el" "chatpipe-models.el" "chatpipe-state.el"
