@@ -52,8 +52,8 @@ class Flag:
     @property
     def dest(self) -> str:
         """The attribute of argparse's namespace that holds the value."""
-        name = max(self.names, key=lambda n: n.startswith("--"))
-        return name.lstrip("-").replace("-", "_")
+        long = [n for n in self.names if n.startswith("--")]
+        return (long or self.names)[0].lstrip("-").replace("-", "_")
 
     @property
     def shown(self) -> str:
@@ -323,11 +323,19 @@ def _get(request: Mapping[str, Any], key: str) -> Any:
     """The value of KEY (``group.name`` inside GROUP) in REQUEST, or None."""
     group, dot, name = key.partition(".")
     value = request.get(group)
-    return value.get(name) if dot and isinstance(value, dict) else None if dot else value
+    if not dot:
+        return value
+    return value.get(name) if isinstance(value, dict) else None
 
 
 def _check_groups(request: Mapping[str, Any]) -> None:
-    """Check the objects of ``group.name`` keys: objects of known names."""
+    """Check the objects of ``group.name`` keys (``params``): objects of
+    known names.
+
+    Raises:
+        UsageError: not an object, or an unknown name (``unknown parameter
+            'top_k'; known: ...``).
+    """
     for group in {s.key.partition(".")[0] for s in FIELDS.values() if s.key and "." in s.key}:
         value = request.get(group)
         if value is None:
