@@ -199,8 +199,7 @@ any other event of its stream; an abort hands it on too."
 
 (ert-deftest chatpipe-test-insert-interval-chat ()
   "A paced answer is inserted whole, in fewer pieces than it was read.
-The empty lines written to the serve process meanwhile (see
-`chatpipe--stream-read-now') are ignored: nothing is rejected."
+Nothing is logged: no line is rejected."
   (let* ((template (chatpipe-test--template
                     "/replay/openai-chat/text-with-usage.sse?split=16&delay=0.002"))
          (chatpipe-log-buffer-name " *chatpipe-test-interval-log*")
@@ -223,6 +222,33 @@ The empty lines written to the serve process meanwhile (see
                                         "openai-chat/text-with-usage.sse")))))
       (should (< 0 inserts reads))
       (should-not (get-buffer chatpipe-log-buffer-name)))))
+
+(ert-deftest chatpipe-test-text-not-held ()
+  "The text read reaches the buffer while nothing more comes.
+The server holds the answer after its first events (30 s, longer
+than the wait here): their text is in the chat buffer all the same,
+and the rest follows once it is let go.  Text the insertion interval
+\(long here) held back is handed on by its timer, not by more output."
+  (let* ((recording "openai-chat/text-with-usage.sse")
+         (template (chatpipe-test--template
+                    (format "/replay/%s?hold=%d" recording
+                            (chatpipe-test--hold-offset recording 5))))
+         (chatpipe-insert-interval 0.5))
+    (chatpipe-test--with-chat (buffer template)
+      (unwind-protect
+          (progn
+            (chatpipe-test--ask chatpipe-test--question)
+            (should (chatpipe-test--wait
+                     (lambda () (string-search "I'm unable to provide"
+                                               (buffer-string)))
+                     10))
+            (should-not (chatpipe-test--idle-p buffer)))
+        (chatpipe-test--http "POST" "/release"))
+      (chatpipe-test--wait-idle buffer)
+      (should (equal (buffer-string)
+                     (chatpipe-test--chat-text
+                      (cons 'user chatpipe-test--question)
+                      (cons 'assistant (chatpipe-test--expected recording))))))))
 
 (ert-deftest chatpipe-test-text-lines ()
   "Lines of text are read exactly, on the short path or the general one.
