@@ -47,9 +47,13 @@
 (require 'chatpipe-turns)
 (require 'chatpipe-org)
 (require 'chatpipe-reasoning)
-(require 'chatpipe-status)
+(require 'chatpipe-chat-settings)
+(require 'chatpipe-header)
+(require 'chatpipe-usage)
+(require 'chatpipe-hints)
 (require 'chatpipe-insert)
 (require 'chatpipe-tools)
+(require 'chatpipe-context-items)
 
 ;;;; The end of an answer
 
@@ -321,6 +325,7 @@ edits are undone.  The chat's tools go with the request (see
                    :vars chatpipe-template-vars
                    :params (chatpipe--params)
                    :tools tools
+                   :context (chatpipe-context-request-items (current-buffer))
                    :name (format "chatpipe %s" (buffer-name))
                    :handler (lambda (event)
                               (chatpipe--handle-event job event))))
@@ -328,6 +333,7 @@ edits are undone.  The chat's tools go with the request (see
             (accept-change-group group)
             (setf (chatpipe--job-undo job) (chatpipe--undo-list))
             (setq chatpipe--job job)
+            (chatpipe-context-sent (current-buffer))
             (chatpipe--clear-reasoning-buffer)
             (chatpipe--set-status "waiting...")
             (setq started t)

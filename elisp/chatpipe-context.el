@@ -401,7 +401,7 @@ A whole buffer or file is shown widened."
 (declare-function chatpipe--chat-end "chatpipe-turns")
 (declare-function chatpipe--with-system "chatpipe-chat-settings")
 (declare-function chatpipe--params "chatpipe-chat-settings")
-(declare-function chatpipe-process-request "chatpipe-process")
+(declare-function chatpipe-process-request "chatpipe-process" (&rest args))
 
 (defun chatpipe-context-rendered-request (chat-buffer)
   "Return the request body CHAT-BUFFER would send now, a string.
@@ -415,13 +415,13 @@ and prints the body it would send, sending nothing.  Signal
   (with-current-buffer chat-buffer
     (let ((chatpipe-call-input
            (json-serialize
-            `(,@(chatpipe-process-request
-                 (or chatpipe-template chatpipe-default-template)
-                 (chatpipe--with-system
-                  (chatpipe-messages (point-min) (chatpipe--chat-end)))
-                 chatpipe-model chatpipe-url chatpipe-template-vars
-                 (chatpipe--params))
-              (context . ,(chatpipe-context-request-items chat-buffer))))))
+            (chatpipe-process-request
+             :template (or chatpipe-template chatpipe-default-template)
+             :messages (chatpipe--with-system
+                        (chatpipe-messages (point-min) (chatpipe--chat-end)))
+             :model chatpipe-model :url chatpipe-url
+             :vars chatpipe-template-vars :params (chatpipe--params)
+             :context (chatpipe-context-request-items chat-buffer)))))
       (cdr (chatpipe-call-waiting 60 "send" "--request" "-" "--dry-run")))))
 
 (defun chatpipe-context-show-request ()

@@ -33,6 +33,7 @@
 (require 'subr-x)
 (require 'chatpipe-backend)
 (require 'chatpipe-chat-settings)
+(require 'chatpipe-context)
 
 (defvar-local chatpipe--status nil
   "The status shown in the header line, a string, or nil.")
@@ -111,7 +112,8 @@ runs the backend.  Opening a chat has it said soon (see
 It shows the template, the model (the one chosen for this chat, else
 the one the last answer came from, else the template's; as
 `chatpipe-model-name' shows it), the parameters, system prompt and
-tools set for this chat, and the status.  The text of the settings
+tools set for this chat, its context (see
+`chatpipe-context-header-text') and the status.  The text of the settings
 has no text properties: only chatpipe's own face is shown."
   (let ((model (or chatpipe-model chatpipe--model-seen (chatpipe--template-model)))
         (settings (chatpipe--settings-text))
@@ -123,6 +125,8 @@ has no text properties: only chatpipe's own face is shown."
                                  (chatpipe-model-name model)))
               "")
             (if settings (format " (%s)" settings) "")
+            (let ((context (chatpipe-context-header-text (current-buffer))))
+              (if context (concat " " context) ""))
             (if chatpipe--status (concat " | " chatpipe--status) ""))))
 
 (provide 'chatpipe-header)

@@ -47,7 +47,9 @@
 (require 'chatpipe-toolblocks)
 (require 'chatpipe-org)
 (require 'chatpipe-reasoning)
-(require 'chatpipe-status)
+(require 'chatpipe-chat-settings)
+(require 'chatpipe-header)
+(require 'chatpipe-fold)
 
 (cl-defstruct (chatpipe--job (:constructor chatpipe--job-create)
                              (:copier nil))

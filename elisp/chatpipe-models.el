@@ -49,7 +49,7 @@
 (require 'subr-x)
 (require 'chatpipe-backend)
 (require 'chatpipe-process)
-(require 'chatpipe-status)
+(require 'chatpipe-header)
 
 (define-error 'chatpipe-models-failed
   "Cannot list the models" 'chatpipe-error)

@@ -283,6 +283,11 @@ delivered any more."
 
 ;;;; Requests
 
+(defvar chatpipe-call-input nil
+  "A string `chatpipe-call-waiting' writes to the backend's stdin, or nil.
+Bind it around a call that reads its input, such as `chatpipe send
+--request -'; stdin is closed after it either way.")
+
 (defun chatpipe-call-waiting (timeout &rest args)
   "Run the backend with the arguments ARGS; wait for it, Emacs not blocked.
 Like `chatpipe-call', but the backend runs asynchronously and Emacs
@@ -308,6 +313,9 @@ and signal as `chatpipe-call' does."
                                    :command (append command args)
                                    :connection-type 'pipe :coding 'utf-8-unix
                                    :noquery t :stderr stderr :sentinel #'ignore))
+          (when chatpipe-call-input
+            (process-send-string proc chatpipe-call-input))
+          (process-send-eof proc)
           (let ((limit (+ (float-time) timeout)))
             (while (and (process-live-p proc) (< (float-time) limit))
               (accept-process-output proc 0.05)))
@@ -327,16 +335,16 @@ and signal as `chatpipe-call' does."
       (kill-buffer err))))
 
 
-(defun chatpipe-process-request (template &optional messages model url vars
-                                         params tools)
+(cl-defun chatpipe-process-request (&key template messages model url vars
+                                         params tools context)
   "Return the request for an answer with TEMPLATE, an alist for JSON.
 It is the one shape of a request for both backend modes (the
 request fields of docs/protocol.md): a `chatpipe serve' line
 without its id, and what `chatpipe send --request -' reads.
-TEMPLATE, MESSAGES, MODEL, URL, VARS, PARAMS and TOOLS are as for
-`chatpipe-process-start'; the API keys TEMPLATE needs (see
+TEMPLATE, MESSAGES, MODEL, URL, VARS, PARAMS, TOOLS and CONTEXT are
+as for `chatpipe-process-start'; the API keys TEMPLATE needs (see
 `chatpipe-template-env') are its \"env\", and it asks for the
-answer's price.  Fields that are nil are left out."
+answer's price.  Fields that are nil or empty are left out."
   (let* ((entry (chatpipe-template-info template))
          (env (chatpipe--entry-env entry)))
     `((template . ,(chatpipe--template-argument template entry))
@@ -346,11 +354,12 @@ answer's price.  Fields that are nil are left out."
       ,@(and vars `((vars . ,(chatpipe--string-table vars))))
       ,@(and params `((params . ,params)))
       ,@(and tools `((tools . ,(vconcat tools))))
+      ,@(and (> (length context) 0) `((context . ,(vconcat context))))
       ,@(and env `((env . ,(chatpipe--string-table env))))
       (price . t))))
 
 (cl-defun chatpipe-process-start (&key template messages model url vars
-                                       params tools name handler)
+                                       params tools context name handler)
   "Start streaming an answer to MESSAGES with TEMPLATE; return its stream.
 TEMPLATE is a template name or a .json file name.  MESSAGES is a
 list of (ROLE . CONTENT) pairs of strings, appended after the
@@ -363,7 +372,10 @@ strings for its `${NAME}' placeholders; PARAMS an alist such as
 \"params\".  TOOLS, a list of neutral tool definitions
 \(alists) and \"mcp:NAME\" strings, is the request's \"tools\": it
 needs the serve process, whose `tool_request' events HANDLER answers
-with `chatpipe-process-answer'.  The request, which
+with `chatpipe-process-answer'.  CONTEXT, a vector of context items
+\(alists: files, folders, named text; see docs/protocol.md and
+`chatpipe-context-request-items'), is the request's \"context\",
+which the backend reads and renders.  The request, which
 `chatpipe-process-request' builds, goes to the shared serve process
 as a line, or on stdin to a send process named NAME (`chatpipe send
 --request -'; see `chatpipe-backend-mode'); the API keys the
@@ -379,8 +391,9 @@ delivered.  Text may be handed on joined, at most every
 `chatpipe-process-abort', nothing more is.  The value is a
 `chatpipe-stream'.  Signal `chatpipe-backend-missing' if there is
 no backend."
-  (let ((request (chatpipe-process-request template messages model url vars
-                                           params tools)))
+  (let ((request (chatpipe-process-request
+                  :template template :messages messages :model model :url url
+                  :vars vars :params params :tools tools :context context)))
     (if (eq chatpipe-backend-mode 'send)
         (let ((name (or name "chatpipe")))
           (chatpipe--request
@@ -431,7 +444,8 @@ process."
      proc (chatpipe--serve-line
            `((id . ,(format "emacs-%d" (cl-incf chatpipe--serve-counter)))
              (preconnect . t)
-             ,@(chatpipe-process-request template nil nil url vars))))
+             ,@(chatpipe-process-request :template template :url url
+                                         :vars vars))))
     proc))
 
 (defun chatpipe-process-abort (stream)

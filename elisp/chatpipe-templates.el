@@ -35,7 +35,7 @@
 (require 'cl-lib)
 (require 'subr-x)
 (require 'chatpipe-backend)
-(require 'chatpipe-status)
+(require 'chatpipe-chat-settings)
 
 (defvar chatpipe-mode)
 

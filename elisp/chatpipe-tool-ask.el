@@ -37,10 +37,9 @@
 (require 'subr-x)
 (require 'json)
 (require 'chatpipe-process)
-(require 'chatpipe-status)
+(require 'chatpipe-chat-settings)
+(require 'chatpipe-header)
 
-(declare-function chatpipe--tool-send "chatpipe-tools" (run key answer))
-(declare-function chatpipe--tool-status "chatpipe-tools" (run format-string &rest args))
 
 (defvar-local chatpipe--tool-approvals nil
   "The tools approved with \"always\" in this chat, newest first.
@@ -60,6 +59,20 @@ the tool runs.  TIMER is the timer that will start the run; ENDED is
 non-nil once it is answered, or its answer is no longer wanted."
   stream buffer call-id name arguments confirm source tool on-quit timer
   ended)
+
+(defun chatpipe--tool-status (run format-string &rest args)
+  "Show FORMAT-STRING with ARGS as the status of RUN's chat buffer."
+  (let ((buffer (chatpipe--tool-run-buffer run)))
+    (when (and (buffer-live-p buffer) (not (chatpipe--tool-run-ended run)))
+      (with-current-buffer buffer
+        (apply #'chatpipe--set-status format-string args)))))
+
+(defun chatpipe--tool-send (run key answer)
+  "Send ANSWER, the KEY line of RUN, unless RUN has ended; then it has.
+See `chatpipe-process-answer'."
+  (unless (chatpipe--tool-run-ended run)
+    (setf (chatpipe--tool-run-ended run) t)
+    (chatpipe-process-answer (chatpipe--tool-run-stream run) key answer)))
 
 (defvar chatpipe--tool-prompting nil
   "The tool runs whose question is being asked, innermost first.

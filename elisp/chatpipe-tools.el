@@ -62,7 +62,8 @@
 (require 'json)
 (require 'chatpipe-backend)
 (require 'chatpipe-process)
-(require 'chatpipe-status)
+(require 'chatpipe-chat-settings)
+(require 'chatpipe-header)
 (require 'chatpipe-tool-ask)
 
 ;;;; Tools defined in Emacs
@@ -208,13 +209,6 @@ Return the new `chatpipe--tool-run', to give
           (run-at-time 0 nil #'chatpipe--tool-run-start run))
     run))
 
-(defun chatpipe--tool-status (run format-string &rest args)
-  "Show FORMAT-STRING with ARGS as the status of RUN's chat buffer."
-  (let ((buffer (chatpipe--tool-run-buffer run)))
-    (when (and (buffer-live-p buffer) (not (chatpipe--tool-run-ended run)))
-      (with-current-buffer buffer
-        (apply #'chatpipe--set-status format-string args)))))
-
 (defun chatpipe--tool-run-start (run)
   "Answer RUN, from its timer: ask the user, run the tool, or both.
 A run that must ask while the minibuffer is in use waits until it
@@ -327,13 +321,6 @@ was answered already, or ended."
    run 'tool_result
    `((call_id . ,(chatpipe--tool-run-call-id run)) (denied . t)
      ,@(and reason `((reason . ,reason))))))
-
-(defun chatpipe--tool-send (run key answer)
-  "Send ANSWER, the KEY line of RUN, unless RUN has ended; then it has.
-See `chatpipe-process-answer'."
-  (unless (chatpipe--tool-run-ended run)
-    (setf (chatpipe--tool-run-ended run) t)
-    (chatpipe-process-answer (chatpipe--tool-run-stream run) key answer)))
 
 (provide 'chatpipe-tools)
 ;;; chatpipe-tools.el ends here

@@ -87,7 +87,7 @@
 ;; chatpipe-header.el (header line), chatpipe-usage.el (tokens and
 ;; cost), chatpipe-hints.el (error texts and hints),
 ;; chatpipe-prestart.el (the backend made ready for a new chat),
-;; chatpipe-status.el (loads the four before it), chatpipe-filedata.el
+;; chatpipe-filedata.el
 ;; (settings read from files: plain data, and consent for those that
 ;; choose where requests go or what runs), chatpipe-context-items.el
 ;; and chatpipe-context.el (the files, buffers and regions sent with
@@ -117,6 +117,7 @@
 (require 'chatpipe-reasoning)
 (require 'chatpipe-chat-settings)
 (require 'chatpipe-header)
+(require 'chatpipe-context)
 (require 'chatpipe-prestart)
 (require 'chatpipe-insert)
 (require 'chatpipe-tools)

@@ -47,11 +47,13 @@ Every field `chatpipe-process-start' takes is given.  Return
                                             chatpipe-test--request-key)
                                     process-environment))
          (request (chatpipe-process-request
-                   template '(("user" . "Hi")) "m" "http://127.0.0.1:9/v1"
-                   '(("lang" . "French")) '((max_tokens . 5)) '("mcp:time")))
+                   :template template :messages '(("user" . "Hi")) :model "m"
+                   :url "http://127.0.0.1:9/v1" :vars '(("lang" . "French"))
+                   :params '((max_tokens . 5)) :tools '("mcp:time")
+                   :context [((type . "file") (path . "/tmp/a.py"))]))
          (parsed (json-parse-string (json-serialize request) :object-type 'alist)))
     (should (equal (mapcar #'car parsed)
-                   '(template messages model url vars params tools env price)))
+                   '(template messages model url vars params tools context env price)))
     (should (equal (alist-get 'template parsed) template))
     (should (equal (alist-get 'messages parsed) [((role . "user") (content . "Hi"))]))
     (should (equal (alist-get 'vars parsed) '((lang . "French"))))
@@ -61,7 +63,7 @@ Every field `chatpipe-process-start' takes is given.  Return
                    `((CHATPIPE_REQUEST_KEY . ,chatpipe-test--request-key))))
     (should (eq (alist-get 'price parsed) t))
     ;; Nothing given, nothing sent but the template, messages and price.
-    (should (equal (mapcar #'car (chatpipe-process-request "local"))
+    (should (equal (mapcar #'car (chatpipe-process-request :template "local" :context []))
                    '(template messages price)))))
 
 (ert-deftest chatpipe-test-request-same-in-both-modes ()

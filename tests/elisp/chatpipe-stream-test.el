@@ -38,7 +38,7 @@ process: the shared serve process stays, a send process exits 0."
                                   (chatpipe-test--serve-command)))
                    (should (eq proc (chatpipe-serve-process)))
                    (should (stringp (chatpipe-stream-id stream))))
-          (should (member "--messages" (process-command proc)))
+          (should (member "--request" (process-command proc)))
           (should-not (chatpipe-stream-id stream)))
         (chatpipe-test--wait-idle buffer)
         (should-not (chatpipe-busy-p))

@@ -235,8 +235,7 @@ the ~ for a process, so Emacs must."
             (should (string-search (concat "templates info "
                                            (expand-file-name "chat.json" home))
                                    argv))
-            (should (string-search (concat "send " (expand-file-name "chat.json" home))
-                                   argv))
+            (should (string-search "send --output ndjson --request -" argv))
             (should-not (string-search "~" argv))))
       (chatpipe-serve-stop)
       (chatpipe-templates-refresh)
