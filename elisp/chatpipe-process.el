@@ -336,13 +336,13 @@ and signal as `chatpipe-call' does."
 
 
 (cl-defun chatpipe-process-request (&key template messages model url vars
-                                         params tools context)
+                                         params tools context rewrite)
   "Return the request for an answer with TEMPLATE, an alist for JSON.
 It is the one shape of a request for both backend modes (the
 request fields of docs/protocol.md): a `chatpipe serve' line
 without its id, and what `chatpipe send --request -' reads.
-TEMPLATE, MESSAGES, MODEL, URL, VARS, PARAMS, TOOLS and CONTEXT are
-as for `chatpipe-process-start'; the API keys TEMPLATE needs (see
+TEMPLATE, MESSAGES, MODEL, URL, VARS, PARAMS, TOOLS, CONTEXT and
+REWRITE are as for `chatpipe-process-start'; the API keys TEMPLATE needs (see
 `chatpipe-template-env') are its \"env\", and it asks for the
 answer's price.  Fields that are nil or empty are left out."
   (let* ((entry (chatpipe-template-info template))
@@ -355,11 +355,12 @@ answer's price.  Fields that are nil or empty are left out."
       ,@(and params `((params . ,params)))
       ,@(and tools `((tools . ,(vconcat tools))))
       ,@(and (> (length context) 0) `((context . ,(vconcat context))))
+      ,@(and rewrite `((rewrite . ,rewrite)))
       ,@(and env `((env . ,(chatpipe--string-table env))))
       (price . t))))
 
 (cl-defun chatpipe-process-start (&key template messages model url vars
-                                       params tools context name handler)
+                                       params tools context rewrite name handler)
   "Start streaming an answer to MESSAGES with TEMPLATE; return its stream.
 TEMPLATE is a template name or a .json file name.  MESSAGES is a
 list of (ROLE . CONTENT) pairs of strings, appended after the
@@ -375,7 +376,10 @@ needs the serve process, whose `tool_request' events HANDLER answers
 with `chatpipe-process-answer'.  CONTEXT, a vector of context items
 \(alists: files, folders, named text; see docs/protocol.md and
 `chatpipe-context-request-items'), is the request's \"context\",
-which the backend reads and renders.  The request, which
+which the backend reads and renders.  REWRITE, an alist (the text
+to rewrite, the instruction, its path, language and the lines around
+it; see docs/protocol.md), makes the request a rewrite, whose answer
+is the replacement text.  The request, which
 `chatpipe-process-request' builds, goes to the shared serve process
 as a line, or on stdin to a send process named NAME (`chatpipe send
 --request -'; see `chatpipe-backend-mode'); the API keys the
@@ -393,7 +397,8 @@ delivered.  Text may be handed on joined, at most every
 no backend."
   (let ((request (chatpipe-process-request
                   :template template :messages messages :model model :url url
-                  :vars vars :params params :tools tools :context context)))
+                  :vars vars :params params :tools tools :context context
+                  :rewrite rewrite)))
     (if (eq chatpipe-backend-mode 'send)
         (let ((name (or name "chatpipe")))
           (chatpipe--request

@@ -38,6 +38,9 @@ SAMPLES = {
     "mcp": (["time"], [""]),
     "max_tool_steps": (3, -1),
     "chat": ("c1", ""),
+    "context": ([{"type": "text", "name": "n", "text": "t"}], [{"type": "file"}]),
+    "context_placement": ("user", "top"),
+    "dry_run": (True, 1),
 }
 
 

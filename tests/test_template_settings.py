@@ -32,12 +32,16 @@ MESSAGES = {
     "max_event_bytes": '"chatpipe.max_event_bytes" must be a whole number of bytes, 1024 or more',
     "max_tool_steps": '"chatpipe.max_tool_steps" must be a whole number, 0 or more',
     "max_tool_result_bytes": '"chatpipe.max_tool_result_bytes" must be a whole number, 0 or more',
+    "context_placement": '"chatpipe.context_placement" must be a string',
+    "context_item_bytes": '"chatpipe.context_item_bytes" must be a whole number of bytes, 1 or more',
+    "context_total_bytes": '"chatpipe.context_total_bytes" must be a whole number of bytes, 1 or more',
 }
 
 #: What a request gets when the template sets nothing.
 DEFAULTS = {"connect_timeout": 10.0, "read_timeout": 120.0, "deadline": 1800.0, "max_retries": 3,
             "retry_budget": 60.0, "max_event_bytes": 8 << 20, "max_tool_steps": 10,
-            "max_tool_result_bytes": 100_000}
+            "max_tool_result_bytes": 100_000, "context_placement": "system",
+            "context_item_bytes": 128 * 1024, "context_total_bytes": 384 * 1024}
 
 
 def load(tmp_path, block, text=None):
@@ -103,7 +107,8 @@ def test_a_request_gets_the_defaults_and_the_written_values(tmp_path):
     assert templates.DEFAULT_MAX_EVENT_BYTES == 8 << 20
     written = {"connect_timeout": 5, "read_timeout": 7, "deadline": 9, "max_retries": 0,
                "retry_budget": 0, "max_event_bytes": 2048, "max_tool_steps": 2,
-               "max_tool_result_bytes": 0}
+               "max_tool_result_bytes": 0, "context_placement": "user",
+               "context_item_bytes": 10, "context_total_bytes": 20}
     request = templates.fill(load(tmp_path, {"url": "x", **written}), {}, env={})
     assert {name: getattr(request, name) for name in DEFAULTS} == written
     assert isinstance(request.connect_timeout, float) and isinstance(request.retry_budget, float)

@@ -52,10 +52,11 @@ def project_root(folder: str) -> str | None:
 
 def display_path(given: str, absolute: str) -> str:
     """How a file or folder is named in the context: ABSOLUTE (its absolute
-    path, symlinks not resolved) relative to its project root (the one of
-    the folder it is in) when it has one, else GIVEN (the path as the user wrote it) with the home folder as
+    path, symlinks not resolved) relative to its project root (for a file,
+    the one of the folder it is in; a folder may be the root itself: ``.``)
+    when it has one, else GIVEN (the path as the user wrote it) with the home folder as
     ``~``; made :func:`printable` in both cases."""
-    root = project_root(os.path.dirname(absolute))
+    root = project_root(absolute if os.path.isdir(absolute) else os.path.dirname(absolute))
     if root is not None:
         return printable(os.path.relpath(absolute, root).replace(os.sep, "/"))
     home = os.path.expanduser("~").rstrip(os.sep)

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3.exceptions
 
-from chatpipe.dialects.base import provider_error
+from chatpipe.dialects.providererrors import provider_error
 from chatpipe.errors import NEVER_RETRIED, RETRYABLE_STATUSES, StreamError
 
 #: Bytes of an HTTP error body read at most.
@@ -176,7 +176,7 @@ def http_error(response: requests.Response) -> StreamError:
     """Make a :class:`StreamError` for an HTTP error RESPONSE.
 
     The message is the provider's own (see
-    :func:`chatpipe.dialects.base.provider_error`), from a JSON body or an
+    :func:`chatpipe.dialects.providererrors.provider_error`), from a JSON body or an
     error event in a server-sent event body; otherwise the HTTP reason
     phrase and what the body was (empty, HTML, text).  The status is not
     repeated in the message: it is the error's ``status``.

@@ -6,9 +6,10 @@ Shared by ``chatpipe send`` (one request per process) and ``chatpipe serve``
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import os
+from typing import Any, Callable, Mapping
 
-from chatpipe import dialects, templates
+from chatpipe import context, contextread, contextrender, dialects, protocol, templates
 from chatpipe.dialects.base import Dialect
 from chatpipe.errors import UsageError
 
@@ -78,8 +79,10 @@ def check_params(params: Any) -> dict[str, Any]:
 def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str, str] = (),
             model: str | None = None, url: str | None = None,
             env: Mapping[str, str] | None = None, params: Mapping[str, Any] = (),
+            context_items: list[dict[str, Any]] = (), placement: str | None = None,
+            warn: Callable[[dict], None] = lambda event: None,
             ) -> tuple[templates.Template, templates.Request, Dialect]:
-    """Load template SPEC, fill it in and append MESSAGES.
+    """Load template SPEC, fill it in, append MESSAGES and put in CONTEXT_ITEMS.
 
     Args:
         spec: a template name or file path (see :func:`templates.resolve`).
@@ -90,12 +93,25 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
         env: environment for ``${env:NAME}`` (default ``os.environ``).
         params: request parameters, checked by :func:`check_params` and set
             in the API's own fields.
+        context_items: context items (JSON, see :mod:`chatpipe.context`), read
+            now from the files they name (relative paths: in the current
+            folder) within the template's ``context_item_bytes`` and
+            ``context_total_bytes``, rendered once
+            (:func:`chatpipe.contextrender.render`) and put after the
+            system prompt (:meth:`Dialect.add_context`) or, PLACEMENT (else
+            the template's ``context_placement``) ``"user"``, before the
+            last new user message.
+        warn: gets the ``warning`` events of items left out (a missing
+            file, a killed buffer's text), then the ``context`` event (its
+            pieces and estimated tokens), before anything is sent.
     Returns:
         ``(template, request, dialect)``.
     Raises:
         TemplateError: see :func:`templates.load` and :func:`templates.fill`.
         UsageError: nothing to send (no new message and the template's
-            conversation does not end with a user turn).
+            conversation does not end with a user turn); a context item
+            refused (a binary file, over a limit, a line range the file
+            does not have), with details ``{"kind": "context", "errors"}``.
     """
     template = templates.load(spec)
     variables = dict(variables)
@@ -109,5 +125,32 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
         dialect.set_params(request.body, check_params(params))
     if not messages and not dialect.ends_with_user_turn(request.body):
         raise UsageError("no message to send: give -m TEXT, --messages FILE, or text on stdin")
+    rendered = _context(context_items, request, warn) if context_items else ""
+    where = placement or request.context_placement
+    if rendered and where == "user" and any(m.get("role") == "user" for m in messages):
+        messages, rendered = contextrender.place(messages, rendered, "user"), ""
     dialect.add_messages(request.body, messages)
+    if rendered:
+        dialect.add_context(request.body, rendered)
     return template, request, dialect
+
+
+def _context(items: list[dict[str, Any]], request: templates.Request,
+             warn: Callable[[dict], None]) -> str:
+    """The rendered text of the context ITEMS (JSON) for REQUEST, its
+    warnings and ``context`` event given to WARN (see :func:`prepare`).
+
+    Raises:
+        UsageError: see :func:`prepare`.
+    """
+    limits = context.Limits(item_bytes=request.context_item_bytes,
+                            total_bytes=request.context_total_bytes)
+    resolved = contextread.resolve(context.parse_items(items), cwd=os.getcwd(), limits=limits)
+    for problem in resolved.warnings:
+        fields = problem.event_fields()
+        warn(protocol.warning(fields.pop("message"), **fields))
+    resolved.raise_errors()
+    pieces = [{"item": p.item, "name": p.display, "tokens": p.tokens,
+               **({"lines": list(p.lines)} if p.lines else {})} for p in resolved.pieces]
+    warn(protocol.context(pieces, resolved.tokens))
+    return contextrender.render(resolved)

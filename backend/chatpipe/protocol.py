@@ -24,7 +24,7 @@ from json.encoder import encode_basestring
 from typing import Any, BinaryIO, Protocol
 
 from chatpipe.errors import OutputClosed
-from chatpipe.redaction import TextRedactor, redact
+from chatpipe.redaction import TextRedactor, redact, redact_value
 
 #: Event types that end a stream: exactly one of them ends each stream.
 TERMINAL = frozenset({"done", "error"})
@@ -142,13 +142,15 @@ def retry(attempt: int, delay: float, reason: str, status: int | None = None) ->
 
 
 def done(finish_reason: str | None, raw_finish_reason: str | None = None, *,
-         steps: int | None = None, stopped: str | None = None) -> dict:
+         steps: int | None = None, stopped: str | None = None,
+         dry_run: bool = False) -> dict:
     """``done``: the stream completed.  FINISH_REASON is in the OpenAI
     vocabulary (``stop``, ``length``, ``tool_calls``, ``content_filter``) or
     None; RAW_FINISH_REASON the provider's own value, kept when it differs.
     With tools, the request's last answer gives them; STEPS is the number
     of answers when more than one; STOPPED says why tool calls were left
-    unrun (``max_tool_steps``)."""
+    unrun (``max_tool_steps``).  DRY_RUN: nothing was sent (the
+    ``request`` event before says what would have been)."""
     event: dict[str, Any] = {"type": "done", "finish_reason": finish_reason}
     if raw_finish_reason is not None and raw_finish_reason != finish_reason:
         event["raw_finish_reason"] = raw_finish_reason
@@ -156,7 +158,24 @@ def done(finish_reason: str | None, raw_finish_reason: str | None = None, *,
         event["steps"] = steps
     if stopped:
         event["stopped"] = stopped
+    if dry_run:
+        event["dry_run"] = True
     return event
+
+
+def context(pieces: list[dict], tokens: int) -> dict:
+    """``context``: what a request's context holds, before it is sent.
+    PIECES are ``{"item", "name", "tokens"}`` (and ``lines``, ``[START,
+    END]``) per file or text, in the order rendered; TOKENS their estimated
+    tokens in all (UTF-8 bytes / 4, see
+    :func:`chatpipe.context.estimate_tokens`)."""
+    return {"type": "context", "pieces": pieces, "tokens": tokens}
+
+
+def request(url: str, body: Any) -> dict:
+    """``request``: a dry run's request, not sent: its URL and BODY (JSON),
+    secrets redacted and long base64 data elided."""
+    return {"type": "request", "url": url, "body": body}
 
 
 def step(number: int, model: str | None = None, response_id: str | None = None) -> dict:
@@ -334,6 +353,8 @@ class Output:
                 value = redact(value, self.secrets)
                 if key in ("message", "reason") and len(value) > MAX_MESSAGE:
                     value = value[:MAX_MESSAGE] + "..."
+            elif isinstance(value, (dict, list)):
+                value = redact_value(value, self.secrets)
             clean[key] = value
         return clean
 

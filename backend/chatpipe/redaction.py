@@ -19,7 +19,7 @@ import io
 import re
 import sys
 import threading
-from typing import BinaryIO, Iterable
+from typing import Any, BinaryIO, Iterable
 
 #: What a secret is replaced with.
 REDACTED = "***"
@@ -115,6 +115,20 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if secret and secret in text:
             text = text.replace(secret, REDACTED)
     return text
+
+
+def redact_value(value: Any, secrets: Iterable[str]) -> Any:
+    """VALUE (JSON data: strings, numbers, lists, objects) with SECRETS
+    redacted (:func:`redact`) from every string in it, keys too; a copy
+    where anything changed."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, list):
+        return [redact_value(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {redact(k, secrets) if isinstance(k, str) else k: redact_value(v, secrets)
+                for k, v in value.items()}
+    return value
 
 
 def redact_pieces(text: str, secrets: Iterable[str], size: int = 8) -> str:

@@ -145,6 +145,27 @@ def _tools(value: Any) -> bool:
     return True
 
 
+def _context(value: Any) -> bool:
+    from chatpipe.context import parse_items
+
+    parse_items(value)
+    return True
+
+
+def parse_files(args: list[str], stdin=None) -> list[dict[str, Any]]:
+    """The context items (JSON) of ``-f`` ARGS: ``PATH``, ``PATH:START-END``,
+    ``DIR`` or ``-`` (STDIN, default ``sys.stdin``'s bytes, as a text item
+    named ``stdin``); see :func:`chatpipe.context.parse_file_arg`.
+
+    Raises:
+        UsageError: an empty path, a bad range, or stdin that is not UTF-8.
+    """
+    from chatpipe.context import item_json, parse_file_arg
+
+    stdin = stdin or sys.stdin.buffer
+    return [item_json(parse_file_arg(arg, stdin, cwd=os.getcwd())) for arg in args]
+
+
 def parse_vars(pairs: list[str]) -> dict[str, str]:
     """Turn ``["a=1", "b=2"]`` (``--var`` values) into ``{"a": "1", "b": "2"}``.
 
@@ -290,6 +311,26 @@ class Job:
         "max_tool_steps", "integer", "the template's, else 10",
         "the most rounds of tool calls (0: none)", _whole(0), "a whole number, 0 or more",
         Flag(("--max-tool-steps",), {"type": int, "metavar": "N"}), default=None)
+    context: list = _spec(
+        "context", "array of context items", "[]",
+        "files, folders and named texts the question is about, read when the request is "
+        "sent and put into it (see [Context](#context))", _context, "a list of context items",
+        Flag(("-f", "--file"), {"action": "append", "metavar": "PATH[:START-END]|DIR|-",
+                                "help": "add a file (or its lines START to END), a folder "
+                                        "(its files, without what .gitignore ignores) or "
+                                        "stdin (-) as context (repeatable)"}, parse_files),
+        default_factory=list)
+    context_placement: str | None = _spec(
+        "context_placement", "string", "the template's, else \"system\"",
+        'where the context goes: "system" (after the system prompt) or "user" (before the '
+        "last user message)", lambda v: v in ("system", "user"), '"system" or "user"',
+        Flag(("--context-placement",), {"choices": ("system", "user")}), default=None)
+    dry_run: bool = _spec(
+        "dry_run", "boolean", "false",
+        "build the request but do not send it: a `request` event holds its URL and body "
+        "(keys redacted, long base64 data elided); send's text output prints the body",
+        lambda v: isinstance(v, bool), "true or false",
+        Flag(("--dry-run",), {"action": "store_true"}), default=False)
     chat: str | None = _spec(
         "chat", "string", "none",
         'the conversation the request belongs to: serve shares the "always" approvals of '

@@ -14,6 +14,7 @@ answers when asked, and is the one place where an exception becomes an
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from typing import Any, Callable
@@ -98,7 +99,9 @@ def run(build: Callable[[], Job], output: Output, *,
         template, request, dialect = prepare(job.template, job.messages,
                                              variables=job.variables, model=job.model,
                                              url=job.url, env=job.environment(),
-                                             params=job.params())
+                                             params=job.params(), context_items=job.context,
+                                             placement=job.context_placement,
+                                             warn=output.emit)
         if job.save:
             conversation.check_writable(template.path)
         output.secrets.extend(request.secrets)
@@ -112,6 +115,11 @@ def run(build: Callable[[], Job], output: Output, *,
         return report(_cancelled(err, control), output)
     if toolbox:
         dialect.add_tools(request.body, toolbox.definitions())
+    if job.dry_run:
+        output.emit(protocol.request(request.url, _elided(request.body)))
+        output.emit(protocol.done(None, dry_run=True))
+        output.flush()
+        return 0
     sink: protocol.Sink = output if control is None else _Stoppable(output, control)
     if job.price:
         sink = Priced(sink, dialect.model_of(request), [request.url, template.url or ""])
@@ -191,7 +199,7 @@ def _save(path, dialect, messages: list[dict], loop: tools.Loop, secrets: list[s
     failed (said on stderr), else 0; the stream's own terminal event has
     already been written either way.
     """
-    turns = _redacted(loop.turns, secrets)
+    turns = redaction.redact_value(loop.turns, secrets)
     try:
         if messages or turns:
             conversation.append_messages(path, dialect, messages + turns)
@@ -205,15 +213,27 @@ def _save(path, dialect, messages: list[dict], loop: tools.Loop, secrets: list[s
     return 0
 
 
-def _redacted(value: Any, secrets: list[str]) -> Any:
-    """VALUE (JSON data) with SECRETS redacted from every string in it."""
+#: Strings longer than this that look like base64 are elided in a dry run.
+ELIDE_BASE64 = 256
+
+
+def _elided(value: Any) -> Any:
+    """VALUE (a request body) with each long base64 string (media data,
+    including ``data:...;base64,`` URLs) replaced by a note of its size."""
     if isinstance(value, str):
-        return redaction.redact(value, secrets)
+        head, sep, data = value.partition(";base64,")
+        data = data if sep and head.startswith("data:") else value
+        if len(data) > ELIDE_BASE64 and _BASE64.fullmatch(data):
+            return f"{head + sep if sep else ''}<{len(data)} base64 characters elided>"
+        return value
     if isinstance(value, list):
-        return [_redacted(v, secrets) for v in value]
+        return [_elided(v) for v in value]
     if isinstance(value, dict):
-        return {k: _redacted(v, secrets) for k, v in value.items()}
+        return {k: _elided(v) for k, v in value.items()}
     return value
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/\n]+={0,2}")
 
 
 def _warn(text: str, secrets: list[str]) -> None:

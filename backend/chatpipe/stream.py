@@ -17,7 +17,8 @@ import requests
 
 from chatpipe import (PROTOCOL_VERSION, connections, dialects, framing, protocol, reading,
                       transport)
-from chatpipe.dialects.base import Dialect, MalformedEvent, Parser, stream_error
+from chatpipe.dialects.base import Dialect, MalformedEvent, Parser
+from chatpipe.dialects.providererrors import stream_error
 from chatpipe.errors import Cancelled, StreamError
 from chatpipe.protocol import Sink
 from chatpipe.connections import Control
@@ -207,7 +208,7 @@ def _read_document(response: requests.Response, body: Iterable[bytes],
             (not retryable); it is not JSON (retryable when it is cut off,
             i.e. the text ends inside the value); the provider reported an
             error in it (``{"error": ...}``, through
-            :func:`chatpipe.dialects.base.stream_error`: retryable when its
+            :func:`chatpipe.dialects.providererrors.stream_error`: retryable when its
             type says so); or reading failed (see
             :func:`chatpipe.reading.iter_body`).
     """

@@ -52,6 +52,7 @@ HEADERS = Kind(dict, lambda v: isinstance(v, dict) and all(isinstance(x, str) fo
 SECONDS = Kind(float, lambda v: _number(v) and v > 0, "a positive number of seconds")
 SECONDS_OR_ZERO = Kind(float, lambda v: _number(v) and v >= 0, "a number of seconds, 0 or more")
 COUNT = Kind(int, lambda v: _number(v, whole=True) and v >= 0, "a whole number, 0 or more")
+SIZE = Kind(int, lambda v: _number(v, whole=True) and v >= 1, "a whole number of bytes, 1 or more")
 EVENT_BYTES = Kind(int, lambda v: _number(v, whole=True) and v >= 1024,
                    "a whole number of bytes, 1024 or more")
 
@@ -129,6 +130,14 @@ SETTINGS: tuple[Setting, ...] = (
             "(0: none; see chatpipe.tools)"),
     Setting("max_tool_result_bytes", COUNT, 100_000, "largest tool result sent to the model, "
             "in bytes (longer ones are cut, and say so; 0: no limit)"),
+    Setting("context_placement", TEXT, "system", 'where a request\'s context goes: "system" '
+            '(after the system prompt) or "user" (before the last user message)',
+            choices=Choices("context placement", lambda: ("system", "user"))),
+    Setting("context_item_bytes", SIZE, 128 * 1024,
+            "largest file or text of a request's context, in bytes"),
+    Setting("context_total_bytes", SIZE, 384 * 1024,
+            "most bytes of a request's context in all (the default, ~96k tokens, fits a "
+            "128k-token model)"),
 )
 
 #: :data:`SETTINGS` by name.

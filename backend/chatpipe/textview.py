@@ -7,6 +7,7 @@ send`` without ``--output ndjson``: the answer on stdout, everything else
 
 from __future__ import annotations
 
+import json
 from typing import BinaryIO
 
 from chatpipe.errors import OutputClosed
@@ -76,6 +77,11 @@ class TextView(Output):
                        f"{status}{event['reason']}")
         elif kind == "warning":
             self._note(f"warning: {event['message']}")
+        elif kind == "context" and self._usage:
+            self._note(f"context: {len(event['pieces'])} piece(s), about {event['tokens']} "
+                       "tokens (estimated)")
+        elif kind == "request":
+            self._text(json.dumps(event["body"], indent=2, ensure_ascii=False) + "\n")
         elif kind in TERMINAL:
             self._end(event)
 

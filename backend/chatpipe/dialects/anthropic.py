@@ -42,6 +42,7 @@ from typing import Any, Iterable
 
 from chatpipe import protocol
 from chatpipe.dialects import base, modellist, toolturns
+from chatpipe.dialects.providererrors import stream_error
 from chatpipe.dialects.base import SYSTEM_ROLES, parse_json
 from chatpipe.errors import StreamError
 
@@ -113,7 +114,7 @@ class Parser(base.Parser):
                 raise self.empty_answer()
             return self._finish([])
         if kind == "error":
-            raise base.stream_error(payload)
+            raise stream_error(payload)
         return []  # ping, content_block_stop, and types added later
 
     def _thinking(self, index: Any, text: Any, signature: Any) -> None:
@@ -231,6 +232,23 @@ class Dialect(base.Dialect):
             body["system"] = "\n\n".join(s if isinstance(s, str) else "" for s in system)
         super().add_messages(body, [m for m in messages if m.get("role") not in SYSTEM_ROLES])
 
+    def add_context(self, body: dict, text: str) -> None:
+        """Put TEXT (a request's rendered context) after the system prompt,
+        as a ``system`` text block of its own with a ``cache_control``
+        breakpoint, so that the following turns of a chat with a long
+        context read it from Anthropic's prompt cache (billed as cache
+        reads) rather than as new input; no breakpoint when the request
+        has the API's most, 4, already.
+        https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching"""
+        system = body.get("system")
+        blocks = (list(system) if isinstance(system, list)
+                  else [{"type": "text", "text": system}] if isinstance(system, str) and system
+                  else [])
+        block: dict[str, Any] = {"type": "text", "text": text}
+        if _breakpoints(body) < 4:
+            block["cache_control"] = {"type": "ephemeral"}
+        body["system"] = [*blocks, block]
+
     def assistant_message(self, text: str, tool_calls: list[dict] | None = None) -> list[dict]:
         """An answer: its TEXT, and its TOOL_CALLS as ``tool_use`` blocks
         (no text block when the text is empty: the API refuses empty ones)."""
@@ -332,3 +350,12 @@ class Dialect(base.Dialect):
         following = ({"limit": "1000", "after_id": last}
                      if doc.get("has_more") is True and isinstance(last, str) and last else None)
         return [m for m in models if m is not None], following
+
+
+def _breakpoints(value: Any) -> int:
+    """How many ``cache_control`` breakpoints VALUE (a request body) has."""
+    if isinstance(value, dict):
+        return ("cache_control" in value) + sum(_breakpoints(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_breakpoints(v) for v in value)
+    return 0

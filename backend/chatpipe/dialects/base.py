@@ -10,8 +10,9 @@ A dialect module defines two classes:
   append chat messages, record an answer, offer tools and send their
   results back, and set the model.
 
-Provider error payloads are read in one place, :func:`provider_error`, for
-HTTP error bodies and in-stream errors alike.
+Provider error payloads are read in one place,
+:func:`chatpipe.dialects.providererrors.provider_error`, for HTTP error
+bodies and in-stream errors alike.
 
 Everything chatpipe knows of an API is in its dialect: the request shape,
 the stream, the model a request asks for (:meth:`Dialect.model_of`, in the
@@ -42,14 +43,7 @@ import orjson
 from chatpipe import protocol
 from chatpipe.dialects import toolturns
 from chatpipe.dialects.modellist import list_items, model_entry
-from chatpipe.errors import StreamError, retryable_status
-
-#: ``error.type``, ``error.code`` or ``error.status`` values that mean
-#: "try again later" (OpenAI, Anthropic, Gemini, Responses).
-RETRYABLE_ERRORS = frozenset({
-    "server_error", "rate_limit_exceeded", "rate_limit_error", "overloaded_error",
-    "api_error", "timeout", "service_unavailable", "internal_server_error",
-    "UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL"})
+from chatpipe.errors import StreamError
 
 #: The text events of a non-streaming answer, in the order they are emitted.
 _TEXT_EVENTS = (("reasoning", protocol.reasoning), ("delta", protocol.delta),
@@ -96,49 +90,14 @@ def parse_json(data: str) -> dict:
     return value
 
 
-def provider_error(payload: Any) -> tuple[str | None, bool]:
-    """Read a provider's error PAYLOAD: return ``(message, retryable)``.
-
-    Understands ``{"error": {"message", "type", "code", "status"}}``
-    (OpenAI, Anthropic, Gemini, Responses), ``{"error": "text"}`` (Ollama,
-    llama.cpp), a bare ``{"message", "code"}`` (a Responses ``error``
-    event), ``{"message"}`` and ``{"detail"}`` bodies, and Gemini's array
-    around an error.  MESSAGE is None when the payload has none; RETRYABLE
-    says whether its type or code means "try again later": a name of
-    :data:`RETRYABLE_ERRORS`, or a ``code`` or ``status`` that is a
-    retryable HTTP status, as a number or a numeric string (``500``,
-    ``"503"``; see :func:`chatpipe.errors.retryable_status`).
-    """
-    if isinstance(payload, list) and payload and isinstance(payload[0], dict):
-        payload = payload[0]
-    if not isinstance(payload, dict):
-        return None, False
-    err = payload.get("error")
-    if isinstance(err, str):
-        return err or None, False
-    if not isinstance(err, dict):
-        err = payload
-    message = err.get("message") or payload.get("message") or payload.get("detail")
-    if message is not None and not isinstance(message, str):
-        message = json.dumps(message, ensure_ascii=False)
-    kinds = {str(err.get(key)) for key in ("type", "code", "status")}
-    retryable = bool(kinds & RETRYABLE_ERRORS) or any(
-        retryable_status(err.get(key)) for key in ("code", "status"))
-    return message or None, retryable
-
-
-def stream_error(payload: Any, fallback: str = "the provider reported an error") -> StreamError:
-    """A :class:`StreamError` for an error reported inside a stream.
-
-    The message is the provider's (see :func:`provider_error`), else the
-    error's type or code, else FALLBACK.
-    """
-    message, retryable = provider_error(payload)
-    if not message:
-        err = payload.get("error") if isinstance(payload, dict) else None
-        err = err if isinstance(err, dict) else payload if isinstance(payload, dict) else {}
-        message = str(err.get("type") or err.get("code") or fallback)
-    return StreamError(message, retryable=retryable)
+def joined(content: Any, text: str) -> Any:
+    """CONTENT (a string, a list of content parts, or None) with TEXT after
+    it: a blank line between two strings, or one more part of the first
+    part's type (``text``, ``input_text``)."""
+    if isinstance(content, list):
+        kind = next((p.get("type") for p in content if isinstance(p, dict) and "text" in p), "text")
+        return [*content, {"type": kind, "text": text}]
+    return f"{content}\n\n{text}" if isinstance(content, str) and content else text
 
 
 def token_details(output_details: Any, input_details: Any) -> dict:
@@ -421,6 +380,20 @@ class Dialect:
         ``tool`` message answers a call of the assistant message before
         it), so :attr:`tool_turns_need_tools` is False here."""
         return toolturns.chat_item(item, names)
+
+    def add_context(self, body: dict, text: str) -> None:
+        """Put TEXT (a request's rendered context, see
+        :mod:`chatpipe.contextrender`) at the end of the system prompt of
+        the request BODY, after the template's or the chat's own; the same
+        context gives the same bytes, so a provider's prompt cache can hit.
+        Here a first ``system`` (or ``developer``) message's content, a new
+        ``system`` message first if there is none."""
+        conversation = self.conversation(body)
+        for message in conversation:
+            if isinstance(message, dict) and message.get("role") in SYSTEM_ROLES:
+                message["content"] = joined(message.get("content"), text)
+                return
+        conversation.insert(0, {"role": "system", "content": text})
 
     def add_tool_result(self, conversation: list, result: dict) -> None:
         """Append a tool's RESULT (a neutral ``role: tool`` message) to CONVERSATION."""

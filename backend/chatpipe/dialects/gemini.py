@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from chatpipe import protocol
 from chatpipe.dialects import base, modellist, toolturns
+from chatpipe.dialects.providererrors import stream_error
 from chatpipe.dialects.base import SYSTEM_ROLES, MalformedEvent, parse_json
 from chatpipe.errors import StreamError
 
@@ -76,7 +77,7 @@ class Parser(base.Parser):
 
     def _parse(self, chunk: dict) -> list[dict]:
         if "error" in chunk:
-            raise base.stream_error(chunk)
+            raise stream_error(chunk)
         blocked = (chunk.get("promptFeedback") or {}).get("blockReason")
         if blocked:
             raise StreamError(f"the prompt was blocked ({blocked})")
@@ -206,6 +207,18 @@ class Dialect(base.Dialect):
             if m.get("role") in SYSTEM_ROLES:
                 body["systemInstruction"] = {"parts": _parts(m.get("content"))}
         super().add_messages(body, [m for m in messages if m.get("role") not in SYSTEM_ROLES])
+
+    def add_context(self, body: dict, text: str) -> None:
+        """Put TEXT (a request's rendered context) after the system prompt:
+        one more part of ``systemInstruction``.  Gemini caches a repeated
+        prefix by itself (implicit caching), which the same context's
+        same bytes let hit.
+        https://ai.google.dev/gemini-api/docs/caching"""
+        instruction = body.get("systemInstruction")
+        parts = instruction.get("parts") if isinstance(instruction, dict) else None
+        parts = list(parts) if isinstance(parts, list) else []
+        body["systemInstruction"] = {**(instruction if isinstance(instruction, dict) else {}),
+                                     "parts": [*parts, {"text": text}]}
 
     def message(self, message: dict) -> dict:
         """A message as a content of role ``user`` or ``model``."""

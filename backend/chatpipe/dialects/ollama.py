@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from chatpipe import protocol
 from chatpipe.dialects import base, modellist
+from chatpipe.dialects.providererrors import stream_error
 from chatpipe.dialects.base import parse_json
 from chatpipe.errors import StreamError
 
@@ -74,7 +75,7 @@ class Parser(base.Parser):
 
     def _parse(self, line: dict) -> list[dict]:
         if "error" in line:
-            raise base.stream_error(line)
+            raise stream_error(line)
         out = []
         message = line.get("message") or {}
         if message.get("thinking"):

@@ -49,6 +49,7 @@ from typing import Any, Iterable
 
 from chatpipe import protocol
 from chatpipe.dialects import base
+from chatpipe.dialects.providererrors import stream_error
 from chatpipe.dialects.base import parse_json
 from chatpipe.errors import StreamError
 
@@ -84,7 +85,7 @@ class Parser(base.Parser):
             return out
         chunk = parse_json(data)
         if "error" in chunk or event.event == "error":
-            raise base.stream_error(chunk if "error" in chunk else {"error": chunk})
+            raise stream_error(chunk if "error" in chunk else {"error": chunk})
         out = []
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:

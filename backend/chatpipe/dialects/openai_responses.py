@@ -41,6 +41,7 @@ from typing import Any, Iterable
 
 from chatpipe import protocol
 from chatpipe.dialects import base, toolturns
+from chatpipe.dialects.providererrors import stream_error
 from chatpipe.dialects.base import parse_json
 from chatpipe.errors import StreamError
 
@@ -90,9 +91,9 @@ class Parser(base.Parser):
             return self._finish(response, status or "completed")
         elif kind == "response.failed":
             err = (payload.get("response") or {}).get("error") or {}
-            raise base.stream_error({"error": err}, "the response failed")
+            raise stream_error({"error": err}, "the response failed")
         elif kind == "error":
-            raise base.stream_error(payload)
+            raise stream_error(payload)
         else:
             return []
         if out:
@@ -128,7 +129,7 @@ class Parser(base.Parser):
                               f"{json.dumps(doc, ensure_ascii=False)[:200]}")
         status = doc.get("status")
         if status == "failed":
-            raise base.stream_error({"error": doc.get("error") or {}}, "the response failed")
+            raise stream_error({"error": doc.get("error") or {}}, "the response failed")
         if status not in (None, "completed", "incomplete"):
             raise StreamError(f"the response is not finished: its status is {status}")
         texts: list[tuple[str, Any]] = []
@@ -193,6 +194,18 @@ class Dialect(base.Dialect):
     name = "openai-responses"
     parser = Parser
     history_key = "input"
+
+    def add_context(self, body: dict, text: str) -> None:
+        """Put TEXT (a request's rendered context) after the system prompt:
+        after the template's ``instructions`` when it has them, else as
+        :meth:`base.Dialect.add_context` does, in a ``system`` message of
+        ``input``.  OpenAI caches a repeated prefix by itself, which the
+        same context's same bytes let hit.
+        https://platform.openai.com/docs/guides/prompt-caching"""
+        if isinstance(body.get("instructions"), str) and body["instructions"]:
+            body["instructions"] = base.joined(body["instructions"], text)
+        else:
+            super().add_context(body, text)
 
     def assistant_message(self, text: str, tool_calls: list[dict] | None = None) -> list[dict]:
         """An answer: its message (if it has text, or no calls), then one
