@@ -307,14 +307,6 @@ JSON null and false are nil."
       (puthash name value table))
     table))
 
-(defun chatpipe--param-options (params)
-  "Return PARAMS, an alist of (NAME . NUMBER), as `chatpipe send' options.
-For example ((max_tokens . 500)) gives (\"--max-tokens\" \"500\")."
-  (mapcan (lambda (param)
-            (list (concat "--" (string-replace "_" "-" (symbol-name (car param))))
-                  (number-to-string (cdr param))))
-          params))
-
 (defun chatpipe--messages-vector (messages)
   "Return MESSAGES as a vector for JSON.
 Each is a (ROLE . CONTENT) pair of strings, or an alist already in

@@ -403,13 +403,25 @@ A whole buffer or file is shown widened."
 (declare-function chatpipe--params "chatpipe-chat-settings")
 (declare-function chatpipe-process-request "chatpipe-process" (&rest args))
 
+(defconst chatpipe-context--placeholder "(your next question)"
+  "The question a shown request ends with when the chat has none yet.")
+
+(defun chatpipe-context--with-question (messages)
+  "Return MESSAGES, with a placeholder question if they end with none.
+See `chatpipe-context--placeholder'."
+  (let ((last (car (last messages))))
+    (if (equal (car-safe last) "user")
+        messages
+      (append messages (list (cons "user" chatpipe-context--placeholder))))))
+
 (defun chatpipe-context-rendered-request (chat-buffer)
   "Return the request body CHAT-BUFFER would send now, a string.
 The chat's request (see `chatpipe-process-request': its messages as
 far as its end, its settings) with its context (see
 `chatpipe-context-request-items') goes on stdin to the backend,
 `chatpipe send --request - --dry-run', which renders the context
-and prints the body it would send, sending nothing.  Signal
+and prints the body it would send, sending nothing.  A chat whose
+last turn is no question gets `chatpipe-context--placeholder' as one.  Signal
 `chatpipe-backend-failed' or `chatpipe-backend-missing' as
 `chatpipe-call-waiting' does."
   (with-current-buffer chat-buffer
@@ -417,8 +429,9 @@ and prints the body it would send, sending nothing.  Signal
            (json-serialize
             (chatpipe-process-request
              :template (or chatpipe-template chatpipe-default-template)
-             :messages (chatpipe--with-system
-                        (chatpipe-messages (point-min) (chatpipe--chat-end)))
+             :messages (chatpipe-context--with-question
+                        (chatpipe--with-system
+                         (chatpipe-messages (point-min) (chatpipe--chat-end))))
              :model chatpipe-model :url chatpipe-url
              :vars chatpipe-template-vars :params (chatpipe--params)
              :context (chatpipe-context-request-items chat-buffer)))))

@@ -293,7 +293,8 @@ tools are saved with the chat.  Return the new `chatpipe-tools'."
 (transient-define-prefix chatpipe-menu ()
   "Show the chatpipe menu: the chat commands and this chat's settings.
 The settings (template, model, temperature, token limit, system
-prompt, tools) are shown in the header line and saved with the chat."
+prompt, tools) are shown in the header line and saved with the chat,
+as are the files and folders of its context (see chatpipe-context.el)."
   [["Chat"
     ("RET" "Send (up to point)" chatpipe-send)
     ("k" "Abort the answer" chatpipe-abort)
@@ -313,6 +314,12 @@ prompt, tools) are shown in the header line and saved with the chat."
     ("$" "Template variable" chatpipe-set-template-var :transient t)
     ("u" chatpipe-set-tools :description chatpipe--menu-tools :transient t)
     ("a" "Tool approvals (list, revoke)" chatpipe-tool-approvals)]
+   ["Context"
+    ("c" "Add or remove region/buffer" chatpipe-context-toggle)
+    ("f" "Add a file or folder" chatpipe-context-add-file)
+    ("o" "Next question only" chatpipe-context-next-only)
+    ("l" "List (tokens, request)" chatpipe-context-list)
+    ("x" "Clear" chatpipe-context-clear)]
    ["More"
     ("v" "Fold or unfold reasoning" chatpipe-toggle-reasoning)
     ("U" "Fold or unfold tool results" chatpipe-toggle-tool-result)

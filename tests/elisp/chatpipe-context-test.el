@@ -254,6 +254,56 @@ No item is in the global context; buffers made are killed after."
 				      (should (equal (alist-get 'text (aref (alist-get 'context request) 0))
 						     "some text")))))))
 
+;; Through the real backend and the replay server.
+
+(defun chatpipe-test--ctx-system (request)
+  "Return the system message of REQUEST (the replay server's record)."
+  (cdr (assoc "system" (chatpipe-test--request-messages request))))
+
+(ert-deftest chatpipe-test-context-sent-through-the-backend ()
+  "A chat's file and region items reach the server, rendered by the backend.
+The file is read when the question is sent (its text then, not when it
+was added), the region is the live text of its buffer, and both go after
+the system prompt; the list's request view is the backend's dry run,
+which sends nothing."
+  (let* ((dir (make-temp-file "chatpipe-ctx" t))
+         (file (expand-file-name "notes.py" dir))
+         (template (chatpipe-test--template "/replay/openai-chat/text-with-usage.sse"))
+         (chatpipe-prestart nil)
+         (chatpipe-global-context nil))
+    (unwind-protect
+        (progn
+          (with-temp-file file (insert "x = 1\n"))
+          (chatpipe-test--with-chat (chat template)
+            (chatpipe-context-add-file file)
+            (with-temp-file file (insert "x = 2\n"))
+            (switch-to-buffer chat)
+            (with-current-buffer (get-buffer-create "*ctx region*")
+              (insert "alpha\nbeta ```` gamma\n")
+              (let ((transient-mark-mode t))
+                (chatpipe-test--ctx-select 7 18)
+                (chatpipe-context-toggle)))
+            (with-current-buffer chat
+              (should (string-match-p "ctx 2" (substring-no-properties
+                                                (chatpipe-header-line))))
+              (let ((shown (chatpipe-context-rendered-request chat))
+                    (before (length (chatpipe-test--requests))))
+                (should (string-search "x = 2" shown))
+                (should (= before (length (chatpipe-test--requests))))
+                (chatpipe-test--ask "What is x?")
+                (chatpipe-test--wait-idle chat)
+                (let* ((request (car (last (chatpipe-test--requests))))
+                       (system (chatpipe-test--ctx-system request)))
+                  (should (= (1+ before) (length (chatpipe-test--requests))))
+                  (should (string-match-p "\\`# Context" system))
+                  (should (string-search (concat "## " file " (python)\n```python\nx = 2\n```")
+                                         system))
+                  (should (string-search "## *ctx region*\n`````\nbeta ```` g\n`````" system))
+                  (should (equal (cdr (car (last (chatpipe-test--request-messages request))))
+                                 "What is x?")))))))
+      (when (get-buffer "*ctx region*") (kill-buffer "*ctx region*"))
+      (delete-directory dir t))))
+
 ;;;; Saved with the chat
 
 (defun chatpipe-test--ctx-visit (file answer)
