@@ -53,6 +53,7 @@
 (require 'chatpipe-org)
 (require 'chatpipe-headings)
 (require 'chatpipe-toolblocks)
+(require 'chatpipe-media-links)
 
 ;;;; Customization
 
@@ -413,16 +414,19 @@ neutral shape of docs/protocol.md (see `chatpipe--tool-messages'):
 an assistant message with `tool_calls', whose items have `id',
 `name' and `arguments', and a `tool' message for each result, with
 `tool_call_id', `name', `content' and `is_error' (t or :false).
-Empty turns are left out, and user turns that follow each other are
-one message (see `chatpipe--join-user-messages')."
-  (chatpipe--join-user-messages
-   (mapcan (lambda (turn)
-             (if (eq (car turn) 'assistant)
-                 (chatpipe--assistant-messages turn)
-               (let ((text (chatpipe--turn-text turn)))
-                 (unless (string-empty-p text)
-                   (list (cons (symbol-name (car turn)) text))))))
-           (chatpipe-turns beg end))))
+Empty turns are left out, user turns that follow each other are
+one message (see `chatpipe--join-user-messages'), and a user
+message that links images or PDFs has them as content parts (see
+`chatpipe-media-messages')."
+  (chatpipe-media-messages
+   (chatpipe--join-user-messages
+    (mapcan (lambda (turn)
+              (if (eq (car turn) 'assistant)
+                  (chatpipe--assistant-messages turn)
+                (let ((text (chatpipe--turn-text turn)))
+                  (unless (string-empty-p text)
+                    (list (cons (symbol-name (car turn)) text))))))
+            (chatpipe-turns beg end)))))
 
 (defun chatpipe--join-user-messages (messages)
   "Return MESSAGES, (ROLE . CONTENT) pairs, with no two user messages in a row.

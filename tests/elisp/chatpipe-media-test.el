@@ -1,0 +1,210 @@
+;;; chatpipe-media-test.el --- ERT tests: images and PDFs linked in chats -*- lexical-binding: t; -*-
+
+;;; Commentary:
+
+;; Links to images and PDFs in user turns become media parts of the
+;; messages (chatpipe-media-links.el); the notes by the links, the
+;; links `chatpipe-attach' inserts, and a saved chat that sends the
+;; same media when it is visited again (chatpipe-media.el).
+
+;;; Code:
+
+(require 'ert)
+(require 'cl-lib)
+(require 'subr-x)
+(require 'chatpipe-test-helpers)
+(require 'chatpipe-media)
+
+(defconst chatpipe-test--media-png
+  (concat (unibyte-string #x89 ?P ?N ?G ?\r ?\n #x1a ?\n) "rest of a PNG")
+  "The bytes of a file that starts as a PNG image does.")
+
+(defun chatpipe-test--media-dir ()
+  "Return a new folder with media files and files that are not media.
+It has a.png and \"c d.pdf\" (real magic bytes), fake.png (text),
+big.png (a PNG of 3000 bytes), id_rsa (text), key.png (a symlink
+to id_rsa), fifo.png (a named pipe) and sub/ (a folder)."
+  (let ((dir (file-name-as-directory
+              (make-temp-file "media" t nil))))
+    (cl-flet ((write (name bytes)
+                (let ((coding-system-for-write 'binary))
+                  (write-region bytes nil (expand-file-name name dir)))))
+      (write "a.png" chatpipe-test--media-png)
+      (write "c d.pdf" "%PDF-1.4\nbody\n")
+      (write "fake.png" "not an image\n")
+      (write "big.png" (concat chatpipe-test--media-png (make-string 3000 ?x)))
+      (write "id_rsa" "-----BEGIN OPENSSH PRIVATE KEY-----\n"))
+    (make-symbolic-link (expand-file-name "id_rsa" dir)
+                        (expand-file-name "key.png" dir))
+    (should (eq 0 (call-process "mkfifo" nil nil nil
+                                (expand-file-name "fifo.png" dir))))
+    (make-directory (expand-file-name "sub.png" dir))
+    dir))
+
+(defmacro chatpipe-test--media-with-chat (spec &rest body)
+  "Run BODY in a temporary chat buffer; SPEC is (DIR MODE TEXT).
+DIR is bound to a folder of `chatpipe-test--media-dir', the
+buffer's `default-directory'; MODE is its major mode, TEXT its
+text.  The folder is deleted afterwards."
+  (declare (indent 1) (debug ((symbolp form form) body)))
+  `(let ((,(car spec) (chatpipe-test--media-dir))
+         (chatpipe-media-max-megabytes 0.002))
+     (unwind-protect
+         (with-temp-buffer
+           (funcall ,(nth 1 spec))
+           (setq default-directory ,(car spec))
+           (insert ,(nth 2 spec))
+           ,@body)
+       (delete-directory ,(car spec) t))))
+
+(defun chatpipe-test--media-part (dir type file mime)
+  "Return the part of TYPE for FILE in DIR, with MIME."
+  `((type . ,type) (path . ,(expand-file-name file dir)) (mime_type . ,mime)))
+
+(defconst chatpipe-test--media-chat
+  (concat "### User\n\nCompare ![a](a.png) with [the paper](<c d.pdf> \"t\")"
+          " and ![again](./a.png).\n"
+          "Not these: ![](fake.png) ![](big.png) ![](key.png) [k](id_rsa)"
+          " ![](fifo.png) ![](sub.png) ![](missing.png)"
+          " ![w](https://example.com/a.png) `![](a.png)`\n"
+          "```\n![](c d.pdf)\n```\n\n"
+          "### Assistant\n\nSee ![mine](a.png) and [[file:c d.pdf]].\n\n"
+          "### User\n\n[[file:a.png]] and [[./c d.pdf][the paper]]\n")
+  "A Markdown chat whose user turns link media and files that are not.")
+
+(ert-deftest chatpipe-test-media-messages ()
+  "The user's links to images and PDFs are parts; the model's are text."
+  (chatpipe-test--media-with-chat (dir #'text-mode chatpipe-test--media-chat)
+    (let ((messages (chatpipe-messages))
+          (a (chatpipe-test--media-part dir "image" "a.png" "image/png"))
+          (pdf (chatpipe-test--media-part dir "document" "c d.pdf"
+                                          "application/pdf")))
+      (should (equal (mapcar #'car messages) '("user" "assistant" "user")))
+      (should (equal (cdr (nth 0 messages))
+                     (vector `((type . "text")
+                               (text . ,(chatpipe--turn-text
+                                         (car (chatpipe-turns)))))
+                             a pdf)))
+      ;; The model's links stay its text.
+      (should (equal (cdr (nth 1 messages))
+                     "See ![mine](a.png) and [[file:c d.pdf]]."))
+      (should (equal (cdr (nth 2 messages))
+                     (vector '((type . "text")
+                               (text . "[[file:a.png]] and [[./c d.pdf][the paper]]"))
+                             a pdf)))
+      ;; The request is JSON, the parts' paths absolute.
+      (should (string-search
+               (format "\"path\":\"%s\"" (expand-file-name "c d.pdf" dir))
+               (json-serialize (chatpipe--messages-vector messages)))))))
+
+(ert-deftest chatpipe-test-media-org ()
+  "An Org chat's file links are parts; links in its blocks are text."
+  (chatpipe-test--media-with-chat
+      (dir #'org-mode (concat "* User\n\n[[file:a.png]] [[https://x.org/a.png]]\n"
+                              "#+begin_example\n[[file:c d.pdf]]\n#+end_example\n"
+                              "[[file:fake.png][a fake]] [[a.png]]\n"))
+    (should (equal (chatpipe-messages)
+                   `(("user"
+                      . [((type . "text")
+                          (text . ,(string-trim (buffer-substring-no-properties
+                                                 9 (point-max)))))
+                         ,(chatpipe-test--media-part dir "image" "a.png"
+                                                     "image/png")]))))))
+
+(ert-deftest chatpipe-test-media-checks ()
+  "Each file is checked: sent, missing, too large, not an image or PDF."
+  (let ((dir (chatpipe-test--media-dir))
+        (chatpipe-media-max-megabytes 0.002))
+    (unwind-protect
+        (cl-flet ((note (file) (chatpipe-media-describe
+                                (chatpipe-media-check
+                                 (expand-file-name file dir)))))
+          (should (equal (note "a.png") "will be sent: image/png, 21 B"))
+          (should (equal (note "c d.pdf") "will be sent: application/pdf, 14 B"))
+          (should (equal (note "big.png") "not sent: too large (over 0.002 MB)"))
+          (should (equal (note "missing.png") "not sent: missing"))
+          (dolist (file '("fake.png" "id_rsa" "key.png" "fifo.png" "sub.png"))
+            (should (equal (note file) "not sent: not an image or PDF"))))
+      (delete-directory dir t))))
+
+(defun chatpipe-test--media-notes ()
+  "Return the link notes of the buffer as (LINK-TEXT . NOTE) pairs, in order."
+  (mapcar (lambda (ov)
+            (cons (buffer-substring-no-properties (overlay-start ov)
+                                                  (overlay-end ov))
+                  (overlay-get ov 'help-echo)))
+          (sort (cl-remove-if-not (lambda (ov) (overlay-get ov 'chatpipe-media))
+                                  (overlays-in (point-min) (point-max)))
+                (lambda (x y) (< (overlay-start x) (overlay-start y))))))
+
+(ert-deftest chatpipe-test-media-annotations ()
+  "Each link of the user's turns has a note; the model's links have none."
+  (chatpipe-test--media-with-chat (dir #'text-mode chatpipe-test--media-chat)
+    (chatpipe-media-annotate-mode 1)
+    (should (equal
+             (chatpipe-test--media-notes)
+             '(("![a](a.png)" . "will be sent: image/png, 21 B")
+               ("[the paper](<c d.pdf> \"t\")"
+                . "will be sent: application/pdf, 14 B")
+               ("![again](./a.png)" . "will be sent: image/png, 21 B")
+               ("![](fake.png)" . "not sent: not an image or PDF")
+               ("![](big.png)" . "not sent: too large (over 0.002 MB)")
+               ("![](key.png)" . "not sent: not an image or PDF")
+               ("[k](id_rsa)" . "not sent: not an image or PDF")
+               ("![](fifo.png)" . "not sent: not an image or PDF")
+               ("![](sub.png)" . "not sent: not an image or PDF")
+               ("![](missing.png)" . "not sent: missing")
+               ("[[file:a.png]]" . "will be sent: image/png, 21 B")
+               ("[[./c d.pdf][the paper]]"
+                . "will be sent: application/pdf, 14 B"))))
+    ;; A note follows its file: created, it will be sent.
+    (copy-file (expand-file-name "a.png" dir) (expand-file-name "missing.png" dir))
+    (goto-char (point-max))
+    (insert " ")
+    ;; The idle timer (run here: batch Emacs is never idle).
+    (let ((timer chatpipe-media--timer))
+      (should (timerp timer))
+      (should (equal (cdr (nth 9 (chatpipe-test--media-notes)))
+                     "not sent: missing"))
+      (apply (timer--function timer) (timer--args timer)))
+    (should-not chatpipe-media--timer)
+    (should (equal (cdr (nth 9 (chatpipe-test--media-notes)))
+                   "will be sent: image/png, 21 B"))
+    (chatpipe-media-annotate-mode -1)
+    (should-not (chatpipe-test--media-notes))))
+
+(ert-deftest chatpipe-test-media-attach-save-reopen ()
+  "Attached files are links, which a saved chat keeps and sends again."
+  (let* ((dir (chatpipe-test--media-dir))
+         (file (expand-file-name "chat.md" dir))
+         (template (chatpipe-test--template "/replay/openai/chat-basic.sse"))
+         messages)
+    (unwind-protect
+        (progn
+          (chatpipe-test--with-chat (buffer template)
+            (insert "Look at these:")
+            (write-file file)
+            (chatpipe-attach (list (expand-file-name "a.png" dir)
+                                   (expand-file-name "c d.pdf" dir)
+                                   "/tmp/elsewhere.png"))
+            (should (string-prefix-p
+                     "### User\n\nLook at these:\n![a.png](./a.png)\n\
+[c d.pdf](<./c d.pdf>)\n![elsewhere.png](/tmp/elsewhere.png)\n"
+                     (buffer-string)))
+            (should (equal (mapcar #'cdr (chatpipe-test--media-notes))
+                           '("will be sent: image/png, 21 B"
+                             "will be sent: application/pdf, 14 B"
+                             "not sent: missing")))
+            (setq messages (chatpipe-messages))
+            (should (equal (length (cdr (car messages))) 3))
+            (save-buffer))
+          (let ((buffer (find-file-noselect file)))
+            (unwind-protect
+                (with-current-buffer buffer
+                  (should chatpipe-mode)
+                  (should (equal (chatpipe-messages) messages)))
+              (kill-buffer buffer))))
+      (delete-directory dir t))))
+
+(provide 'chatpipe-media-test)
+;;; chatpipe-media-test.el ends here
