@@ -41,6 +41,7 @@ SAMPLES = {
     "context": ([{"type": "text", "name": "n", "text": "t"}], [{"type": "file"}]),
     "context_placement": ("user", "top"),
     "dry_run": (True, 1),
+    "rewrite": ({"text": "a\n", "instruction": "b"}, {"text": "a\n"}),
 }
 
 

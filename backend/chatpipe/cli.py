@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-from chatpipe import __version__, redaction, requestfields
+from chatpipe import __version__, redaction, requestfields, rewritecmd
 from chatpipe.errors import Aborted, OutputClosed, UsageError
 
 _EPILOG = """\
@@ -29,6 +29,7 @@ examples:
   chatpipe send openai --output ndjson --messages chat.json
   chatpipe send ./request.json --save -m "And then?"
   chatpipe send openai --tools mcp:time -m "What time is it in Tokyo?"
+  chatpipe rewrite openai --file app.py --lines 10-24 -m "make it async" --diff
   chatpipe templates list
   chatpipe mcp list
 """
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--yes", action="store_true",
                       help="run every tool call without asking")
     send.set_defaults(func=cmd_send)
+
+    rewritecmd.add_parser(commands)
 
     serve = commands.add_parser(
         "serve", help="a long-lived backend: requests as JSON lines on stdin",

@@ -152,6 +152,12 @@ def _context(value: Any) -> bool:
     return True
 
 
+def _rewrite(value: Any) -> bool:
+    from chatpipe.rewrite import check
+
+    return check(value)
+
+
 def parse_files(args: list[str], stdin=None) -> list[dict[str, Any]]:
     """The context items (JSON) of ``-f`` ARGS: ``PATH``, ``PATH:START-END``,
     ``DIR`` or ``-`` (STDIN, default ``sys.stdin``'s bytes, as a text item
@@ -331,6 +337,10 @@ class Job:
         "(keys redacted, long base64 data elided); send's text output prints the body",
         lambda v: isinstance(v, bool), "true or false",
         Flag(("--dry-run",), {"action": "store_true"}), default=False)
+    rewrite: dict | None = _spec(
+        "rewrite", "object", "none", 'a text to rewrite in place, {"text", "instruction", "path", '
+        '"language", "before", "after"}: the answer is its replacement (see [Rewrite](#rewrite))',
+        _rewrite, "a rewrite object", default=None)
     chat: str | None = _spec(
         "chat", "string", "none",
         'the conversation the request belongs to: serve shares the "always" approvals of '

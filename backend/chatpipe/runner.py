@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import requests
 
-from chatpipe import connections, conversation, dialects, protocol, redaction, templates, tools
+from chatpipe import (connections, conversation, dialects, protocol, redaction, rewrite,
+                      templates, tools)
 from chatpipe.errors import Aborted, Cancelled, ChatpipeError, OutputClosed, StreamError
 from chatpipe.prepare import prepare
 from chatpipe.pricing import Priced
@@ -96,7 +97,8 @@ def run(build: Callable[[], Job], output: Output, *,
     """
     try:
         job = build()
-        template, request, dialect = prepare(job.template, job.messages,
+        messages = rewrite.messages(job.rewrite, job.messages) if job.rewrite else job.messages
+        template, request, dialect = prepare(job.template, messages,
                                              variables=job.variables, model=job.model,
                                              url=job.url, env=job.environment(),
                                              params=job.params(), context_items=job.context,
@@ -121,6 +123,8 @@ def run(build: Callable[[], Job], output: Output, *,
         output.flush()
         return 0
     sink: protocol.Sink = output if control is None else _Stoppable(output, control)
+    hygiene = rewrite.Hygiene(sink, job.rewrite["text"]) if job.rewrite else None
+    sink = hygiene or sink
     if job.price:
         sink = Priced(sink, dialect.model_of(request), [request.url, template.url or ""])
     session = sessions(request.url) if sessions is not None else None
@@ -133,6 +137,8 @@ def run(build: Callable[[], Job], output: Output, *,
     except OutputClosed:
         raise
     except Exception as err:
+        if hygiene:
+            hygiene.release()
         code = report(_cancelled(err, control), output)
     finally:
         output.flush()
