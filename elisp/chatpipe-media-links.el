@@ -109,7 +109,7 @@ ORG non-nil means an Org link: its backslash escapes are taken
 out, and only \"file:\" and \"/\", \"./\", \"../\" and \"~/\" targets are
 files; an Org \"::SEARCH\" part is left out.  Any other scheme
 \(https:, data:, mailto:) is no file; \"file:\" and \"file://\" are
-taken off."
+taken off.  A name with a NUL is no file's."
   (let ((path (if org
                   (replace-regexp-in-string "\\\\\\(.\\)" "\\1" target t)
                 target)))
@@ -123,6 +123,7 @@ taken off."
       (setq path (substring path 0 (match-beginning 0))))
     (and path (not (string-empty-p path))
          (not (string-prefix-p "#" path))
+         (not (string-search "\0" path))
          path)))
 
 (defun chatpipe-media-links (text)
@@ -176,25 +177,40 @@ are read."
 
 (defun chatpipe-media-check (file)
   "Return whether FILE, an absolute file name, is sent as media.
-The value is a plist: :status is `send', `missing', `not-media'
-\(not a regular file whose name and first bytes are an image's or
-a PDF's, see `chatpipe-media--types'), `unreadable' or
-`too-large'; :size is its size in bytes (when it is a file), and
-for `send' :kind (\"image\" or \"document\") and :mime."
-  (let* ((attrs (file-attributes (file-truename file)))
-         (size (and attrs (file-attribute-size attrs)))
-         (type (chatpipe-media--type file)))
-    (cond ((null attrs) (list :status 'missing))
-          ((or (not (file-regular-p file)) (null type))
-           (list :status 'not-media :size size))
-          ((not (file-readable-p file)) (list :status 'unreadable :size size))
-          ((> size (* chatpipe-media-max-megabytes 1024 1024))
-           (list :status 'too-large :size size))
-          ((not (condition-case nil (chatpipe-media--magic-p file type)
-                  (file-error nil)))
-           (list :status 'not-media :size size))
-          (t (list :status 'send :size size :kind (symbol-name (nth 2 type))
-                   :mime (nth 1 type))))))
+The value is a plist: :status is `send', `missing', `remote' (a
+remote file name, which is never opened: the backend reads local
+files), `not-media' (not a regular file whose name and first bytes
+are an image's or a PDF's, see `chatpipe-media--types'; or a name
+with a NUL), `unreadable' or `too-large'; :size is its size in
+bytes (when it is a file), and for `send' :kind (\"image\" or
+\"document\") and :mime.  Only local files are looked at: file name
+handlers are not called."
+  (if (file-remote-p file)
+      (list :status 'remote)
+    (let* ((file-name-handler-alist nil)
+           (nul (string-search "\0" file))
+           (attrs (and (not nul) (file-attributes (file-truename file))))
+           (size (and attrs (file-attribute-size attrs)))
+           (type (chatpipe-media--type file)))
+      (cond (nul (list :status 'not-media))
+            ((null attrs) (list :status 'missing))
+            ((or (not (file-regular-p file)) (null type))
+             (list :status 'not-media :size size))
+            ((not (file-readable-p file)) (list :status 'unreadable :size size))
+            ((> size (* chatpipe-media-max-megabytes 1024 1024))
+             (list :status 'too-large :size size))
+            ((not (condition-case nil (chatpipe-media--magic-p file type)
+                    (file-error nil)))
+             (list :status 'not-media :size size))
+            (t (list :status 'send :size size
+                     :kind (symbol-name (nth 2 type)) :mime (nth 1 type)))))))
+
+(defun chatpipe-media-file (path)
+  "Return the absolute file name of PATH, a link's file name.
+A relative PATH is `default-directory''s; no file name handler is
+called (a remote name stays a name, see `chatpipe-media-check')."
+  (let ((file-name-handler-alist nil))
+    (expand-file-name path)))
 
 (defun chatpipe-media-parts (text)
   "Return the media of the links in TEXT, a user turn's, as parts.
@@ -204,7 +220,7 @@ are `default-directory''s); a file linked twice is one part.  Only
 the links `chatpipe-media-check' says `send' of give parts."
   (let (files parts)
     (dolist (link (chatpipe-media-links text))
-      (let ((file (expand-file-name (nth 2 link))))
+      (let ((file (chatpipe-media-file (nth 2 link))))
         (unless (member file files)
           (push file files)
           (let ((check (chatpipe-media-check file)))

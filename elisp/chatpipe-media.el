@@ -72,6 +72,7 @@ Org buffers use `org-display-inline-images', Markdown buffers
       ('send (format "will be sent: %s, %s" (plist-get check :mime) size))
       ('missing "not sent: missing")
       ('unreadable "not sent: unreadable")
+      ('remote "not sent: a remote file")
       ('too-large (format "not sent: too large (over %s MB)"
                           chatpipe-media-max-megabytes))
       (_ "not sent: not an image or PDF"))))
@@ -97,7 +98,7 @@ they are never sent.  Return the number of notes."
             (dolist (link (chatpipe-media-links
                            (buffer-substring-no-properties start (nth 3 turn))))
               (let* ((check (chatpipe-media-check
-                             (expand-file-name (nth 2 link))))
+                             (chatpipe-media-file (nth 2 link))))
                      (ov (make-overlay (+ start (nth 0 link))
                                        (+ start (nth 1 link)) nil t nil))
                      (note (chatpipe-media-describe check)))

@@ -123,6 +123,12 @@ text.  The folder is deleted afterwards."
           (should (equal (note "c d.pdf") "will be sent: application/pdf, 14 B"))
           (should (equal (note "big.png") "not sent: too large (over 0.002 MB)"))
           (should (equal (note "missing.png") "not sent: missing"))
+          (should (equal (note "/ssh:example.invalid:/a.png")
+                         "not sent: a remote file"))
+          (should (equal (chatpipe-media-describe
+                          (chatpipe-media-check (concat dir "a\0.png")))
+                         "not sent: not an image or PDF"))
+          (should-not (chatpipe-media-links "![](a\0.png) [[file:a\0.png]]"))
           (dolist (file '("fake.png" "id_rsa" "key.png" "fifo.png" "sub.png"))
             (should (equal (note file) "not sent: not an image or PDF"))))
       (delete-directory dir t))))
