@@ -212,5 +212,29 @@ text.  The folder is deleted afterwards."
               (kill-buffer buffer))))
       (delete-directory dir t))))
 
+(ert-deftest chatpipe-test-media-attach-dired ()
+  "From Dired, the marked files are linked under a new user turn of the chat."
+  (let* ((dir (chatpipe-test--media-dir))
+         (template (chatpipe-test--template "/replay/openai/chat-basic.sse"))
+         (chatpipe-major-mode 'org-mode)
+         (listing (dired-noselect dir)))
+    (unwind-protect
+        (chatpipe-test--with-chat (chat template)
+          (insert "Hi\n\n* Assistant\n\nHello.\n")
+          (with-current-buffer listing
+            (dired-mark-files-regexp "\\`\\(a\\.png\\|c d\\.pdf\\)\\'")
+            (should (eq (call-interactively #'chatpipe-attach) chat)))
+          (should (equal (buffer-string)
+                         (format "* User\n\nHi\n\n* Assistant\n\nHello.\n\n\
+* User\n\n[[file:%sa.png]]\n[[file:%sc d.pdf]]\n"
+                                 (abbreviate-file-name dir)
+                                 (abbreviate-file-name dir))))
+          (should (equal (mapcar #'cdr (chatpipe-test--media-notes))
+                         '("will be sent: image/png, 21 B"
+                           "will be sent: application/pdf, 14 B")))
+          (should (equal (length (cdr (car (last (chatpipe-messages))))) 3)))
+      (kill-buffer listing)
+      (delete-directory dir t))))
+
 (provide 'chatpipe-media-test)
 ;;; chatpipe-media-test.el ends here
