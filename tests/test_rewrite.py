@@ -7,6 +7,8 @@ tests/test_rewrite_requests.py runs rewrites through the APIs, serve and
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -188,3 +190,12 @@ def test_any_text_split_anywhere_gives_the_hygiene_of_the_whole(answer, original
     bounds = sorted({0, len(answer), *(c for c in cuts if c <= len(answer))})
     deltas = [answer[a:b] for a, b in zip(bounds, bounds[1:])]
     assert streamed(deltas, original)[0] == rewrite.clean(answer, original)
+
+
+@pytest.mark.parametrize("answer_start", ["```\n", "x\n"])
+def test_a_long_run_of_held_characters_costs_linear_time(answer_start):
+    deltas = [answer_start, "y"] + ["\n", " ", "`"] * 100_000 + ["z\n"]
+    start = time.monotonic()
+    text, _ = streamed(deltas, "a\n")
+    assert time.monotonic() - start < 5
+    assert text == rewrite.clean("".join(deltas), "a\n") and text.endswith("\n `z\n")

@@ -77,6 +77,18 @@ def test_each_api_gets_the_directive_the_delimited_text_and_its_context_lines(
     assert FAKE_KEY not in run.stdout + run.stderr
 
 
+def test_context_files_go_into_the_request_as_for_send(server, chatpipe, source, tmp_path):
+    helper = tmp_path / "helper.py"
+    helper.write_text("def twice(x):\n    return 2 * x\n")
+    url = server.add("/fenced", fenced(*ANSWER))
+    run = chatpipe("rewrite", "openai", "--url", url, "--file", str(source), "--lines", "5",
+                   "-c", str(helper), "-m", "use twice")
+    assert run.returncode == 0, run.stderr
+    system = server.requests[0]["body"]["messages"][0]["content"]
+    assert "only the replacement code" in system
+    assert "```python\ndef twice(x):\n    return 2 * x\n```" in system
+
+
 def test_prose_gets_the_prose_directive(server, chatpipe, tmp_path):
     notes = tmp_path / "notes.md"
     notes.write_text("# Notes\n\nTeh cat sat.\n")

@@ -243,7 +243,7 @@ class Hygiene:
         self._deciding = _opening(original.partition("\n")[0]) is None
         self._head = ""
         self._fence: str | None = None
-        self._pending = ""
+        self._held: list[str] = []
         self._last = ""
 
     def emit(self, event: dict) -> None:
@@ -261,7 +261,8 @@ class Hygiene:
 
     def release(self) -> None:
         """Send what is held as it came (the stream failed: no hygiene)."""
-        text, self._head, self._pending = self._head + self._pending, "", ""
+        text = self._head + "".join(self._held)
+        self._head, self._held = "", []
         if text:
             self._sink.emit(protocol.delta(text))
 
@@ -274,17 +275,24 @@ class Hygiene:
             self._deciding = False
             self._fence = _opening(first) if newline else None
             text, self._head = (rest if self._fence else self._head), ""
-        pending = self._pending + text
+        if self._held and not text.strip(self._holdable()):
+            self._held.append(text)     # held, as what it follows: no rescan
+            return
+        pending = "".join(self._held) + text
         cut = self._cut(pending)
         if cut:
             self._out(pending[:cut])
-        self._pending = pending[cut:]
+        self._held = [pending[cut:]] if cut < len(pending) else []
+
+    def _holdable(self) -> str:
+        """The characters held at the end of the answer (see :meth:`_cut`)."""
+        return "\r\n" if self._fence is None else _fence_chars(self._fence)
 
     def _cut(self, text: str) -> int:
         """How much of TEXT (what is not sent yet) may go now."""
+        start = len(text.rstrip(self._holdable()))
         if self._fence is None:
-            return len(text.rstrip("\r\n"))
-        start = len(text.rstrip(_fence_chars(self._fence)))
+            return start
         if start == 0 and not self._last:
             return 0
         line_end = re.compile(r"\r?\n").search(text, start)
@@ -301,11 +309,11 @@ class Hygiene:
             self._deciding = False
             first, newline, rest = self._head.partition("\n")
             self._fence = _opening(first)
-            self._pending, self._head = (rest if self._fence else self._head), ""
-        tail = self._pending
+            self._held, self._head = [rest if self._fence else self._head], ""
+        tail = "".join(self._held)
         if self._fence:
             tail = _drop_close(tail, self._fence)
         tail = _fix_end(tail, self._last, self._original)
-        self._pending = ""
+        self._held = []
         if tail:
             self._out(tail)

@@ -51,6 +51,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="lines before and after them sent as read-only context "
                              "(default 20)")
     parser.add_argument("--language", help="the lines' language (default: by the file's name)")
+    parser.add_argument("-c", "--context", action="append", default=[],
+                        metavar="PATH[:START-END]|DIR|-",
+                        help="more files, folders or stdin (-) the model should read, as "
+                             "send's -f (repeatable)")
     parser.add_argument("--model", help="override the template's model")
     parser.add_argument("--url", help="override the template's endpoint URL")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
@@ -233,6 +237,7 @@ def command(args, ctx) -> int:
     source = read_source(args.file, args.lines)
     request = {"template": args.template, "model": args.model, "url": args.url,
                "vars": requestfields.parse_vars(args.var), "price": args.usage,
+               "context": requestfields.parse_files(args.context),
                "rewrite": source.rewrite(args.message, args.context_lines, args.language)}
     job = requestfields.job(request)
     if not (args.diff or args.apply):
