@@ -49,6 +49,8 @@
 (require 'cl-lib)
 (require 'subr-x)
 
+(declare-function org-link-unescape "ol")
+
 (defcustom chatpipe-media-max-megabytes 20
   "The largest image or PDF sent from a link, in megabytes (2^20 bytes).
 A bigger file's link stays text.  APIs have limits of their own
@@ -105,13 +107,15 @@ first line; inline code is the match."
 
 (defun chatpipe-media--link-path (target org)
   "Return the file name of a link's TARGET, or nil if it is no file's.
-ORG non-nil means an Org link: its backslash escapes are taken
-out, and only \"file:\" and \"/\", \"./\", \"../\" and \"~/\" targets are
-files; an Org \"::SEARCH\" part is left out.  Any other scheme
-\(https:, data:, mailto:) is no file; \"file:\" and \"file://\" are
-taken off.  A name with a NUL is no file's."
+ORG non-nil means an Org link: its escapes are taken out (see
+`org-link-unescape'), and only \"file:\" and \"/\", \"./\", \"../\"
+and \"~/\" targets are files; an Org \"::SEARCH\" part is left
+out.  Any other scheme \(https:, data:, mailto:) is no file;
+\"file:\" and \"file://\" are taken off.  A name with a NUL is no
+file's."
   (let ((path (if org
-                  (replace-regexp-in-string "\\\\\\(.\\)" "\\1" target t)
+                  (progn (require 'ol)
+                         (org-link-unescape target))
                 target)))
     (cond ((string-match "\\`file:\\(?://\\)?\\(.+\\)\\'" path)
            (setq path (match-string 1 path)))

@@ -42,6 +42,7 @@ SAMPLES = {
     "context_placement": ("user", "top"),
     "dry_run": (True, 1),
     "rewrite": ({"text": "a\n", "instruction": "b"}, {"text": "a\n"}),
+    "save_media": ("inline", "base64"),
 }
 
 

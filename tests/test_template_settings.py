@@ -35,13 +35,14 @@ MESSAGES = {
     "context_placement": '"chatpipe.context_placement" must be a string',
     "context_item_bytes": '"chatpipe.context_item_bytes" must be a whole number of bytes, 1 or more',
     "context_total_bytes": '"chatpipe.context_total_bytes" must be a whole number of bytes, 1 or more',
+    "media": '"chatpipe.media" must be a list of MIME types or patterns ("image/*")',
 }
 
 #: What a request gets when the template sets nothing.
 DEFAULTS = {"connect_timeout": 10.0, "read_timeout": 120.0, "deadline": 1800.0, "max_retries": 3,
             "retry_budget": 60.0, "max_event_bytes": 8 << 20, "max_tool_steps": 10,
             "max_tool_result_bytes": 100_000, "context_placement": "system",
-            "context_item_bytes": 128 * 1024, "context_total_bytes": 384 * 1024}
+            "context_item_bytes": 128 * 1024, "context_total_bytes": 384 * 1024, "media": []}
 
 
 def load(tmp_path, block, text=None):
@@ -95,6 +96,7 @@ def test_a_value_of_the_wrong_kind_is_named_where_it_is(tmp_path, name, bad):
     ("retry_budget", -0.5, 0), ("max_retries", 1.0, 0), ("max_tool_steps", -1, 0),
     ("max_tool_result_bytes", 2.5, 0), ("max_event_bytes", 1023, 1024),
     ("headers", {"A": 1}, {"A": "b"}), ("description", 1, "d"),
+    ("media", ["png"], ["image/*"]), ("media", "image/*", []),
 ])
 def test_limits_of_each_kind(tmp_path, name, bad, good):
     assert error(tmp_path, {"url": "x", name: bad}).message == MESSAGES[name]
@@ -108,7 +110,8 @@ def test_a_request_gets_the_defaults_and_the_written_values(tmp_path):
     written = {"connect_timeout": 5, "read_timeout": 7, "deadline": 9, "max_retries": 0,
                "retry_budget": 0, "max_event_bytes": 2048, "max_tool_steps": 2,
                "max_tool_result_bytes": 0, "context_placement": "user",
-               "context_item_bytes": 10, "context_total_bytes": 20}
+               "context_item_bytes": 10, "context_total_bytes": 20,
+               "media": ["image/*", "application/pdf"]}
     request = templates.fill(load(tmp_path, {"url": "x", **written}), {}, env={})
     assert {name: getattr(request, name) for name in DEFAULTS} == written
     assert isinstance(request.connect_timeout, float) and isinstance(request.retry_budget, float)

@@ -50,7 +50,39 @@ def _lock_file(path: Path) -> Path:
     return folder / f"{digest[:32]}.lock"
 
 
-def append_messages(path: Path, dialect: Any, messages: list[dict[str, Any]]) -> None:
+def saved_media(messages: list[dict[str, Any]], how: str = "path", cwd: str | None = None,
+                ) -> list[dict[str, Any]]:
+    """MESSAGES with their media parts (:func:`chatpipe.media.is_media`) as
+    a saved chat keeps them: HOW ``"path"`` keeps a file's absolute path
+    (from CWD, default the current folder), a reference that is read again
+    at each request; ``"inline"`` stores the file's bytes as ``data``
+    (base64, with its ``mime_type`` and ``filename``).  URLs and ``data``
+    parts are kept as they are.
+
+    Raises:
+        chatpipe.media.MediaError: HOW is inline and a file cannot be read.
+    """
+    from chatpipe import media
+
+    cwd = cwd or os.getcwd()
+
+    def saved(part: Any) -> Any:
+        if not (media.is_media(part) and isinstance(part.get("path"), str)):
+            return part
+        path = os.path.join(cwd, os.path.expanduser(part["path"]))
+        if how != "inline":
+            return {**part, "path": path}
+        loaded = media.load(part, cwd=cwd, warn=lambda text: None)
+        rest = {k: v for k, v in part.items() if k != "path"}
+        return {**rest, "data": loaded.base64(), "mime_type": loaded.mime_type,
+                "filename": loaded.filename}
+
+    return [{**m, "content": [saved(p) for p in m["content"]]}
+            if isinstance(m.get("content"), list) else m for m in messages]
+
+
+def append_messages(path: Path, dialect: Any, messages: list[dict[str, Any]],
+                    save_media: str = "path") -> None:
     """Append a turn to the conversation saved in the template file PATH.
 
     MESSAGES, in the neutral shape (the new ``{"role", "content"}``
@@ -65,15 +97,24 @@ def append_messages(path: Path, dialect: Any, messages: list[dict[str, Any]]) ->
     a temporary file in the same folder that then replaces it, with its
     mode kept.  Placeholders are written back unfilled: only the file's own
     text and the new turn are saved, never filled-in values such as API keys.
+    Media parts are saved by :func:`saved_media` (SAVE_MEDIA ``"path"`` or
+    ``"inline"``), in chatpipe's neutral shape, and ``send -a``'s parts
+    joined to their message (:func:`chatpipe.prepare.attached`); the next
+    request reads them again.
 
     Raises:
         TemplateError: the file no longer parses or its conversation field
             is not a list.
+        chatpipe.media.MediaError: an inline file cannot be read.
         OSError: the file or folder cannot be written.
     """
     import tempfile
 
     from filelock import FileLock
+
+    from chatpipe.prepare import attached
+
+    messages = saved_media(attached(messages), save_media)
 
     with FileLock(_lock_file(path)):
         doc, _ = parse_document(path)

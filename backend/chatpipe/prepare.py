@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
-from chatpipe import context, contextread, contextrender, dialects, protocol, templates
+from chatpipe import context, contextread, contextrender, dialects, media, protocol, templates
+from chatpipe.dialects import mediaparts
 from chatpipe.dialects.base import Dialect
 from chatpipe.errors import UsageError
 
@@ -103,7 +104,15 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
             last new user message.
         warn: gets the ``warning`` events of items left out (a missing
             file, a killed buffer's text), then the ``context`` event (its
-            pieces and estimated tokens), before anything is sent.
+            pieces and estimated tokens), before anything is sent; and
+            the media warnings (a type mismatch; model types not known).
+
+    The media parts of the conversation (new messages, the template's and
+    a saved chat's; ``send -a``'s joined to their message by
+    :func:`attached`) are read and checked
+    (:func:`chatpipe.dialects.mediaparts.convert`, within the template's
+    ``media`` types) and put in the API's shape.
+
     Returns:
         ``(template, request, dialect)``.
     Raises:
@@ -111,7 +120,9 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
         UsageError: nothing to send (no new message and the template's
             conversation does not end with a user turn); a context item
             refused (a binary file, over a limit, a line range the file
-            does not have), with details ``{"kind": "context", "errors"}``.
+            does not have), with details ``{"kind": "context", "errors"}``;
+            a media part refused (:class:`chatpipe.media.MediaError`: a
+            missing file, a type or limit of the API or model).
     """
     template = templates.load(spec)
     variables = dict(variables)
@@ -129,10 +140,32 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
     where = placement or request.context_placement
     if rendered and where == "user" and any(m.get("role") == "user" for m in messages):
         messages, rendered = contextrender.place(messages, rendered, "user"), ""
-    dialect.add_messages(request.body, messages)
+    dialect.add_messages(request.body, attached(messages))
     if rendered:
         dialect.add_context(request.body, rendered)
+    mediaparts.convert(dialect, request.body, cwd=os.getcwd(), accepted=request.media,
+                       model=dialect.model_of(request), warn=warn)
     return template, request, dialect
+
+
+def attached(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """MESSAGES with each user message whose content is only media parts
+    (what ``send -a`` gives) joined to the user message just before it
+    (``-m``'s): one message of a text part and the media parts."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        content = message.get("content")
+        before = out[-1] if out else None
+        if (message.get("role") == "user" and isinstance(content, list) and content
+                and all(media.is_media(p) for p in content)
+                and before is not None and before.get("role") == "user"
+                and not before.get("tool_calls")):
+            text = before.get("content")
+            parts = text if isinstance(text, list) else [{"type": "text", "text": text}] if text else []
+            out[-1] = {**before, "content": [*parts, *content]}
+        else:
+            out.append(message)
+    return out
 
 
 def _context(items: list[dict[str, Any]], request: templates.Request,

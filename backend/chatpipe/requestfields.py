@@ -172,6 +172,37 @@ def parse_files(args: list[str], stdin=None) -> list[dict[str, Any]]:
     return [item_json(parse_file_arg(arg, stdin, cwd=os.getcwd())) for arg in args]
 
 
+class _At(argparse.Action):
+    """``--at MIME``: the type of ``-a -`` (stdin), also put among ``-a``'s
+    values (``attach``) as ``{"at": MIME}`` for :func:`parse_attachments`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.attach = [*(getattr(namespace, "attach", None) or []), {"at": values}]
+
+
+def parse_attachments(values: list, stdin=None) -> list[dict[str, Any]]:
+    """The user message of ``-a PATH|URL|-`` VALUES (with ``--at MIME``
+    items ``{"at": MIME}``, the type of stdin): one message whose content
+    is their media parts (see :func:`chatpipe.media.attachment`; STDIN,
+    default ``sys.stdin``'s bytes, for ``-``), joined to ``-m``'s message
+    when the request is prepared; ``[]`` for none.
+
+    Raises:
+        UsageError: an unreadable file, a type that cannot be told, ``-``
+            given twice.
+    """
+    from chatpipe.media import attachment
+
+    at = next((v["at"] for v in reversed(values) if isinstance(v, dict)), None)
+    paths = [v for v in values if isinstance(v, str)]
+    if paths.count("-") > 1:
+        raise UsageError("-a -: stdin can be read once")
+    stdin = stdin or sys.stdin.buffer
+    parts = [attachment(p, at, stdin, os.getcwd()) for p in paths]
+    return [{"role": "user", "content": parts}] if parts else []
+
+
 def parse_vars(pairs: list[str]) -> dict[str, str]:
     """Turn ``["a=1", "b=2"]`` (``--var`` values) into ``{"a": "1", "b": "2"}``.
 
@@ -262,6 +293,14 @@ class Job:
         Flag(("-m", "--message"), {"action": "append", "metavar": "TEXT",
                                    "help": "append a user message (repeatable)"},
              lambda texts: [{"role": "user", "content": t} for t in texts]),
+        Flag(("-a", "--attach"), {"action": "append", "metavar": "PATH|URL|-",
+                                  "help": "attach an image or document (a PDF) to the message: "
+                                          "a file, an http(s) URL or stdin (-) (repeatable; see "
+                                          "[Images and documents](#images-and-documents))"},
+             parse_attachments),
+        Flag(("--at",), {"action": _At, "metavar": "MIME",
+                         "help": "the MIME type of -a - (stdin), e.g. image/png"},
+             lambda mime: []),
         default_factory=list)
     variables: Mapping[str, str] = _spec(
         "vars", "object of strings", "{}", "values of the template's ${NAME} placeholders",
@@ -350,6 +389,12 @@ class Job:
         "append the new messages and the answer to the template file",
         lambda v: isinstance(v, bool), "true or false",
         Flag(("--save",), {"action": "store_true"}), default=False)
+    save_media: str = _spec(
+        "save_media", "string", '"path"',
+        'how --save keeps images and documents: "path" (a reference to the file, read '
+        'again at each request) or "inline" (its data, base64)',
+        lambda v: v in ("path", "inline"), '"path" or "inline"',
+        Flag(("--save-media",), {"choices": ("path", "inline")}), default="path")
 
     def params(self) -> dict[str, Any]:
         """The request parameters given (the ``params.NAME`` fields), by NAME."""

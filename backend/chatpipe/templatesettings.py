@@ -53,6 +53,8 @@ SECONDS = Kind(float, lambda v: _number(v) and v > 0, "a positive number of seco
 SECONDS_OR_ZERO = Kind(float, lambda v: _number(v) and v >= 0, "a number of seconds, 0 or more")
 COUNT = Kind(int, lambda v: _number(v, whole=True) and v >= 0, "a whole number, 0 or more")
 SIZE = Kind(int, lambda v: _number(v, whole=True) and v >= 1, "a whole number of bytes, 1 or more")
+MIME_PATTERNS = Kind(list, lambda v: isinstance(v, list) and all(
+    isinstance(x, str) and "/" in x for x in v), 'a list of MIME types or patterns ("image/*")')
 EVENT_BYTES = Kind(int, lambda v: _number(v, whole=True) and v >= 1024,
                    "a whole number of bytes, 1024 or more")
 
@@ -138,6 +140,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("context_total_bytes", SIZE, 384 * 1024,
             "most bytes of a request's context in all (the default, ~96k tokens, fits a "
             "128k-token model)"),
+    Setting("media", MIME_PATTERNS, (), 'the types of images and documents the model takes, '
+            'MIME patterns such as "image/*" and "application/pdf" (others are refused before '
+            "sending; empty: not known, sent with a warning)"),
 )
 
 #: :data:`SETTINGS` by name.

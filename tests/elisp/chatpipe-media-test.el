@@ -212,6 +212,21 @@ text.  The folder is deleted afterwards."
               (kill-buffer buffer))))
       (delete-directory dir t))))
 
+(ert-deftest chatpipe-test-media-link-round-trip ()
+  "A link `chatpipe-attach' writes names its file, whatever the file's name."
+  (dolist (mode '(text-mode org-mode))
+    (with-temp-buffer
+      (funcall mode)
+      (setq default-directory "/tmp/")
+      (dolist (name '("a b(1).png" "x]y[.png" "ab:c.png" "\u00e9\u00e8.pdf" "#h.png"
+                      "q\"t\".png" "back\\slash.png" "~tilde.png"))
+        (dolist (file (list (concat "/srv/" name) (concat "/tmp/" name)))
+          (let ((buffer-file-name "/tmp/chat.md")
+                (link (chatpipe-media--link file)))
+            (should (equal (mapcar (lambda (l) (chatpipe-media-file (nth 2 l)))
+                                   (chatpipe-media-links (concat "See " link ".")))
+                           (list file)))))))))
+
 (ert-deftest chatpipe-test-media-attach-dired ()
   "From Dired, the marked files are linked under a new user turn of the chat."
   (let* ((dir (chatpipe-test--media-dir))

@@ -41,7 +41,7 @@ import json
 from typing import Any, Iterable
 
 from chatpipe import protocol
-from chatpipe.dialects import base, modellist, toolturns
+from chatpipe.dialects import base, mediaparts, modellist, toolturns
 from chatpipe.dialects.providererrors import stream_error
 from chatpipe.dialects.base import SYSTEM_ROLES, parse_json
 from chatpipe.errors import StreamError
@@ -222,6 +222,22 @@ class Dialect(base.Dialect):
 
     name = "anthropic-messages"
     parser = Parser
+    media_limits = mediaparts.ANTHROPIC
+
+    def media_part(self, media: Any) -> dict:
+        """An ``image`` or ``document`` block with a ``base64`` source
+        ``{"type": "base64", "media_type", "data"}``, or a ``url`` source
+        for a URL: https://docs.claude.com/en/docs/build-with-claude/vision,
+        https://docs.claude.com/en/docs/build-with-claude/pdf-support
+        (a ``text/plain`` document has a ``text`` source of its text)."""
+        if media.url:
+            source = {"type": "url", "url": media.url}
+        elif media.mime_type == "text/plain":
+            source = {"type": "text", "media_type": "text/plain",
+                      "data": (media.data or b"").decode("utf-8", "replace")}
+        else:
+            source = {"type": "base64", "media_type": media.mime_type, "data": media.base64()}
+        return {"type": media.kind, "source": source}
 
     def add_messages(self, body: dict, messages: list[dict]) -> None:
         """Append MESSAGES (neutral, see :class:`base.Dialect`) to

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from chatpipe import protocol
-from chatpipe.dialects import toolturns
+from chatpipe.dialects import mediaparts, toolturns
 from chatpipe.dialects.modellist import list_items, model_entry
 from chatpipe.errors import StreamError
 
@@ -394,6 +394,27 @@ class Dialect:
                 message["content"] = joined(message.get("content"), text)
                 return
         conversation.insert(0, {"role": "system", "content": text})
+
+    #: What the API takes of media (:mod:`chatpipe.dialects.mediaparts`),
+    #: and the key of a conversation item's content parts.
+    media_limits = mediaparts.OPENAI_CHAT
+    parts_key = "content"
+
+    def media_part(self, media: Any) -> dict:
+        """The API's content part for MEDIA (a :class:`chatpipe.media.Media`).
+        OpenAI chat (https://platform.openai.com/docs/guides/images-vision,
+        https://platform.openai.com/docs/guides/pdf-files): ``image_url``
+        (a data URL, or the URL given); a document ``{"type": "file",
+        "file": {"filename", "file_data": DATA-URL}}``."""
+        if media.kind == "image":
+            return {"type": "image_url", "image_url": {"url": media.url or media.data_url()}}
+        return {"type": "file", "file": {"filename": media.filename, "file_data": media.data_url()}}
+
+    def put_media(self, item: dict, found: list) -> None:
+        """Put FOUND, ``(index, Media)`` pairs of the conversation ITEM's
+        parts (:attr:`parts_key`), in the API's shape (:meth:`media_part`)."""
+        for index, media in found:
+            item[self.parts_key][index] = self.media_part(media)
 
     def add_tool_result(self, conversation: list, result: dict) -> None:
         """Append a tool's RESULT (a neutral ``role: tool`` message) to CONVERSATION."""

@@ -32,8 +32,8 @@ import re
 from typing import Any, Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from chatpipe import protocol
-from chatpipe.dialects import base, modellist, toolturns
+from chatpipe import media, protocol
+from chatpipe.dialects import base, mediaparts, modellist, toolturns
 from chatpipe.dialects.providererrors import stream_error
 from chatpipe.dialects.base import SYSTEM_ROLES, MalformedEvent, parse_json
 from chatpipe.errors import StreamError
@@ -161,9 +161,11 @@ def _provider_id(call_id: Any) -> bool:
 
 
 def _parts(content: Any) -> list[dict]:
+    """CONTENT (a string or a list of neutral parts) as Gemini parts: text
+    parts as ``{"text"}``; media parts are kept, for :meth:`Dialect.media_part`."""
     if isinstance(content, list):
-        return [{"text": p.get("text", "")} if isinstance(p, dict) else {"text": str(p)}
-                for p in content]
+        return [p if media.is_media(p) else {"text": p.get("text", "")}
+                if isinstance(p, dict) else {"text": str(p)} for p in content]
     return [{"text": content or ""}]
 
 
@@ -197,6 +199,16 @@ class Dialect(base.Dialect):
     name = "gemini"
     parser = Parser
     history_key = "contents"
+    media_limits = mediaparts.GEMINI
+    parts_key = "parts"
+
+    def media_part(self, media: Any) -> dict:
+        """An ``inlineData`` part ``{"mimeType", "data": BASE64}``:
+        https://ai.google.dev/api/caching#Blob,
+        https://ai.google.dev/gemini-api/docs/image-understanding
+        (URLs are refused before: Gemini reads ``fileData`` only from its
+        Files API)."""
+        return {"inlineData": {"mimeType": media.mime_type, "data": media.base64()}}
 
     def add_messages(self, body: dict, messages: list[dict]) -> None:
         """Append MESSAGES (neutral, see :class:`base.Dialect`) to

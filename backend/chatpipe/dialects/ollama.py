@@ -27,8 +27,8 @@ import json
 from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
-from chatpipe import protocol
-from chatpipe.dialects import base, modellist
+from chatpipe import media, protocol
+from chatpipe.dialects import base, mediaparts, modellist
 from chatpipe.dialects.providererrors import stream_error
 from chatpipe.dialects.base import parse_json
 from chatpipe.errors import StreamError
@@ -124,6 +124,24 @@ class Dialect(base.Dialect):
 
     name = "ollama"
     parser = Parser
+    media_limits = mediaparts.OLLAMA
+
+    def message(self, message: dict) -> dict:
+        """MESSAGE with a list content's text parts joined into its
+        ``content`` string (Ollama takes no parts); its media parts stay
+        for :meth:`put_media`."""
+        content = message.get("content")
+        if not isinstance(content, list) or any(media.is_media(p) for p in content):
+            return message
+        return {**message, "content": _text(content)}
+
+    def put_media(self, item: dict, found: list) -> None:
+        """ITEM's images as ``images``, a list of bare base64 strings, and
+        its text parts as its ``content`` string:
+        https://docs.ollama.com/api/chat (``messages[].images``).  Ollama
+        takes no documents: a PDF is refused before (its types)."""
+        item["images"] = [*item.get("images", []), *(m.base64() for _, m in found)]
+        item["content"] = _text(item.get("content"))
 
     def assistant_message(self, text: str, tool_calls: list[dict] | None = None) -> list[dict]:
         """An answer: its TEXT and TOOL_CALLS (arguments as objects)."""
@@ -171,3 +189,12 @@ class Dialect(base.Dialect):
             return None
         models = [modellist.model_entry(m.get("name") or m.get("model")) for m in items]
         return [m for m in models if m is not None], None
+
+
+def _text(content: Any) -> str:
+    """The text of CONTENT, a string or a list of parts (its ``text``
+    parts joined by blank lines)."""
+    if not isinstance(content, list):
+        return content if isinstance(content, str) else ""
+    return "\n\n".join(p["text"] for p in content if isinstance(p, dict)
+                        and p.get("type") == "text" and isinstance(p.get("text"), str))

@@ -40,7 +40,7 @@ import json
 from typing import Any, Iterable
 
 from chatpipe import protocol
-from chatpipe.dialects import base, toolturns
+from chatpipe.dialects import base, mediaparts, toolturns
 from chatpipe.dialects.providererrors import stream_error
 from chatpipe.dialects.base import parse_json
 from chatpipe.errors import StreamError
@@ -194,6 +194,30 @@ class Dialect(base.Dialect):
     name = "openai-responses"
     parser = Parser
     history_key = "input"
+    media_limits = mediaparts.OPENAI_RESPONSES
+
+    def message(self, message: dict) -> dict:
+        """MESSAGE, its ``text`` parts (if its content is a list) as
+        ``input_text`` (``output_text`` in an answer)."""
+        content = message.get("content")
+        if not isinstance(content, list):
+            return message
+        kind = "output_text" if message.get("role") == "assistant" else "input_text"
+        return {**message, "content": [{**p, "type": kind} if isinstance(p, dict)
+                                       and p.get("type") == "text" else p for p in content]}
+
+    def media_part(self, media: Any) -> dict:
+        """Responses (https://platform.openai.com/docs/guides/images-vision,
+        https://platform.openai.com/docs/guides/pdf-files): ``{"type":
+        "input_image", "image_url": DATA-URL or URL, "detail": "auto"}``; a
+        document ``{"type": "input_file", "filename", "file_data":
+        DATA-URL}`` or ``{"type": "input_file", "file_url"}``."""
+        if media.kind == "image":
+            return {"type": "input_image", "image_url": media.url or media.data_url(),
+                    "detail": "auto"}
+        if media.url:
+            return {"type": "input_file", "file_url": media.url}
+        return {"type": "input_file", "filename": media.filename, "file_data": media.data_url()}
 
     def add_context(self, body: dict, text: str) -> None:
         """Put TEXT (a request's rendered context) after the system prompt:

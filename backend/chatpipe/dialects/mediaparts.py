@@ -1,0 +1,190 @@
+"""Media parts of a request: what each API takes, checked before sending.
+
+After a dialect has put a request's messages in its API's shape, the
+neutral media parts (see :mod:`chatpipe.media`) are still in it, in the
+conversation's content lists, as are those of a template's or a saved
+chat's conversation.  :func:`convert` reads them all, checks them against
+the API's documented :class:`Limits` and the model's types (the
+template's ``chatpipe.media``), and has the dialect put each in its API's
+shape (:meth:`chatpipe.dialects.base.Dialect.media_part`,
+:meth:`~chatpipe.dialects.base.Dialect.put_media`).  Nothing is sent when
+a check fails: the error names the file, the limit and the API.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from chatpipe import media as media_files
+from chatpipe import protocol
+from chatpipe.media import Media, MediaError
+
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an API documents that it takes of media in one request.
+
+    Sizes are of the data as sent (base64 text), in bytes; None is no
+    documented limit.
+
+    Attributes:
+        api: the API's name, for messages.
+        reference: the page that documents the limits.
+        types: MIME patterns of the types it takes (``image/png``).
+        urls: the kinds (``image``, ``document``) it takes by URL.
+        images: the most images in a request.
+        image_bytes: the most bytes of one image.
+        document_bytes: the most bytes of all documents of a request.
+        request_bytes: the most bytes of all media of a request.
+        pages: the most PDF pages of a request.
+    """
+
+    api: str
+    reference: str
+    types: tuple[str, ...]
+    urls: tuple[str, ...] = ()
+    images: int | None = None
+    image_bytes: int | None = None
+    document_bytes: int | None = None
+    request_bytes: int | None = None
+    pages: int | None = None
+
+
+_OPENAI_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "application/pdf")
+
+#: https://platform.openai.com/docs/guides/images-vision (500 images, 50 MB
+#: a request) and https://platform.openai.com/docs/guides/pdf-files (100
+#: pages and 32 MB of files a request).
+OPENAI_CHAT = Limits("OpenAI chat completions", "https://platform.openai.com/docs/guides/images-vision",
+                     _OPENAI_TYPES, ("image",), images=500, document_bytes=32 * MB,
+                     request_bytes=50 * MB, pages=100)
+OPENAI_RESPONSES = Limits("OpenAI Responses", "https://platform.openai.com/docs/guides/pdf-files",
+                          _OPENAI_TYPES, ("image", "document"), images=500,
+                          document_bytes=32 * MB, request_bytes=50 * MB, pages=100)
+#: https://docs.claude.com/en/docs/build-with-claude/vision (100 images, 5
+#: MB each) and https://docs.claude.com/en/docs/build-with-claude/pdf-support
+#: (32 MB a request, 100 pages).
+ANTHROPIC = Limits("Anthropic Messages", "https://docs.claude.com/en/docs/build-with-claude/vision",
+                   ("image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf",
+                    "text/plain"), ("image", "document"), images=100, image_bytes=5 * MB,
+                   request_bytes=32 * MB, pages=100)
+#: https://ai.google.dev/gemini-api/docs/image-understanding (inline data:
+#: 20 MB a request, 3600 images) and
+#: https://ai.google.dev/gemini-api/docs/document-processing (1000 pages).
+GEMINI = Limits("Gemini", "https://ai.google.dev/gemini-api/docs/image-understanding",
+                ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif",
+                 "application/pdf", "text/plain"), images=3600, request_bytes=20 * MB, pages=1000)
+#: https://docs.ollama.com/api/chat: ``images``, base64, no documented limit.
+OLLAMA = Limits("Ollama", "https://docs.ollama.com/api/chat", ("image/png", "image/jpeg"))
+
+
+def matches(mime_type: str, patterns: Any) -> bool:
+    """Whether MIME_TYPE matches one of PATTERNS (``image/*``, ``application/pdf``)."""
+    return any(fnmatch.fnmatchcase(mime_type, p) for p in patterns)
+
+
+def encoded(size: int) -> int:
+    """The base64 length of SIZE bytes."""
+    return 4 * ((size + 2) // 3)
+
+
+def check(found: list[Media], limits: Limits, accepted: list[str], model: str | None,
+          warn: Callable[[dict], None]) -> None:
+    """Check the media FOUND of one request against LIMITS (the API's) and
+    ACCEPTED (the template's ``chatpipe.media`` MIME patterns of MODEL;
+    empty: not known, then WARN gets a ``warning`` event naming the types
+    sent).
+
+    Raises:
+        MediaError: a type the API or the model does not take, a URL the
+            API does not take, or a limit passed; the message names the
+            file, the limit and the API.
+    """
+    api, who = limits.api, f"model {model}" if model else "the model"
+    for m in found:
+        if not matches(m.mime_type, limits.types):
+            raise MediaError(f"{m.name}: the {api} API takes {', '.join(limits.types)}, "
+                             f"not {m.mime_type}")
+        if accepted and not matches(m.mime_type, accepted):
+            raise MediaError(f"{m.name}: {who} takes {', '.join(accepted)} (the template's "
+                             f"chatpipe.media), not {m.mime_type}")
+        if m.url and m.kind not in limits.urls:
+            raise MediaError(f"{m.name}: the {api} API takes no {m.kind} by URL; download it "
+                             "and give its path")
+        if m.kind == "image" and limits.image_bytes and encoded(m.size()) > limits.image_bytes:
+            raise MediaError(f"{m.name}: {encoded(m.size())} bytes as base64, over the {api} "
+                             f"API's {limits.image_bytes >> 20} MB per image ({limits.reference})")
+    images = [m for m in found if m.kind == "image"]
+    if limits.images is not None and len(images) > limits.images:
+        raise MediaError(f"{len(images)} images (the last: {images[-1].name}), over the {api} "
+                         f"API's {limits.images} per request ({limits.reference})")
+    _total(found, [m for m in found if m.kind == "document"], limits)
+    if not accepted and found:
+        types = sorted({m.mime_type for m in found})
+        warn(protocol.warning(f"whether {who} takes {', '.join(types)} is not known (set "
+                              "chatpipe.media in the template); sent anyway", kind="media"))
+
+
+def _total(found: list[Media], documents: list[Media], limits: Limits) -> None:
+    """Check the sizes and pages of all FOUND media and their DOCUMENTS.
+
+    Raises:
+        MediaError: over :attr:`Limits.request_bytes`,
+            :attr:`~Limits.document_bytes` or :attr:`~Limits.pages`.
+    """
+    for group, limit, what in ((found, limits.request_bytes, "of media per request"),
+                               (documents, limits.document_bytes, "of documents per request")):
+        total = 0
+        for m in group:
+            total += encoded(m.size())
+            if limit is not None and total > limit:
+                raise MediaError(f"{m.name}: brings the request to {total} bytes as base64, over "
+                                 f"the {limits.api} API's {limit >> 20} MB {what} "
+                                 f"({limits.reference})")
+    pages = 0
+    for m in documents:
+        if m.mime_type == "application/pdf" and m.data:
+            pages += media_files.pdf_pages(m.data)
+            if limits.pages is not None and pages > limits.pages:
+                raise MediaError(f"{m.name}: brings the request to {pages} PDF pages, over the "
+                                 f"{limits.api} API's {limits.pages} pages per request "
+                                 f"({limits.reference})")
+
+
+def convert(dialect: Any, body: dict, *, cwd: str, accepted: list[str], model: str | None,
+            warn: Callable[[dict], None]) -> None:
+    """Read, check and convert every neutral media part of the request
+    BODY's conversation (DIALECT's :attr:`history_key`), in place.
+
+    CWD resolves relative paths; ACCEPTED and MODEL are as in :func:`check`;
+    WARN gets ``warning`` events (a type mismatch, unknown model types).
+
+    Raises:
+        MediaError: a part that cannot be read (the message names the turn,
+            1 for the conversation's first item, and the file) or that
+            fails a check (:func:`check`).
+    """
+    conversation = body.get(dialect.history_key)
+    if not isinstance(conversation, list):
+        return
+    places = []
+    for turn, item in enumerate(conversation, 1):
+        parts = item.get(dialect.parts_key) if isinstance(item, dict) else None
+        found = []
+        for index, part in enumerate(parts if isinstance(parts, list) else ()):
+            if media_files.is_media(part):
+                try:
+                    found.append((index, media_files.load(
+                        part, cwd=cwd,
+                        warn=lambda text: warn(protocol.warning(text, kind="media")))))
+                except MediaError as err:
+                    raise MediaError(f"turn {turn} of the conversation: {err}") from None
+        if found:
+            places.append((item, found))
+    check([m for _, found in places for _, m in found], dialect.media_limits, accepted, model, warn)
+    for item, found in places:
+        dialect.put_media(item, found)
