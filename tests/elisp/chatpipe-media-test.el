@@ -251,5 +251,51 @@ text.  The folder is deleted afterwards."
       (kill-buffer listing)
       (delete-directory dir t))))
 
+;;;; Through the real backend
+
+(defun chatpipe-test--media-file-base64 (file)
+  "Return the bytes of FILE in base64, on one line."
+  (with-temp-buffer
+    (set-buffer-multibyte nil)
+    (insert-file-contents-literally file)
+    (base64-encode-region (point-min) (point-max) t)
+    (buffer-string)))
+
+(ert-deftest chatpipe-test-media-end-to-end ()
+  "A chat with an image link and a PDF link sends both through the backend.
+The replay server gets the OpenAI chat completions shape: the
+question's text, the image as a data URL, the PDF as a file."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let* ((dir (chatpipe-test--media-dir))
+         (recording "openai-chat/text-with-usage.sse")
+         (template (chatpipe-test--template (concat "/replay/" recording)))
+         (question "What is in ![a picture](a.png) and [[file:c d.pdf]]?"))
+    (unwind-protect
+        (chatpipe-test--with-chat (buffer template)
+          (setq default-directory dir)
+          (chatpipe-test--ask question)
+          (chatpipe-test--wait-idle buffer)
+          (should (equal (buffer-string)
+                         (chatpipe-test--chat-text
+                          (cons 'user question)
+                          (cons 'assistant (chatpipe-test--expected recording)))))
+          (should (equal
+                   (chatpipe-test--request-messages
+                    (car (last (chatpipe-test--requests))))
+                   `(("user"
+                      ((type . "text") (text . ,question))
+                      ((type . "image_url")
+                       (image_url
+                        (url . ,(concat "data:image/png;base64,"
+                                        (chatpipe-test--media-file-base64
+                                         (expand-file-name "a.png" dir))))))
+                      ((type . "file")
+                       (file (filename . "c d.pdf")
+                             (file_data
+                              . ,(concat "data:application/pdf;base64,"
+                                         (chatpipe-test--media-file-base64
+                                          (expand-file-name "c d.pdf" dir)))))))))))
+      (delete-directory dir t))))
+
 (provide 'chatpipe-media-test)
 ;;; chatpipe-media-test.el ends here
