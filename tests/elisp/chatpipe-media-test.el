@@ -297,5 +297,27 @@ question's text, the image as a data URL, the PDF as a file."
                                           (expand-file-name "c d.pdf" dir)))))))))))
       (delete-directory dir t))))
 
+(ert-deftest chatpipe-test-media-refused ()
+  "A file the API does not take is the backend's error, which names it.
+Ollama takes PNG and JPEG images only: nothing is sent."
+  (chatpipe-test--http "DELETE" "/requests")
+  (let* ((dir (chatpipe-test--media-dir))
+         (template (chatpipe-test--bundled-template
+                    "ollama" "/replay/ollama/basic-text.ndjson"))
+         (question "Read [the paper](<c d.pdf>)."))
+    (unwind-protect
+        (chatpipe-test--with-chat (buffer template)
+          (setq default-directory dir)
+          (chatpipe-test--ask question)
+          (chatpipe-test--wait-idle buffer)
+          (should (string-match
+                   (concat "\\`### User\n\n" (regexp-quote question)
+                           "\n\n### Assistant\n\n\\[error: [^]\n]*"
+                           (regexp-quote (expand-file-name "c d.pdf" dir))
+                           "[^]\n]*application/pdf[^]\n]*\\]\n\n### User\n\n\\'")
+                   (buffer-string)))
+          (should-not (chatpipe-test--requests)))
+      (delete-directory dir t))))
+
 (provide 'chatpipe-media-test)
 ;;; chatpipe-media-test.el ends here
