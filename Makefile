@@ -7,7 +7,7 @@ PROMPT ?= Tell me a joke
 
 export LLAMA_VENV ?= $(CURDIR)/.venv-llama
 
-.PHONY: all setup local-server demo tools-demo test test-all test-python test-emacs emacs-deps bench clean
+.PHONY: all setup local-server demo tools-demo test test-all test-python test-emacs emacs-deps bench clean test-gateway
 
 all: setup
 
@@ -71,6 +71,27 @@ test-python:
 
 test-emacs:
 	$(EMACS_TESTS)
+
+## test-gateway: chatpipe through the LiteLLM proxy (tests/test_gateway.py), in a
+## venv of its own (.venv-gateway: chatpipe and tests/gateway-requirements.txt,
+## a large install kept out of .venv).  As root (where unshare works), the test
+## runs in a network namespace that has only loopback: nothing reaches the internet.
+GATEWAY_VENV ?= .venv-gateway
+GATEWAY_TEST ?= $(GATEWAY_VENV)/bin/python -m pytest tests/test_gateway.py
+test-gateway: $(GATEWAY_VENV)/.installed
+	@if [ "$$(id -u)" = 0 ] && command -v ip >/dev/null && unshare --net true 2>/dev/null; then \
+	    echo "test-gateway: in a network namespace with only loopback (unshare --net)"; \
+	    unshare --net sh -c 'ip link set lo up && exec "$$@"' sh $(GATEWAY_TEST); \
+	else \
+	    echo "test-gateway: not root or no unshare: the test keeps LiteLLM offline by its environment only"; \
+	    $(GATEWAY_TEST); \
+	fi
+
+$(GATEWAY_VENV)/.installed: pyproject.toml tests/gateway-requirements.txt
+	$(PYTHON) -m venv $(GATEWAY_VENV)
+	$(GATEWAY_VENV)/bin/pip install --quiet --upgrade pip
+	$(GATEWAY_VENV)/bin/pip install --quiet -e '.[test]' -r tests/gateway-requirements.txt
+	touch $@
 
 ## bench: throughput, latency, memory and Emacs figures (benchmarks/results.md); not a test.
 ## curl and tmux (and, with Emacs, markdown-mode; with GPTEL_DIR, compat for gptel)
