@@ -108,6 +108,7 @@ def test_the_requests_own_messages_come_between_the_directive_and_the_text():
     ("```\nx = 2\n```\n\n", "x = 1\n", "x = 2\n"),
     ("~~~~\nx = 2\n~~~~\n", "x = 1\n", "x = 2\n"),
     ("```\n```", "a", ""),
+    ("```python\r\nx = 2\r\n```\r\n", "x = 1\r\n", "x = 2\r\n"),
     ("```js", "a\n", "\n"),
     # no fence: the answer as it is
     ("x = 2\n", "x = 1\n", "x = 2\n"),

@@ -113,11 +113,12 @@ def _block(tag: str, text: str) -> str:
 
 
 def messages(rewrite: dict, history: list[dict] = ()) -> list[dict]:
-    """The messages of a (checked) REWRITE object, after HISTORY (the
-    request's own messages): a system message, the directive, and a user
-    message with the file's path and language, the lines before the text,
-    the text and the lines after it, each between tags (``<before>``,
-    ``<rewrite>``, ``<after>``), and the instruction.
+    """The messages of a (checked) REWRITE object: a system message, the
+    directive (it replaces the template's system prompt); HISTORY (the
+    request's own messages); and a user message with the file's path and
+    language, the lines before the text, the text and the lines after
+    it, each between tags (``<before>``, ``<rewrite>``, ``<after>``),
+    and the instruction.
 
     Code (:func:`is_code`) is asked as "only the replacement code, no
     fences, complete"; other text as "only the replacement text".
