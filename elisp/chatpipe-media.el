@@ -41,6 +41,7 @@
 (require 'chatpipe-turns)
 
 (declare-function dired-get-marked-files "dired")
+(declare-function chatpipe-busy-p "chatpipe-chat")
 (defvar chatpipe-mode)
 (defvar chatpipe-media-annotate-mode)
 (declare-function org-display-inline-images "org")
@@ -204,11 +205,15 @@ selected last.  Signal a `user-error' if there is none."
   "Move point to where attached files' links go, and return it.
 That is point in the user's turn it is in; else, or if point is
 elsewhere than in a turn, the end of the chat, in its last turn if
-that is the user's, else under a new user heading."
+that is the user's, else under a new user heading; signal a
+`user-error' for that while an answer streams into the chat."
   (let* ((turns (chatpipe-turns))
          (here (cl-find-if (lambda (turn) (<= (nth 2 turn) (point) (nth 3 turn)))
                            turns)))
     (unless (and here (eq (car here) 'user))
+      (when (and (fboundp 'chatpipe-busy-p) (chatpipe-busy-p))
+        (user-error "An answer is streaming into this chat: attach in a \
+question, or when it has ended"))
       (goto-char (chatpipe--chat-end))
       (skip-chars-backward " \t\n")
       (delete-region (point) (chatpipe--chat-end))

@@ -247,7 +247,15 @@ text.  The folder is deleted afterwards."
           (should (equal (mapcar #'cdr (chatpipe-test--media-notes))
                          '("will be sent: image/png, 21 B"
                            "will be sent: application/pdf, 14 B")))
-          (should (equal (length (cdr (car (last (chatpipe-messages))))) 3)))
+          (should (equal (length (cdr (car (last (chatpipe-messages))))) 3))
+          ;; Not at the end of a chat that an answer streams into.
+          (let ((text (buffer-string)))
+            (goto-char (point-min))
+            (re-search-forward "^\\* Assistant")
+            (cl-letf (((symbol-function 'chatpipe-busy-p) #'always))
+              (should-error (chatpipe-attach (list (concat dir "a.png")))
+                            :type 'user-error))
+            (should (equal (buffer-string) text))))
       (kill-buffer listing)
       (delete-directory dir t))))
 
