@@ -167,10 +167,16 @@ def test_bad_lines_are_usage_errors(chatpipe, source, args, says):
     assert run.returncode == 2 and says in run.stderr, run.stderr
 
 
-def test_a_binary_or_missing_file_is_refused(chatpipe, tmp_path):
+def test_a_binary_missing_or_special_file_is_refused(chatpipe, tmp_path):
     binary = tmp_path / "x.bin"
     binary.write_bytes(b"a\0b")
-    for path, says in ((binary, "binary file"), (tmp_path / "none.py", "No such file")):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, says in ((binary, "binary file"), (tmp_path / "none.py", "No such file"),
+                       (latin, "not UTF-8 text"), (fifo, "not a regular file"),
+                       (tmp_path, "not a regular file")):
         run = chatpipe("rewrite", "openai", "--file", str(path), "-m", "x")
         assert run.returncode == 2 and says in run.stderr, run.stderr
 

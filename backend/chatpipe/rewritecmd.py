@@ -128,9 +128,9 @@ def read_source(path: str, lines: str | None) -> Source:
             :data:`MAX_FILE_BYTES`, is not UTF-8 text, or a bad LINES.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):     # a FIFO would block open()
+            raise UsageError(f"--file {path}: not a regular file")
         with open(path, "rb") as file:
-            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                raise UsageError(f"--file {path}: not a regular file")
             data = file.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise UsageError(f"--file {path}: {err.strerror}") from None
