@@ -32,6 +32,7 @@ import time
 import zlib
 from importlib.util import find_spec
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import requests
@@ -130,15 +131,25 @@ def proxy_config(upstream: str) -> str:
     }, indent=2)
 
 
-def offline_env(tmp_path: Path) -> dict[str, str]:
-    """The environment of the proxy: no database, the bundled cost map, no
-    telemetry, and proxies on a closed port for anything but 127.0.0.1."""
+class Gateway(NamedTuple):
+    """The running proxy: its URL, its upstream, and the trap: a listening
+    socket that the proxy's HTTP(S) proxy variables point at, which no
+    request to anything but 127.0.0.1 should reach."""
+
+    url: str
+    upstream: ReplayServer
+    trap: socket.socket
+
+
+def offline_env(tmp_path: Path, trap: socket.socket) -> dict[str, str]:
+    """The environment of the proxy: no keys or database from ours, the
+    bundled model cost map, HOME in TMP_PATH, Hugging Face offline, and
+    HTTP(S) proxies at TRAP's port for anything but 127.0.0.1."""
     env = {k: v for k, v in os.environ.items()
            if not k.upper().endswith(("_API_KEY", "_PROXY")) and k != "DATABASE_URL"}
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = "http://127.0.0.1:%d" % trap.getsockname()[1]
     env.update({
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
-        "HF_HUB_OFFLINE": "1", "NO_DOCKER": "1", "HOME": str(tmp_path),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
         "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "ALL_PROXY": dead,
         "http_proxy": dead, "https_proxy": dead, "all_proxy": dead,
         "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
@@ -148,10 +159,12 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    """(proxy URL, the upstream ReplayServer): the LiteLLM proxy on
-    127.0.0.1 in front of a replay upstream, for the module's tests."""
+    """A :class:`Gateway`: the LiteLLM proxy on 127.0.0.1 in front of a
+    replay upstream, for the module's tests."""
     tmp = tmp_path_factory.mktemp("gateway")
-    with ReplayServer() as upstream:
+    with ReplayServer() as upstream, socket.socket() as trap:
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(16)
         for _, _, _, _, path, recording in APIS.values():
             upstream.add(path, Reply([(STREAMS / recording).read_bytes()]))
         config = tmp / "config.yaml"
@@ -161,15 +174,17 @@ def gateway(tmp_path_factory):
         proc = subprocess.Popen([str(LITELLM), "--config", str(config), "--host", "127.0.0.1",
                                  "--port", str(port), "--num_workers", "1"],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=offline_env(tmp), cwd=tmp)
+                                env=offline_env(tmp, trap), cwd=tmp)
         url = f"http://127.0.0.1:{port}"
+        local = requests.Session()
+        local.trust_env = False  # no HTTP proxy of ours between us and 127.0.0.1
         try:
             deadline = time.monotonic() + 120
             while True:
                 if proc.poll() is not None:
                     pytest.fail("litellm exited: " + (tmp / "litellm.log").read_text(errors="replace"))
                 try:
-                    if requests.get(url + "/health/liveliness", timeout=2).ok:
+                    if local.get(url + "/health/liveliness", timeout=2).ok:
                         break
                 except requests.ConnectionError:
                     pass
@@ -177,7 +192,7 @@ def gateway(tmp_path_factory):
                     pytest.fail("litellm did not start in 120 s: "
                                 + (tmp / "litellm.log").read_text(errors="replace")[-4000:])
                 time.sleep(0.25)
-            yield url, upstream
+            yield Gateway(url, upstream, trap)
         finally:
             proc.terminate()
             try:
@@ -231,7 +246,7 @@ def attach_option() -> str | None:
 def test_a_question_through_the_proxy(api, gateway, chatpipe):
     """The proxy takes chatpipe's key and body, asks the upstream with its
     own key, and chatpipe reads the answer it streams back."""
-    proxy, upstream = gateway
+    proxy, upstream, _ = gateway
     run, events = send(chatpipe, api, proxy)
     assert run.returncode == 0 and events[-1]["type"] == "done", (
         run.stdout + run.stderr + str([r["path"] for r in upstream.requests]))
@@ -250,7 +265,7 @@ def test_an_image_and_a_pdf_reach_the_upstream(api, gateway, chatpipe, tmp_path)
     option = attach_option()
     if option is None:
         pytest.skip("chatpipe send has no -a PATH option (attachments) yet")
-    proxy, upstream = gateway
+    proxy, upstream, _ = gateway
     image, document = tmp_path / "picture.png", tmp_path / "report.pdf"
     image.write_bytes(png_bytes())
     document.write_bytes(pdf_bytes())
@@ -263,3 +278,12 @@ def test_an_image_and_a_pdf_reach_the_upstream(api, gateway, chatpipe, tmp_path)
         where = holders(body, encoded)
         assert where, f"{data[:8]!r} did not reach the upstream: {json.dumps(body)[:2000]}"
         assert where and set(where) <= MEDIA_FIELDS, where
+
+
+def test_the_proxy_asked_nothing_but_the_upstream(gateway):
+    """Last: no connection reached the trap, the HTTP(S) proxy the gateway
+    was given for everything but 127.0.0.1 (a model cost map, telemetry)."""
+    gateway.trap.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        connection, _ = gateway.trap.accept()
+        connection.close()
