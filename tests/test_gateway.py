@@ -54,8 +54,9 @@ UPSTREAM_KEY = "sk-upstream-CHATPIPE-9876543210"
 QUESTION = "What do the picture and the document show?"
 GEMINI_MODEL = "gemini-2.5-flash"
 #: The fields that may carry an attachment's base64 bytes upstream: a data
-#: URL (OpenAI chat's image_url.url, Responses' image_url), an OpenAI
-#: file's file_data, an Anthropic source's or a Gemini inlineData's data.
+#: URL (OpenAI chat's image_url.url, Responses' image_url, an OpenAI file's
+#: file_data), or an Anthropic source's or a Gemini inlineData's data,
+#: beside its MIME type.
 MEDIA_FIELDS = {"url", "image_url", "file_data", "data"}
 
 #: API -> (bundled template, proxy model name, the proxy's route (the
@@ -225,13 +226,14 @@ def upstream_request(upstream: ReplayServer, api: str) -> dict:
     return got[0]
 
 
-def holders(value, needle: str, key: str = "") -> list[str]:
-    """The keys of the string values in VALUE (JSON) that contain NEEDLE."""
+def holders(value, needle: str, parent: dict | None = None, key: str = "") -> list[tuple[str, dict]]:
+    """Where the string values in VALUE (JSON) that contain NEEDLE are: a
+    list of (key, the object that has it)."""
     if isinstance(value, dict):
-        return [k for name, item in value.items() for k in holders(item, needle, name)]
+        return [h for name, item in value.items() for h in holders(item, needle, value, name)]
     if isinstance(value, list):
-        return [k for item in value for k in holders(item, needle, key)]
-    return [key] if isinstance(value, str) and needle in value else []
+        return [h for item in value for h in holders(item, needle, parent, key)]
+    return [(key, parent)] if isinstance(value, str) and needle in value else []
 
 
 @functools.cache
@@ -254,7 +256,7 @@ def test_a_question_through_the_proxy(api, gateway, chatpipe):
     assert "".join(e["content"] for e in events if e["type"] == "delta") == EXPECTED[recording]["text"]
     request = upstream_request(upstream, api)
     body = request["body"]
-    assert holders(body, QUESTION) == ["text" if api == "gemini" else "content"], body
+    assert [key for key, _ in holders(body, QUESTION)] == ["text" if api == "gemini" else "content"], body
     assert holders(body, "You are a helpful assistant.")
     sent = json.dumps([request["path"], request["headers"], body])
     assert UPSTREAM_KEY in sent and GATEWAY_KEY not in sent
@@ -273,11 +275,16 @@ def test_an_image_and_a_pdf_reach_the_upstream(api, gateway, chatpipe, tmp_path)
     assert run.returncode == 0 and events[-1]["type"] == "done", run.stdout + run.stderr
     body = upstream_request(upstream, api)["body"]
     assert holders(body, QUESTION), body
-    for data in (image.read_bytes(), document.read_bytes()):
-        encoded = base64.b64encode(data).decode("ascii")
-        where = holders(body, encoded)
-        assert where, f"{data[:8]!r} did not reach the upstream: {json.dumps(body)[:2000]}"
-        assert where and set(where) <= MEDIA_FIELDS, where
+    for path, mime in ((image, "image/png"), (document, "application/pdf")):
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        found = holders(body, encoded)
+        assert found, f"{path.name} did not reach the upstream: {json.dumps(body)[:2000]}"
+        for key, holder in found:      # whole, typed, in a media field
+            assert key in MEDIA_FIELDS, (key, holder)
+            if holder[key].startswith("data:"):
+                assert holder[key] == f"data:{mime};base64,{encoded}"
+            else:
+                assert holder[key] == encoded and mime in holder.values(), holder
 
 
 def test_the_proxy_asked_nothing_but_the_upstream(gateway):
