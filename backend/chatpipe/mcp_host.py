@@ -418,7 +418,7 @@ class McpHost:
                 return ToolResult(f"MCP server {server.name!r} died: {_describe(err)}"
                                   f"{server.said(mark)}", is_error=True)
             return ToolResult(f"MCP server {server.name!r}: {_describe(err)}", is_error=True)
-        return ToolResult(_text(result), bool(result.is_error))
+        return ToolResult(_text(result), bool(result.is_error), images=_images(result))
 
     def close(self) -> None:
         """Stop every server and the background loop (servers' processes
@@ -443,15 +443,24 @@ class McpHost:
             thread.join(2)
 
 
+def _images(result: Any) -> list[dict]:
+    """A ``CallToolResult``'s image content (``{"type": "image", "data",
+    "mimeType"}``) as neutral image parts ``{"type": "image", "data",
+    "mime_type"}`` (see :class:`chatpipe.tools.ToolResult`)."""
+    return [{"type": "image", "data": block.data, "mime_type": block.mime_type}
+            for block in result.content or () if getattr(block, "type", None) == "image"]
+
+
 def _text(result: Any) -> str:
     """A ``CallToolResult``'s content as text: its text parts joined, other
-    parts (images, resources) as JSON; the structured content as JSON when
-    there is no text."""
+    parts (resources, audio) as JSON; images are left to :func:`_images`;
+    the structured content as JSON when there is no text."""
     parts = []
     for block in result.content or ():
-        if getattr(block, "type", None) == "text":
+        kind = getattr(block, "type", None)
+        if kind == "text":
             parts.append(block.text)
-        else:
+        elif kind != "image":
             parts.append(json.dumps(block.model_dump(mode="json", exclude_none=True),
                                     ensure_ascii=False))
     if not parts and result.structured_content is not None:

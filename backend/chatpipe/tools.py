@@ -79,16 +79,22 @@ class ToolCall:
 @dataclass
 class ToolResult:
     """What a tool call gave: CONTENT (a text) for the model; IS_ERROR when
-    the tool failed; DENIED when the user said no (an error too)."""
+    the tool failed; DENIED when the user said no (an error too); IMAGES,
+    neutral image parts ``{"type": "image", "data": BASE64, "mime_type"}``
+    (an MCP tool's image content), which go to the model as images where
+    its API takes them in a tool result, else as a note in the text."""
 
     content: str
     is_error: bool = False
     denied: bool = False
+    images: list = field(default_factory=list)
 
     def message(self, call: ToolCall) -> dict:
-        """The neutral ``role: tool`` message of this result for CALL."""
-        return {"role": "tool", "tool_call_id": call.id, "name": call.name,
-                "content": self.content, "is_error": self.is_error}
+        """The neutral ``role: tool`` message of this result for CALL (with
+        ``images`` when it has some)."""
+        message = {"role": "tool", "tool_call_id": call.id, "name": call.name,
+                   "content": self.content, "is_error": self.is_error}
+        return {**message, "images": list(self.images)} if self.images else message
 
 
 def denial(reason: str | None) -> ToolResult:

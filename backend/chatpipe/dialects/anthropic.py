@@ -317,9 +317,15 @@ class Dialect(base.Dialect):
 
     def add_tool_result(self, conversation: list, result: dict) -> None:
         """Add a ``tool_result`` block to the user message of results that
-        ends CONVERSATION, or start one."""
+        ends CONVERSATION, or start one; the result's images are ``image``
+        blocks of its content (others a note in its text:
+        :func:`mediaparts.tool_images`).
+        https://docs.claude.com/en/docs/agents-and-tools/tool-use/implement-tool-use"""
+        images, notes = mediaparts.tool_images(self.media_limits, result)
+        text = (result.get("content") or "") + notes
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": result["tool_call_id"],
-                                 "content": result.get("content") or ""}
+                                 "content": [{"type": "text", "text": text},
+                                             *map(self.media_part, images)] if images else text}
         if result.get("is_error"):
             block["is_error"] = True
         last = conversation[-1] if conversation else None

@@ -131,9 +131,11 @@ def arguments_object(arguments: Any) -> dict:
 def error_text(result: dict) -> str:
     """A neutral tool RESULT's ``content``, as ``Error: CONTENT`` when it is
     an error, for the APIs whose results have no error flag (OpenAI chat,
-    Responses, Ollama)."""
+    Responses, Ollama), with a note for each of its ``images``."""
     content = result.get("content") or ""
-    return f"Error: {content}" if result.get("is_error") else content
+    content = f"Error: {content}" if result.get("is_error") else content
+    return content + "".join(mediaparts.image_note(p, "this API takes no images in tool results")
+                             for p in result.get("images") or ())
 
 
 class Done(dict):

@@ -257,7 +257,10 @@ class Dialect(base.Dialect):
         results that ends CONVERSATION, or start one."""
         key = "error" if result.get("is_error") else "output"
         response: dict[str, Any] = {"name": result.get("name") or "",
-                                    "response": {key: result.get("content") or ""}}
+                                    "response": {key: (result.get("content") or "") + "".join(
+                                        mediaparts.image_note(p, "chatpipe sends no images in "
+                                                              "Gemini function responses")
+                                        for p in result.get("images") or ())}}
         if _provider_id(result.get("tool_call_id")):
             response["id"] = result["tool_call_id"]
         part = {"functionResponse": response}

@@ -41,6 +41,7 @@ class Limits:
         document_bytes: the most bytes of all documents of a request.
         request_bytes: the most bytes of all media of a request.
         pages: the most PDF pages of a request.
+        tool_images: whether a tool's result may hold images.
     """
 
     api: str
@@ -52,6 +53,7 @@ class Limits:
     document_bytes: int | None = None
     request_bytes: int | None = None
     pages: int | None = None
+    tool_images: bool = False
 
 
 _OPENAI_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "application/pdf")
@@ -64,14 +66,15 @@ OPENAI_CHAT = Limits("OpenAI chat completions", "https://platform.openai.com/doc
                      request_bytes=50 * MB, pages=100)
 OPENAI_RESPONSES = Limits("OpenAI Responses", "https://platform.openai.com/docs/guides/pdf-files",
                           _OPENAI_TYPES, ("image", "document"), images=500,
-                          document_bytes=32 * MB, request_bytes=50 * MB, pages=100)
+                          document_bytes=32 * MB, request_bytes=50 * MB, pages=100,
+                          tool_images=True)
 #: https://docs.claude.com/en/docs/build-with-claude/vision (100 images, 5
 #: MB each) and https://docs.claude.com/en/docs/build-with-claude/pdf-support
 #: (32 MB a request, 100 pages).
 ANTHROPIC = Limits("Anthropic Messages", "https://docs.claude.com/en/docs/build-with-claude/vision",
                    ("image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf",
                     "text/plain"), ("image", "document"), images=100, image_bytes=5 * MB,
-                   request_bytes=32 * MB, pages=100)
+                   request_bytes=32 * MB, pages=100, tool_images=True)
 #: https://ai.google.dev/gemini-api/docs/image-understanding (inline data:
 #: 20 MB a request, 3600 images) and
 #: https://ai.google.dev/gemini-api/docs/document-processing (1000 pages).
@@ -188,3 +191,29 @@ def convert(dialect: Any, body: dict, *, cwd: str, accepted: list[str], model: s
     check([m for _, found in places for _, m in found], dialect.media_limits, accepted, model, warn)
     for item, found in places:
         dialect.put_media(item, found)
+
+
+def image_note(part: Any, why: str) -> str:
+    """The line that stands, in a tool result's text, for the image PART
+    (neutral) that cannot go to the model, and WHY."""
+    mime = part.get("mime_type") if isinstance(part, dict) else None
+    return f"\n[The tool returned an image ({mime or 'of an unknown type'}), not shown: {why}]"
+
+
+def tool_images(limits: Limits, result: dict) -> tuple[list[Media], str]:
+    """The images of the neutral tool RESULT (its ``images``: media parts
+    with base64 ``data``, see :class:`chatpipe.tools.ToolResult`) that go
+    to the model as images, where the API of LIMITS takes them in a tool
+    result (:attr:`Limits.tool_images`) within its limits, and the notes
+    (:func:`image_note`, text to add to the result's) of the others."""
+    found, notes = [], ""
+    for part in result.get("images") or ():
+        try:
+            if not limits.tool_images:
+                raise MediaError(f"the {limits.api} API takes no images in tool results")
+            loaded = media_files.load(part, cwd=".", warn=lambda text: None)
+            check([*found, loaded], limits, ["*/*"], None, lambda event: None)
+            found.append(loaded)
+        except MediaError as err:
+            notes += image_note(part, str(err))
+    return found, notes

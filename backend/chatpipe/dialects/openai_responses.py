@@ -254,9 +254,16 @@ class Dialect(base.Dialect):
         return item, None
 
     def add_tool_result(self, conversation: list, result: dict) -> None:
-        """Append RESULT as a ``function_call_output`` item."""
+        """Append RESULT as a ``function_call_output`` item; with images,
+        its ``output`` is a list of ``input_text`` and ``input_image``
+        parts (https://platform.openai.com/docs/api-reference/responses/create,
+        ``function_call_output.output``)."""
+        images, notes = mediaparts.tool_images(self.media_limits, result)
+        text = base.error_text({**result, "images": []}) + notes
+        output: Any = [{"type": "input_text", "text": text},
+                       *map(self.media_part, images)] if images else text
         conversation.append({"type": "function_call_output", "call_id": result["tool_call_id"],
-                             "output": base.error_text(result)})
+                             "output": output})
 
     def add_tools(self, body: dict, tools: list[dict]) -> None:
         """Offer TOOLS as ``{"type": "function", "name", "description",
