@@ -60,17 +60,59 @@
         (if (eq (chatpipe--rewrite-show rewrite) 'old) 'new 'old))
   (chatpipe--rewrite-redisplay rewrite))
 
+(defvar chatpipe-rewrite-view-mode-map
+  (let ((map (make-sparse-keymap)))
+    (set-keymap-parent map (make-composed-keymap chatpipe-rewrite-map
+                                                 special-mode-map))
+    map)
+  "Keys of a buffer that shows a rewrite: those of `chatpipe-rewrite-map'.")
+
+(define-derived-mode chatpipe-rewrite-view-mode special-mode "Rewrite"
+  "Major mode of a buffer that shows a rewrite's proposal.
+The buffer follows the proposal as it streams, and scrolls as any
+buffer does; the keys of the rewrite's overlay act on it here too:
+\{chatpipe-rewrite-view-mode-map}"
+  (setq header-line-format
+        '(:eval (and chatpipe--rewrite-viewed
+                     (concat (chatpipe--rewrite-status chatpipe--rewrite-viewed)
+                             "  " chatpipe--rewrite-help)))))
+
+(defun chatpipe--rewrite-fill-view (rewrite)
+  "Put the text of REWRITE's overlay in its view buffer.
+Text added at the end of the proposal is added at the end of the
+buffer, so that point and scrolling stay; other changes replace the
+whole text."
+  (with-current-buffer (chatpipe--rewrite-view rewrite)
+    (let ((inhibit-read-only t)
+          (new (or (chatpipe--rewrite-display rewrite)
+                   (chatpipe--rewrite-live-text rewrite)))
+          (old (buffer-substring-no-properties (point-min) (point-max))))
+      (if (string-prefix-p old (substring-no-properties new))
+          (save-excursion
+            (goto-char (point-max))
+            (insert (substring new (length old))))
+        (let ((pos (point)))
+          (erase-buffer)
+          (insert new)
+          (goto-char (min pos (point-max))))))))
+
 (defun chatpipe-rewrite-view (rewrite)
-  "Show REWRITE's proposal in a buffer of its own, to scroll through."
+  "Show REWRITE's proposal in a buffer of its own, to scroll through.
+REWRITE defaults to the one at point.  The buffer follows the
+proposal as it streams; see `chatpipe-rewrite-view-mode'.  Return
+the buffer."
   (interactive (list (chatpipe--rewrite-at-point)))
-  (let ((text (chatpipe--rewrite-text rewrite)))
-    (with-current-buffer (get-buffer-create "*chatpipe rewrite*")
-      (let ((inhibit-read-only t))
-        (erase-buffer)
-        (insert text))
-      (goto-char (point-min))
-      (special-mode)
-      (display-buffer (current-buffer)))))
+  (unless (buffer-live-p (chatpipe--rewrite-view rewrite))
+    (setf (chatpipe--rewrite-view rewrite)
+          (generate-new-buffer
+           (format "*chatpipe rewrite: %s*"
+                   (buffer-name (chatpipe--rewrite-buffer rewrite)))))
+    (with-current-buffer (chatpipe--rewrite-view rewrite)
+      (chatpipe-rewrite-view-mode)
+      (setq chatpipe--rewrite-viewed rewrite)))
+  (chatpipe--rewrite-fill-view rewrite)
+  (display-buffer (chatpipe--rewrite-view rewrite))
+  (chatpipe--rewrite-view rewrite))
 
 (defun chatpipe--rewrite-move (forward)
   "Move to the next rewrite's start if FORWARD, else to the previous one's."

@@ -62,6 +62,7 @@
 (autoload 'chatpipe-rewrite-toggle-diff "chatpipe-rewrite-review" nil t)
 (autoload 'chatpipe-rewrite-toggle-original "chatpipe-rewrite-review" nil t)
 (autoload 'chatpipe-rewrite-view "chatpipe-rewrite-review" nil t)
+(autoload 'chatpipe--rewrite-fill-view "chatpipe-rewrite-review")
 (autoload 'chatpipe-rewrite-next "chatpipe-rewrite-review" nil t)
 (autoload 'chatpipe-rewrite-previous "chatpipe-rewrite-review" nil t)
 
@@ -70,10 +71,13 @@
   :group 'chatpipe)
 
 (defcustom chatpipe-rewrite-template nil
-  "The template of rewrites, or nil for the buffer's chat template.
-A template name or a .json file name; nil means `chatpipe-template'
-if the buffer has one, else `chatpipe-default-template'."
-  :type '(choice (const :tag "The chat's template" nil) string))
+  "The template of rewrites, or nil for `chatpipe-default-template'.
+A template name or a .json file name.  Rewrites use the global
+values of the chat settings (`chatpipe-model', `chatpipe-url',
+`chatpipe-template-vars', `chatpipe-temperature',
+`chatpipe-max-tokens'), never a buffer's own: a file's local
+variables do not choose where a rewrite of it goes."
+  :type '(choice (const :tag "The default template" nil) string))
 
 (defcustom chatpipe-rewrite-context-lines 20
   "How many lines before and after the text go with a rewrite, as context."
@@ -104,10 +108,14 @@ if the buffer has one, else `chatpipe-default-template'."
   (state 'streaming :documentation "`streaming', `ready' or `failed'.")
   (message nil :documentation "Why it failed, or nil.")
   (show 'new :documentation "What the overlay shows: `new', `old', `diff'.")
+  (view nil :documentation "The buffer that shows it too, or nil.")
   stream)
 
 (defvar-local chatpipe--rewrites nil
   "The rewrites of this buffer, `chatpipe--rewrite's, newest first.")
+
+(defvar-local chatpipe--rewrite-viewed nil
+  "The rewrite that this buffer shows (see `chatpipe-rewrite-view'), or nil.")
 
 ;;;; The overlay
 
@@ -170,24 +178,21 @@ after a failure, and when the original is asked for."
                      (concat (chatpipe--rewrite-status rewrite) "\n"
                              chatpipe--rewrite-help)))
       (with-current-buffer (overlay-buffer overlay)
-        (force-mode-line-update)))))
+        (force-mode-line-update))
+      (when (buffer-live-p (chatpipe--rewrite-view rewrite))
+        (chatpipe--rewrite-fill-view rewrite)))))
 
 (defun chatpipe--rewrite-lighter ()
   "Return the mode line text of the current buffer's rewrites."
-  (let ((streaming (cl-count 'streaming chatpipe--rewrites
-                             :key #'chatpipe--rewrite-state))
-        (ready (cl-count 'ready chatpipe--rewrites
-                         :key #'chatpipe--rewrite-state))
-        (failed (cl-count 'failed chatpipe--rewrites
-                          :key #'chatpipe--rewrite-state)))
-    (concat " Rewrite["
-            (string-join (delq nil (list (and (> streaming 0)
-                                              (format "%d streaming" streaming))
-                                         (and (> ready 0) (format "%d ready" ready))
-                                         (and (> failed 0)
-                                              (format "%d failed" failed))))
-                         ", ")
-            "]")))
+  (concat " Rewrite["
+          (string-join
+           (delq nil (mapcar (lambda (state)
+                               (let ((n (cl-count state chatpipe--rewrites
+                                                  :key #'chatpipe--rewrite-state)))
+                                 (and (> n 0) (format "%d %s" n state))))
+                             '(streaming ready failed)))
+           ", ")
+          "]"))
 
 (define-minor-mode chatpipe-rewrite-mode
   "Show the rewrites of this buffer in the mode line.
@@ -209,6 +214,10 @@ rewrites left."
   (when (chatpipe--rewrite-stream rewrite)
     (chatpipe-process-abort (chatpipe--rewrite-stream rewrite)))
   (delete-overlay (chatpipe--rewrite-overlay rewrite))
+  (when (buffer-live-p (chatpipe--rewrite-view rewrite))
+    (quit-windows-on (chatpipe--rewrite-view rewrite) t)
+    (when (buffer-live-p (chatpipe--rewrite-view rewrite))
+      (kill-buffer (chatpipe--rewrite-view rewrite))))
   (let ((buffer (chatpipe--rewrite-buffer rewrite)))
     (when (buffer-live-p buffer)
       (with-current-buffer buffer
@@ -284,9 +293,11 @@ is no backend."
     (chatpipe--rewrite-redisplay rewrite)
     (setf (chatpipe--rewrite-stream rewrite)
           (chatpipe-process-start
-           :template (or chatpipe-rewrite-template (chatpipe--current-template))
-           :model chatpipe-model :url chatpipe-url :vars chatpipe-template-vars
-           :params (chatpipe--params)
+           :template (or chatpipe-rewrite-template chatpipe-default-template)
+           :model (default-value 'chatpipe-model)
+           :url (default-value 'chatpipe-url)
+           :vars (default-value 'chatpipe-template-vars)
+           :params (with-temp-buffer (chatpipe--params))
            :rewrite `((text . ,(chatpipe--rewrite-base rewrite))
                       (instruction . ,instruction)
                       (path . ,(or buffer-file-name :null))
@@ -391,8 +402,10 @@ An iteration's previous proposal comes back, ready."
 
 (defun chatpipe--rewrite-at-point ()
   "Return the rewrite at point, or the buffer's only one.
-Signal a `user-error' if there is none."
-  (or (cl-some (lambda (overlay) (overlay-get overlay 'chatpipe-rewrite))
+In a buffer that shows a rewrite (see `chatpipe-rewrite-view'),
+return that one.  Signal a `user-error' if there is none."
+  (or chatpipe--rewrite-viewed
+      (cl-some (lambda (overlay) (overlay-get overlay 'chatpipe-rewrite))
                (overlays-in (point) (min (point-max) (1+ (point)))))
       (and (= (length chatpipe--rewrites) 1) (car chatpipe--rewrites))
       (user-error "No rewrite here")))
@@ -430,7 +443,7 @@ replaced; the diff shows what it would change"))
          (beg (copy-marker (overlay-start overlay)))
          (end (copy-marker (overlay-end overlay) t)))
     (with-current-buffer (overlay-buffer overlay)
-      (chatpipe--rewrite-end rewrite)
+      (barf-if-buffer-read-only (overlay-start overlay))
       (undo-boundary)
       (let ((group (prepare-change-group))
             (done nil))
@@ -443,6 +456,7 @@ replaced; the diff shows what it would change"))
               (progn (accept-change-group group)
                      (undo-amalgamate-change-group group))
             (cancel-change-group group))))
+      (chatpipe--rewrite-end rewrite)
       (undo-boundary)
       (set-marker beg nil)
       (set-marker end nil))))

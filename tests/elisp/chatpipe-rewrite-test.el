@@ -300,6 +300,87 @@ Added at the end.\n")))))
       (should (equal (buffer-string) chatpipe-test--rw-prose))
       (should-not chatpipe-rewrite-mode))))
 
+(ert-deftest chatpipe-test-rewrite-view-follows ()
+  "The view buffer follows the stream, keeps point, and its keys act.
+Accepting from it replaces the text and takes the view away."
+  (chatpipe-test--rw-with
+      (url "server.add('/m', answer('line1\\n', 'line2\\n', 'line3\\n', delay=0.3))"
+           #'text-mode "one\n")
+    (let* ((rewrite (chatpipe-rewrite (point-min) (point-max) "Lines"))
+           (view (chatpipe-rewrite-view rewrite))
+           (buffer (current-buffer)))
+      (should (chatpipe-test--wait
+               (lambda () (string-prefix-p
+                           "line1" (with-current-buffer view (buffer-string))))))
+      ;; A marker stays where it is if text is only added, not replaced.
+      (let ((mark (with-current-buffer view (goto-char 3) (copy-marker 3))))
+        (should (eq (chatpipe-test--rw-wait rewrite) 'ready))
+        (should (= mark 3)))
+      (with-current-buffer view
+        (should (equal (buffer-string) "line1\nline2\nline3\n"))
+        (should (= (point) 3))
+        (should (eq (key-binding "a") #'chatpipe-rewrite-accept))
+        (call-interactively #'chatpipe-rewrite-accept))
+      (should-not (buffer-live-p view))
+      (with-current-buffer buffer
+        (should (equal (buffer-string) "line1\nline2\nline3\n"))))))
+
+(ert-deftest chatpipe-test-rewrite-file-settings-ignored ()
+  "A buffer's own template and URL, as a file's variables set, are not used.
+The request goes to `chatpipe-default-template''s server only."
+  (chatpipe-test--rw-with
+      (url "server.add('/m', answer('Fine.\\n'))" #'text-mode "Text.\n")
+    (chatpipe-test--with-route-server
+        (evil (concat chatpipe-test--rw-script
+                      "server.add('/m', answer('Evil.\\n'))"))
+      (let ((chatpipe-default-template chatpipe-rewrite-template)
+            (chatpipe-rewrite-template nil))
+        (setq-local chatpipe-template
+                    (chatpipe-test--template nil nil (concat evil "/m")))
+        (setq-local chatpipe-url (concat evil "/m"))
+        (let ((rewrite (chatpipe-rewrite (point-min) (point-max) "Better")))
+          (should (eq (chatpipe-test--rw-wait rewrite) 'ready))
+          (should (equal (chatpipe--rewrite-text rewrite) "Fine.\n"))
+          (should-not (chatpipe-test--http "GET" "/requests" evil))
+          (should (= (length (chatpipe-test--rw-bodies url)) 1)))))))
+
+(ert-deftest chatpipe-test-rewrite-read-only-and-kill ()
+  "Accept in a read-only buffer is refused and keeps the rewrite.
+Killing the buffer stops a rewrite that streams."
+  (chatpipe-test--rw-with
+      (url "server.add('/m', answer('New.\\n', 'More.\\n', delay=2))"
+           #'text-mode "Old.\n")
+    (let ((rewrite (chatpipe-rewrite (point-min) (point-max) "New")))
+      (should (chatpipe-test--wait
+               (lambda () (string-prefix-p "New." (chatpipe--rewrite-text rewrite)))))
+      (let ((stream (chatpipe--rewrite-stream rewrite)))
+        (should (chatpipe-stream-live-p stream))
+        (chatpipe-rewrite-mode -1)
+        (should-not (chatpipe-stream-live-p stream))
+        (should-not (overlays-in (point-min) (point-max))))
+      (setq rewrite (chatpipe-rewrite (point-min) (point-max) "New"))
+      (should (eq (chatpipe-test--rw-wait rewrite) 'ready))
+      (setq buffer-read-only t)
+      (should-error (chatpipe-rewrite-accept rewrite) :type 'buffer-read-only)
+      (should (equal (buffer-string) "Old.\n"))
+      (should (memq rewrite chatpipe--rewrites))
+      (setq buffer-read-only nil))))
+
+(ert-deftest chatpipe-test-rewrite-instruction ()
+  "A directive's name gives its text; a blank instruction is refused."
+  (let ((chatpipe-directives '(("terse" . "Make it terse.")))
+        (answer nil))
+    (cl-letf (((symbol-function 'completing-read)
+               (lambda (_prompt collection &rest _)
+                 (should (equal collection '("terse")))
+                 answer)))
+      (setq answer "terse")
+      (should (equal (chatpipe--rewrite-read-instruction "? ") "Make it terse."))
+      (setq answer "Fix the typos")
+      (should (equal (chatpipe--rewrite-read-instruction "? ") "Fix the typos"))
+      (setq answer "  ")
+      (should-error (chatpipe--rewrite-read-instruction "? ") :type 'user-error))))
+
 (ert-deftest chatpipe-test-rewrite-diff-segments ()
   "The diff's sides join to the texts, whatever they hold."
   (dolist (pair '(("a\nb\nc" . "a\nB\nc\n")
