@@ -268,3 +268,39 @@ def test_save_media_inline_stores_the_data(tmp_path):
         {"type": "text", "text": "Look"},
         {"type": "image", "data": base64.b64encode((FIXTURES / "red.png").read_bytes()).decode(),
          "mime_type": "image/png", "filename": "red.png"}]}]
+
+
+def test_images_are_downscaled_on_request_with_a_warning(tmp_path):
+    import io
+
+    from PIL import Image
+
+    wide, noisy = tmp_path / "wide.png", tmp_path / "noisy.png"
+    Image.new("RGB", (400, 50), (0, 128, 0)).save(wide)
+    Image.frombytes("RGB", (1500, 1500), os.urandom(1500 * 1500 * 3)).save(noisy)
+    assert mediaparts.encoded(noisy.stat().st_size) > mediaparts.ANTHROPIC.image_bytes
+    parts = [{"type": "image", "path": str(wide)}, {"type": "image", "path": str(noisy)}]
+    template = tmp_path / "t.json"
+    template.write_text(json.dumps({"chatpipe": {"api": "anthropic-messages", "url": "http://x",
+                                                 "media": ["image/*"]},
+                                    "model": "m", "messages": []}))
+    with pytest.raises(MediaError, match=r"noisy\.png: .* over the Anthropic Messages API's 5 MB "
+                                         r"per image .*; chatpipe.media_downscale in the template"):
+        build("anthropic-messages", parts, template=str(template))
+    doc = json.loads(template.read_text())
+    doc["chatpipe"]["media_downscale"] = 100
+    template.write_text(json.dumps(doc))
+    events: list[dict] = []
+    body = build("anthropic-messages", parts, template=str(template), events=events)
+    sizes = [Image.open(io.BytesIO(base64.b64decode(p["source"]["data"]))).size
+             for p in body["messages"][-1]["content"][1:]]
+    assert sizes == [(100, 13), (100, 100)]
+    assert [e["message"] for e in events] == [
+        f"{wide}: downscaled from 400x50 to 100x13 (chatpipe.media_downscale)",
+        f"{noisy}: downscaled from 1500x1500 to 100x100 (chatpipe.media_downscale)"]
+    doc["chatpipe"]["media_downscale"] = 2000        # longer than both: only the bytes count
+    template.write_text(json.dumps(doc))
+    events.clear()
+    body = build("anthropic-messages", parts, template=str(template), events=events)
+    assert [e["message"] for e in events] == [
+        f"{noisy}: downscaled from 1500x1500 to 750x750 (chatpipe.media_downscale)"]

@@ -239,3 +239,45 @@ def attachment(arg: str, at: str | None, stdin, cwd: str) -> dict:
     except OSError as err:
         raise MediaError(f"-a {arg}: {err.strerror or err}") from None
     return {"type": kind_of(typed(path, head, at, lambda message: None)), "path": path}
+
+
+#: The formats Pillow writes a downscaled image in, by MIME type (others: PNG).
+_SAVE_AS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/gif": "GIF"}
+
+
+def downscale(image: Media, side: int, max_bytes: int | None = None) -> str | None:
+    """Shrink IMAGE in place (with Pillow) so that its longer side is at
+    most SIDE pixels, when it is longer or its base64 is over MAX_BYTES;
+    re-encoded in its own format (JPEG, PNG, WebP, GIF; others as PNG).
+
+    Returns:
+        the warning that says so (``NAME: downscaled from WxH to wxh``),
+        or None when nothing was done (small enough, or not an image).
+    Raises:
+        MediaError: Pillow cannot read it, or it is a decompression bomb.
+    """
+    if image.kind != "image" or not image.data:
+        return None
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(image.data)) as img:
+            width, height = img.size
+            over = max_bytes is not None and 4 * ((len(image.data) + 2) // 3) > max_bytes
+            if max(width, height) <= side and not over:
+                return None
+            img.thumbnail((side, side))
+            if max(width, height) <= side:  # over the bytes: halve it
+                img.thumbnail((max(width, height) // 2,) * 2)
+            fmt = _SAVE_AS.get(image.mime_type, "PNG")
+            if fmt == "JPEG" and img.mode not in ("RGB", "L"):
+                img = img.convert("RGB")
+            out = io.BytesIO()
+            img.save(out, fmt)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise MediaError(f"{image.name}: cannot downscale it: {err}") from None
+    image.data = out.getvalue()
+    image.mime_type = {v: k for k, v in _SAVE_AS.items()}[fmt]
+    return f"{image.name}: downscaled from {width}x{height} to {img.size[0]}x{img.size[1]}"

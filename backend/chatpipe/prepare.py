@@ -111,7 +111,8 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
     a saved chat's; ``send -a``'s joined to their message by
     :func:`attached`) are read and checked
     (:func:`chatpipe.dialects.mediaparts.convert`, within the template's
-    ``media`` types) and put in the API's shape.
+    ``media`` types; images downscaled as its ``media_downscale`` says)
+    and put in the API's shape.
 
     Returns:
         ``(template, request, dialect)``.
@@ -144,7 +145,8 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
     if rendered:
         dialect.add_context(request.body, rendered)
     mediaparts.convert(dialect, request.body, cwd=os.getcwd(), accepted=request.media,
-                       model=dialect.model_of(request), warn=warn)
+                       model=dialect.model_of(request), warn=warn,
+                       downscale=request.media_downscale)
     return template, request, dialect
 
 

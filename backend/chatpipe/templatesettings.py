@@ -143,6 +143,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("media", MIME_PATTERNS, (), 'the types of images and documents the model takes, '
             'MIME patterns such as "image/*" and "application/pdf" (others are refused before '
             "sending; empty: not known, sent with a warning)"),
+    Setting("media_downscale", COUNT, 0, "downscale images whose longer side is over this "
+            "many pixels, or that are over the API's bytes per image, to this size (with a "
+            "warning; 0: never, such an image is refused)"),
 )
 
 #: :data:`SETTINGS` by name.

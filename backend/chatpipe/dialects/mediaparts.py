@@ -120,7 +120,8 @@ def check(found: list[Media], limits: Limits, accepted: list[str], model: str | 
                              "and give its path")
         if m.kind == "image" and limits.image_bytes and encoded(m.size()) > limits.image_bytes:
             raise MediaError(f"{m.name}: {encoded(m.size())} bytes as base64, over the {api} "
-                             f"API's {limits.image_bytes >> 20} MB per image ({limits.reference})")
+                             f"API's {limits.image_bytes >> 20} MB per image ({limits.reference}); "
+                             "chatpipe.media_downscale in the template downscales it")
     images = [m for m in found if m.kind == "image"]
     if limits.images is not None and len(images) > limits.images:
         raise MediaError(f"{len(images)} images (the last: {images[-1].name}), over the {api} "
@@ -159,12 +160,15 @@ def _total(found: list[Media], documents: list[Media], limits: Limits) -> None:
 
 
 def convert(dialect: Any, body: dict, *, cwd: str, accepted: list[str], model: str | None,
-            warn: Callable[[dict], None]) -> None:
+            warn: Callable[[dict], None], downscale: int = 0) -> None:
     """Read, check and convert every neutral media part of the request
     BODY's conversation (DIALECT's :attr:`history_key`), in place.
 
     CWD resolves relative paths; ACCEPTED and MODEL are as in :func:`check`;
-    WARN gets ``warning`` events (a type mismatch, unknown model types).
+    WARN gets ``warning`` events (a type mismatch, unknown model types, a
+    downscaled image).  DOWNSCALE (the template's ``media_downscale``),
+    when above 0, is the longest side in pixels of images that are longer
+    or over the API's bytes per image (:func:`chatpipe.media.downscale`).
 
     Raises:
         MediaError: a part that cannot be read (the message names the turn,
@@ -186,6 +190,11 @@ def convert(dialect: Any, body: dict, *, cwd: str, accepted: list[str], model: s
                         warn=lambda text: warn(protocol.warning(text, kind="media")))))
                 except MediaError as err:
                     raise MediaError(f"turn {turn} of the conversation: {err}") from None
+        for _, loaded in found:
+            said = downscale and media_files.downscale(
+                loaded, downscale, dialect.media_limits.image_bytes)
+            if said:
+                warn(protocol.warning(f"{said} (chatpipe.media_downscale)", kind="media"))
         if found:
             places.append((item, found))
     check([m for _, found in places for _, m in found], dialect.media_limits, accepted, model, warn)
