@@ -106,7 +106,8 @@ variables do not choose where a rewrite of it goes."
   (text "" :documentation "The proposed text, so far.")
   (instructions nil :documentation "The instructions given, newest first.")
   (state 'streaming :documentation "`streaming', `ready' or `failed'.")
-  (message nil :documentation "Why it failed, or nil.")
+  (message nil :documentation "Why it (or its last iteration) failed, or nil.")
+  (cut nil :documentation "Non-nil if the proposal was cut off at the token limit.")
   (show 'new :documentation "What the overlay shows: `new', `old', `diff'.")
   (view nil :documentation "The buffer that shows it too, or nil.")
   stream)
@@ -164,7 +165,12 @@ after a failure, and when the original is asked for."
   (pcase (chatpipe--rewrite-state rewrite)
     ('streaming (format "rewriting (%d chars)"
                         (length (chatpipe--rewrite-text rewrite))))
-    ('ready "rewrite ready")
+    ('ready (cond ((chatpipe--rewrite-cut rewrite)
+                   "rewrite ready, cut off at the token limit")
+                  ((chatpipe--rewrite-message rewrite)
+                   (format "rewrite ready; iterating failed: %s"
+                           (chatpipe--rewrite-message rewrite)))
+                  (t "rewrite ready")))
     (_ (format "rewrite failed: %s" (chatpipe--rewrite-message rewrite)))))
 
 (defun chatpipe--rewrite-redisplay (rewrite)
@@ -214,10 +220,8 @@ rewrites left."
   (when (chatpipe--rewrite-stream rewrite)
     (chatpipe-process-abort (chatpipe--rewrite-stream rewrite)))
   (delete-overlay (chatpipe--rewrite-overlay rewrite))
-  (when (buffer-live-p (chatpipe--rewrite-view rewrite))
-    (quit-windows-on (chatpipe--rewrite-view rewrite) t)
-    (when (buffer-live-p (chatpipe--rewrite-view rewrite))
-      (kill-buffer (chatpipe--rewrite-view rewrite))))
+  (let ((view (chatpipe--rewrite-view rewrite)))
+    (when (buffer-live-p view) (quit-windows-on view) (kill-buffer view)))
   (let ((buffer (chatpipe--rewrite-buffer rewrite)))
     (when (buffer-live-p buffer)
       (with-current-buffer buffer
@@ -324,7 +328,6 @@ reject that first"))))
                    :hash (secure-hash 'sha256 original))))
     (overlay-put overlay 'chatpipe-rewrite rewrite)
     (overlay-put overlay 'keymap chatpipe-rewrite-map)
-    (overlay-put overlay 'evaporate nil)
     (push rewrite chatpipe--rewrites)
     (chatpipe-rewrite-mode 1)
     (chatpipe--rewrite-redisplay rewrite)
@@ -370,12 +373,9 @@ previous proposal back."
                    (concat (chatpipe--rewrite-text rewrite) content))))
           ("done"
            (setf (chatpipe--rewrite-state rewrite) 'ready
-                 (chatpipe--rewrite-stream rewrite) nil)
-           (let ((reason (plist-get event :finish_reason)))
-             (when (equal reason "length")
-               (setf (chatpipe--rewrite-message rewrite)
-                     "cut off at the token limit")
-               (message "chatpipe: the rewrite was cut off at the token limit"))))
+                 (chatpipe--rewrite-stream rewrite) nil
+                 (chatpipe--rewrite-cut rewrite)
+                 (equal (plist-get event :finish_reason) "length")))
           ((or "error" "refusal")
            (chatpipe--rewrite-fail
             rewrite (if (equal (plist-get event :type) "refusal")
@@ -463,9 +463,12 @@ replaced; the diff shows what it would change"))
 
 (defun chatpipe-rewrite-accept (rewrite)
   "Replace the text with the proposal of REWRITE (default: at point).
-See `chatpipe--rewrite-apply'."
+See `chatpipe--rewrite-apply'.  A proposal cut off at the token
+limit is refused: the hunks, the merge or ediff may take parts of it."
   (interactive (list (chatpipe--rewrite-at-point)))
   (chatpipe--rewrite-check-ready rewrite)
+  (when (chatpipe--rewrite-cut rewrite)
+    (user-error "Cut off at the token limit: iterate, or take its hunks"))
   (chatpipe--rewrite-apply rewrite (chatpipe--rewrite-text rewrite)))
 
 (defun chatpipe-rewrite-reject (rewrite)

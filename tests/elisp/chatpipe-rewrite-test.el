@@ -19,11 +19,11 @@
 
 (defconst chatpipe-test--rw-script "
 import json
-def answer(*parts, delay=0.0):
+def answer(*parts, delay=0.0, finish='stop'):
     chunks = [b'data: ' + json.dumps({'choices': [{'index': 0, 'delta': {'content': p}}]}).encode()
               + b'\\n\\n' for p in parts]
     chunks.append(b'data: ' + json.dumps({'choices': [{'index': 0, 'delta': {},
-                                                      'finish_reason': 'stop'}]}).encode()
+                                                      'finish_reason': finish}]}).encode()
                   + b'\\n\\ndata: [DONE]\\n\\n')
     return Reply(chunks, delay=delay)
 "
@@ -299,6 +299,19 @@ Added at the end.\n")))))
       (chatpipe-rewrite-reject rewrite)
       (should (equal (buffer-string) chatpipe-test--rw-prose))
       (should-not chatpipe-rewrite-mode))))
+
+(ert-deftest chatpipe-test-rewrite-cut-off ()
+  "A proposal cut off at the token limit is not accepted; its hunks may be."
+  (chatpipe-test--rw-with
+      (url "server.add('/m', answer('ONE\\ntwo\\n', finish='length'))"
+           #'text-mode "one\ntwo\nthree\n")
+    (let ((rewrite (chatpipe-rewrite (point-min) (point-max) "Shout")))
+      (should (eq (chatpipe-test--rw-wait rewrite) 'ready))
+      (should (string-search "cut off" (chatpipe--rewrite-status rewrite)))
+      (should-error (chatpipe-rewrite-accept rewrite) :type 'user-error)
+      (should (equal (buffer-string) "one\ntwo\nthree\n"))
+      (chatpipe-rewrite-accept-hunks rewrite (lambda (old _new) (equal old "one\n")))
+      (should (equal (buffer-string) "ONE\ntwo\nthree\n")))))
 
 (ert-deftest chatpipe-test-rewrite-view-follows ()
   "The view buffer follows the stream, keeps point, and its keys act.
