@@ -304,3 +304,11 @@ def test_images_are_downscaled_on_request_with_a_warning(tmp_path):
     body = build("anthropic-messages", parts, template=str(template), events=events)
     assert [e["message"] for e in events] == [
         f"{noisy}: downscaled from 1500x1500 to 750x750 (chatpipe.media_downscale)"]
+
+
+def test_a_media_part_without_its_file_is_an_error_not_sent_as_is():
+    with pytest.raises(MediaError, match=r'turn 2 of the conversation: an image part needs one of '
+                                         r'"path", "url" or "data" \(it has none\)'):
+        build("openai-chat", [{"type": "image", "file": "/etc/passwd"}])
+    with pytest.raises(MediaError, match=r'it has path, data'):
+        build("gemini", [{"type": "document", "path": "a.pdf", "data": "AAAA"}])

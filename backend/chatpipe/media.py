@@ -79,11 +79,11 @@ class Media:
 
 
 def is_media(part: Any) -> bool:
-    """Whether PART is a neutral media part (``type`` image or document with
-    a ``path``, ``url`` or ``data``), not an API's own block (Anthropic's
-    ``image`` blocks have a ``source``)."""
-    return (isinstance(part, dict) and part.get("type") in KINDS and "source" not in part
-            and any(k in part for k in ("path", "url", "data")))
+    """Whether PART is a neutral media part (``type`` image or document,
+    with a ``path``, ``url`` or ``data`` if it is well made), not an API's
+    own block (Anthropic's ``image`` and ``document`` blocks have a
+    ``source``)."""
+    return isinstance(part, dict) and part.get("type") in KINDS and "source" not in part
 
 
 def sniff(head: bytes) -> str | None:
@@ -173,7 +173,8 @@ def load(part: dict, *, cwd: str, warn: Callable[[str], None]) -> Media:
     """
     sources = [k for k in ("path", "url", "data") if part.get(k) is not None]
     if len(sources) != 1:
-        raise MediaError(f"a {part.get('type')} part needs one of \"path\", \"url\" or \"data\" "
+        kind = f"{'an' if part.get('type') == 'image' else 'a'} {part.get('type')} part"
+        raise MediaError(f"{kind} needs one of \"path\", \"url\" or \"data\" "
                          f"(it has {', '.join(sources) or 'none'})")
     given = part.get("mime_type")
     if given is not None and not (isinstance(given, str) and "/" in given):
