@@ -23,15 +23,18 @@
 ;;; Commentary:
 
 ;; \\[chatpipe-rewrite] rewrites the region (else the defun, else the
-;; paragraph at point) as an instruction says.  The request carries a
-;; `rewrite' field (the text, the instruction, the buffer's file and
-;; language, and the lines around the text: see docs/protocol.md); the
-;; backend builds the prompt and streams the replacement as `delta'
-;; events.  The original text stays in the buffer: an overlay shows the
-;; replacement over it as it streams (or the original, or a word-level
-;; diff: \\`t' and \\`d'), and the mode line counts the rewrites under
-;; way and ready.  Several rewrites may run at once in one buffer, on
-;; text that does not overlap; the user keeps working meanwhile.
+;; paragraph at point) as an instruction says (see
+;; chatpipe-rewrite-input.el).  The request carries a `rewrite' field
+;; (the text, the instruction, the buffer's file and language, and the
+;; lines around the text: see docs/protocol.md); the backend builds the
+;; prompt and streams the replacement as `delta' events.  It goes with
+;; the global chat settings only: a file's local variables never choose
+;; where its text, and the API key, go.  The original text stays in the
+;; buffer: an overlay shows the replacement over it as it streams (or
+;; the original, or a word-level diff: \\`t' and \\`d'; \\`v' shows it in
+;; a buffer that scrolls), and the mode line counts the rewrites
+;; streaming, ready and failed.  Several rewrites may run at once in one
+;; buffer, on text that does not overlap; the user keeps working.
 ;;
 ;; On the overlay, single keys act on its rewrite (see
 ;; `chatpipe-rewrite-map', shown in the overlay's help text): accept,
@@ -42,7 +45,8 @@
 ;; `replace-region-contents', so that markers, overlays and point
 ;; outside the changed parts stay where they are, as one undo step; it
 ;; is refused when the text was edited since the request (its SHA-256
-;; differs), with the diff of the edited text shown instead.
+;; differs), with the diff of the edited text shown instead, and when
+;; the proposal was cut off at the token limit.
 
 ;;; Code:
 
@@ -52,6 +56,7 @@
 (require 'chatpipe-process)
 (require 'chatpipe-chat-settings)
 (require 'chatpipe-hints)
+(require 'chatpipe-rewrite-input)
 
 (autoload 'chatpipe--rewrite-word-diff "chatpipe-rewrite-review")
 (autoload 'chatpipe-rewrite-diff "chatpipe-rewrite-review" nil t)
@@ -66,10 +71,6 @@
 (autoload 'chatpipe-rewrite-next "chatpipe-rewrite-review" nil t)
 (autoload 'chatpipe-rewrite-previous "chatpipe-rewrite-review" nil t)
 
-(defgroup chatpipe-rewrite nil
-  "Rewriting text in place with chatpipe."
-  :group 'chatpipe)
-
 (defcustom chatpipe-rewrite-template nil
   "The template of rewrites, or nil for `chatpipe-default-template'.
 A template name or a .json file name.  Rewrites use the global
@@ -77,24 +78,16 @@ values of the chat settings (`chatpipe-model', `chatpipe-url',
 `chatpipe-template-vars', `chatpipe-temperature',
 `chatpipe-max-tokens'), never a buffer's own: a file's local
 variables do not choose where a rewrite of it goes."
-  :type '(choice (const :tag "The default template" nil) string))
-
-(defcustom chatpipe-rewrite-context-lines 20
-  "How many lines before and after the text go with a rewrite, as context."
-  :type 'natnum)
-
-(defcustom chatpipe-rewrite-context-chars 4000
-  "The most characters of context before, and after, the text of a rewrite."
-  :type 'natnum)
+  :type '(choice (const :tag "The default template" nil) string)
+  :group 'chatpipe-rewrite)
 
 (defface chatpipe-rewrite-preview '((t :inherit diff-refine-added))
-  "Face of the proposed text shown over the text being rewritten.")
+  "Face of the proposed text shown over the text being rewritten."
+  :group 'chatpipe-rewrite)
 
 (defface chatpipe-rewrite-pending '((t :inherit secondary-selection))
-  "Face of the text being rewritten while no proposed text shows.")
-
-(defvar chatpipe-rewrite-history nil
-  "The instructions given to `chatpipe-rewrite', newest first.")
+  "Face of the text being rewritten while no proposed text shows."
+  :group 'chatpipe-rewrite)
 
 (cl-defstruct (chatpipe--rewrite (:constructor chatpipe--rewrite-create)
                                  (:copier nil))
@@ -230,57 +223,6 @@ rewrites left."
           (chatpipe-rewrite-mode -1))))))
 
 ;;;; Starting
-
-(defun chatpipe--rewrite-bounds ()
-  "Return what `chatpipe-rewrite' rewrites, (BEG . END) positions.
-That is the active region, else the defun at point in a
-programming mode, else the paragraph at point.  Signal a
-`user-error' if it is empty."
-  (let ((bounds (cond ((use-region-p) (cons (region-beginning) (region-end)))
-                      ((and (derived-mode-p 'prog-mode)
-                            (bounds-of-thing-at-point 'defun)))
-                      (t (save-excursion
-                           (let ((end (progn (forward-paragraph) (point))))
-                             (backward-paragraph)
-                             (skip-chars-forward "\n" end)
-                             (cons (point) end)))))))
-    (when (string-blank-p (buffer-substring (car bounds) (cdr bounds)))
-      (user-error "Nothing to rewrite here"))
-    bounds))
-
-(defun chatpipe--rewrite-read-instruction (prompt)
-  "Read an instruction with PROMPT, a string; return its text.
-The history is `chatpipe-rewrite-history'; the names of
-`chatpipe-directives' complete, and one chosen gives its text.
-Signal a `user-error' for a blank instruction."
-  (let ((answer (completing-read prompt (mapcar #'car chatpipe-directives)
-                                 nil nil nil 'chatpipe-rewrite-history)))
-    (when (string-blank-p answer)
-      (user-error "No instruction: nothing rewritten"))
-    (or (cdr (assoc answer chatpipe-directives)) answer)))
-
-(defun chatpipe--rewrite-language ()
-  "Return the language of the current buffer for a rewrite, or nil.
-It is the name of a programming mode without -mode or -ts-mode,
-such as \"python\"; other modes have none."
-  (and (derived-mode-p 'prog-mode)
-       (replace-regexp-in-string "\\(-ts\\)?-mode\\'" ""
-                                 (symbol-name major-mode))))
-
-(defun chatpipe--rewrite-context (beg end)
-  "Return the lines around BEG..END as (BEFORE . AFTER) strings.
-Each is at most `chatpipe-rewrite-context-lines' lines and
-`chatpipe-rewrite-context-chars' characters, the nearest ones."
-  (save-excursion
-    (let* ((from (progn (goto-char beg)
-                        (line-beginning-position
-                         (- 1 chatpipe-rewrite-context-lines))))
-           (to (progn (goto-char end)
-                      (line-end-position chatpipe-rewrite-context-lines))))
-      (cons (buffer-substring-no-properties
-             (max from (- beg chatpipe-rewrite-context-chars)) beg)
-            (buffer-substring-no-properties
-             end (min to (+ end chatpipe-rewrite-context-chars)))))))
 
 (defun chatpipe--rewrite-send (rewrite instruction)
   "Ask for a rewrite of REWRITE's base text following INSTRUCTION.

@@ -107,6 +107,12 @@ changed part stay where they were; the overlay shows the proposal."
            (rewrite (chatpipe-test--rw-start "Rename add to plus" "return")))
       (should (equal (chatpipe--rewrite-original rewrite)
                      "def add(a, b):\n    return a + b\n"))
+      ;; Outside a defun, the paragraph at point.
+      (save-excursion
+        (search-forward "print")
+        (let ((bounds (chatpipe--rewrite-bounds)))
+          (should (equal (buffer-substring (car bounds) (cdr bounds))
+                         "print(add(1, 2))\n"))))
       (should (eq (chatpipe-test--rw-wait rewrite) 'ready))
       (should (equal (chatpipe--rewrite-text rewrite)
                      "def plus(a, b):\n    return a + b\n"))
