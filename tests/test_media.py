@@ -312,3 +312,33 @@ def test_a_media_part_without_its_file_is_an_error_not_sent_as_is():
         build("openai-chat", [{"type": "image", "file": "/etc/passwd"}])
     with pytest.raises(MediaError, match=r'it has path, data'):
         build("gemini", [{"type": "document", "path": "a.pdf", "data": "AAAA"}])
+
+
+def test_the_model_list_says_which_types_a_model_takes(tmp_path, monkeypatch):
+    from chatpipe import dialects, models
+
+    page = {"data": [{"id": "a/text-only", "architecture": {"input_modalities": ["text"]}},
+                     {"id": "b/vision", "architecture": {"input_modalities": ["text", "image"]}},
+                     {"id": "c/plain"}]}
+    entries, _ = dialects.get("openai-chat").parse_models(page)
+    assert [m.get("media") for m in entries] == [[], ["image/*"], None]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = tmp_path / "router.json"
+    template.write_text(json.dumps({"chatpipe": {"url": "http://127.0.0.1:9/api/v1/chat/completions"},
+                                    "model": "a/text-only", "messages": []}))
+    models.write_cache(models.listing(str(template)), entries)
+    png = {"type": "image", "path": str(FIXTURES / "red.png")}
+    pdf = {"type": "document", "path": str(FIXTURES / "hello.pdf")}
+    with pytest.raises(MediaError, match=r"red\.png: model a/text-only takes no media \(the "
+                                         r"endpoint's model list\), not image/png"):
+        build("openai-chat", [png], template=str(template))
+    doc = json.loads(template.read_text())
+    for model, parts, warned in (("b/vision", [png], False), ("c/plain", [pdf], True)):
+        template.write_text(json.dumps({**doc, "model": model}))
+        events: list[dict] = []
+        build("openai-chat", parts, template=str(template), events=events)
+        assert bool(events) == warned
+    template.write_text(json.dumps({**doc, "model": "b/vision"}))
+    with pytest.raises(MediaError, match=r"model b/vision takes image/\* \(the endpoint's model "
+                                         r"list\), not application/pdf"):
+        build("openai-chat", [pdf], template=str(template))

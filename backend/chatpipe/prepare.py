@@ -144,10 +144,38 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
     dialect.add_messages(request.body, attached(messages))
     if rendered:
         dialect.add_context(request.body, rendered)
-    mediaparts.convert(dialect, request.body, cwd=os.getcwd(), accepted=request.media,
+    mediaparts.convert(dialect, request.body, cwd=os.getcwd(),
+                       accepted=lambda: _model_media(spec, request, dialect, url, variables, env),
                        model=dialect.model_of(request), warn=warn,
                        downscale=request.media_downscale)
     return template, request, dialect
+
+
+def _model_media(spec: str, request: templates.Request, dialect: Dialect, url: str | None,
+                 variables: Mapping[str, str], env: Mapping[str, str] | None,
+                 ) -> tuple[list[str] | None, str]:
+    """The MIME patterns of the media that REQUEST's model takes and where
+    they are from (for :func:`chatpipe.dialects.mediaparts.check`): the
+    template's ``chatpipe.media``; else the model's ``media`` in the
+    endpoint's model list as ``chatpipe models`` cached it (no request is
+    made here: OpenRouter's lists say; see
+    :func:`chatpipe.dialects.modellist.input_media`); else ``None``, not
+    known."""
+    if request.media:
+        return list(request.media), mediaparts.TEMPLATE_TYPES
+    from chatpipe import models
+    from chatpipe.errors import ChatpipeError
+
+    try:
+        cached = models.read_cache(models.listing(spec, url=url, variables=variables, env=env))
+    except (ChatpipeError, OSError):
+        cached = None
+    model = dialect.model_of(request)
+    entry = next((m for m in cached or () if m.get("id") == model), {})
+    media_types = entry.get("media")
+    if isinstance(media_types, list) and all(isinstance(t, str) for t in media_types):
+        return media_types, mediaparts.LIST_TYPES
+    return None, mediaparts.TEMPLATE_TYPES
 
 
 def attached(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ import orjson
 
 from chatpipe import protocol
 from chatpipe.dialects import mediaparts, toolturns
-from chatpipe.dialects.modellist import list_items, model_entry
+from chatpipe.dialects.modellist import input_media, list_items, model_entry
 from chatpipe.errors import StreamError
 
 #: The text events of a non-streaming answer, in the order they are emitted.
@@ -479,11 +479,13 @@ class Dialect:
         """The models of one model list page DOC (parsed JSON), as
         :func:`~chatpipe.dialects.modellist.model_entry` dicts, and the
         query parameters of the next page (None for the last); None if DOC
-        is not a model list of the API's shape.  Here OpenAI's ``{"data": [{"id", "created", "owned_by"}]}``."""
+        is not a model list of the API's shape.  Here OpenAI's ``{"data": [{"id", "created", "owned_by"}]}``
+        (with OpenRouter's ``architecture``: :func:`~chatpipe.dialects.modellist.input_media`)."""
         items = list_items(doc, "data")
         if items is None:
             return None
-        models = [model_entry(m.get("id"), m.get("created"), m.get("owned_by")) for m in items]
+        models = [model_entry(m.get("id"), m.get("created"), m.get("owned_by"), media=input_media(m))
+                  for m in items]
         return [m for m in models if m is not None], None
 
     def model_of(self, request: Any) -> str | None:

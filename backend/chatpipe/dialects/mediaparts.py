@@ -95,12 +95,17 @@ def encoded(size: int) -> int:
     return 4 * ((size + 2) // 3)
 
 
-def check(found: list[Media], limits: Limits, accepted: list[str], model: str | None,
-          warn: Callable[[dict], None]) -> None:
+#: Where the types a model takes are known from, for messages.
+TEMPLATE_TYPES = "the template's chatpipe.media"
+LIST_TYPES = "the endpoint's model list"
+
+
+def check(found: list[Media], limits: Limits, accepted: list[str] | None, model: str | None,
+          warn: Callable[[dict], None], source: str = TEMPLATE_TYPES) -> None:
     """Check the media FOUND of one request against LIMITS (the API's) and
-    ACCEPTED (the template's ``chatpipe.media`` MIME patterns of MODEL;
-    empty: not known, then WARN gets a ``warning`` event naming the types
-    sent).
+    ACCEPTED (the MIME patterns of the types MODEL takes, from SOURCE, for
+    messages; None: not known, then WARN gets a ``warning`` event naming
+    the types sent).
 
     Raises:
         MediaError: a type the API or the model does not take, a URL the
@@ -112,9 +117,9 @@ def check(found: list[Media], limits: Limits, accepted: list[str], model: str | 
         if not matches(m.mime_type, limits.types):
             raise MediaError(f"{m.name}: the {api} API takes {', '.join(limits.types)}, "
                              f"not {m.mime_type}")
-        if accepted and not matches(m.mime_type, accepted):
-            raise MediaError(f"{m.name}: {who} takes {', '.join(accepted)} (the template's "
-                             f"chatpipe.media), not {m.mime_type}")
+        if accepted is not None and not matches(m.mime_type, accepted):
+            raise MediaError(f"{m.name}: {who} takes {', '.join(accepted) or 'no media'} "
+                             f"({source}), not {m.mime_type}")
         if m.url and m.kind not in limits.urls:
             raise MediaError(f"{m.name}: the {api} API takes no {m.kind} by URL; download it "
                              "and give its path")
@@ -127,7 +132,7 @@ def check(found: list[Media], limits: Limits, accepted: list[str], model: str | 
         raise MediaError(f"{len(images)} images (the last: {images[-1].name}), over the {api} "
                          f"API's {limits.images} per request ({limits.reference})")
     _total(found, [m for m in found if m.kind == "document"], limits)
-    if not accepted and found:
+    if accepted is None and found:
         types = sorted({m.mime_type for m in found})
         warn(protocol.warning(f"whether {who} takes {', '.join(types)} is not known (set "
                               "chatpipe.media in the template); sent anyway", kind="media"))
@@ -159,12 +164,14 @@ def _total(found: list[Media], documents: list[Media], limits: Limits) -> None:
                                  f"({limits.reference})")
 
 
-def convert(dialect: Any, body: dict, *, cwd: str, accepted: list[str], model: str | None,
+def convert(dialect: Any, body: dict, *, cwd: str,
+            accepted: Callable[[], tuple[list[str] | None, str]], model: str | None,
             warn: Callable[[dict], None], downscale: int = 0) -> None:
     """Read, check and convert every neutral media part of the request
     BODY's conversation (DIALECT's :attr:`history_key`), in place.
 
-    CWD resolves relative paths; ACCEPTED and MODEL are as in :func:`check`;
+    CWD resolves relative paths; ACCEPTED gives ``(patterns, source)`` of
+    :func:`check`, asked only when there are media; MODEL as in :func:`check`;
     WARN gets ``warning`` events (a type mismatch, unknown model types, a
     downscaled image).  DOWNSCALE (the template's ``media_downscale``),
     when above 0, is the longest side in pixels of images that are longer
@@ -197,7 +204,10 @@ def convert(dialect: Any, body: dict, *, cwd: str, accepted: list[str], model: s
                 warn(protocol.warning(f"{said} (chatpipe.media_downscale)", kind="media"))
         if found:
             places.append((item, found))
-    check([m for _, found in places for _, m in found], dialect.media_limits, accepted, model, warn)
+    if places:
+        patterns, source = accepted()
+        check([m for _, found in places for _, m in found], dialect.media_limits, patterns, model,
+              warn, source)
     for item, found in places:
         dialect.put_media(item, found)
 

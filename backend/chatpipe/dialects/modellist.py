@@ -1,6 +1,6 @@
 """The entries of a model list (``chatpipe models``), shared by the
 dialects' :meth:`~chatpipe.dialects.base.Dialect.parse_models`: each model
-is ``{"id", "created"?, "owned_by"?, "display_name"?}``."""
+is ``{"id", "created"?, "owned_by"?, "display_name"?, "media"?}``."""
 
 from __future__ import annotations
 
@@ -43,12 +43,32 @@ def file_name(ident: str) -> str | None:
     return (windows if "\\" in ident else PurePosixPath(ident)).name or None
 
 
+#: OpenRouter's input modalities (``architecture.input_modalities``) as
+#: the MIME patterns of the media a model takes ("text" takes none).
+MODALITIES = {"image": "image/*", "file": "application/pdf"}
+
+
+def input_media(model: Any) -> list[str] | None:
+    """The MIME patterns of the media that MODEL (an item of an OpenAI-shape
+    model list) takes, when its list says: OpenRouter's
+    ``architecture.input_modalities``
+    (https://openrouter.ai/docs/api-reference/list-available-models),
+    ``["text", "image", "file"]`` giving ``["image/*", "application/pdf"]``;
+    None when it does not say."""
+    architecture = model.get("architecture") if isinstance(model, dict) else None
+    modalities = architecture.get("input_modalities") if isinstance(architecture, dict) else None
+    if not isinstance(modalities, list):
+        return None
+    return [MODALITIES[m] for m in modalities if isinstance(m, str) and m in MODALITIES]
+
+
 def model_entry(ident: Any, created: Any = None, owned_by: Any = None,
-                display_name: Any = None) -> dict[str, Any] | None:
+                display_name: Any = None, media: list[str] | None = None) -> dict[str, Any] | None:
     """One model of a model list (``chatpipe models``), with the fields
     given; None without an id.  An id that is a file's path gets the
     file's name as its ``display_name`` if the endpoint gives none (see
-    :func:`file_name`)."""
+    :func:`file_name`).  MEDIA, the MIME patterns of the media it takes
+    when the list says (:func:`input_media`; ``[]``: none), is ``media``."""
     if not isinstance(ident, str) or not ident:
         return None
     entry: dict[str, Any] = {"id": ident}
@@ -60,6 +80,8 @@ def model_entry(ident: Any, created: Any = None, owned_by: Any = None,
         display_name = file_name(ident)
     if display_name:
         entry["display_name"] = display_name
+    if media is not None:
+        entry["media"] = list(media)
     return entry
 
 
