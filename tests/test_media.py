@@ -342,3 +342,20 @@ def test_the_model_list_says_which_types_a_model_takes(tmp_path, monkeypatch):
     with pytest.raises(MediaError, match=r"model b/vision takes image/\* \(the endpoint's model "
                                          r"list\), not application/pdf"):
         build("openai-chat", [pdf], template=str(template))
+
+
+def test_a_front_ends_parts_in_a_json_request_reach_each_api(tmp_path, server, chatpipe):
+    for api in ("anthropic-messages", "openai-responses"):
+        path = template_file(tmp_path, server, api, media=["image/*", "application/pdf"])
+        request = {"template": path, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Compare them."},
+            {"type": "image", "path": str(FIXTURES / "blue.jpg"), "mime_type": "image/jpeg"},
+            {"type": "document", "path": str(FIXTURES / "hello.pdf"),
+             "mime_type": "application/pdf"}]}]}
+        run = chatpipe("send", "--request", "-", "--output", "ndjson",
+                       input=json.dumps(request), extra_env=KEYS)
+        events = ndjson(run.stdout)
+        assert events[-1]["type"] == "done" and not [e for e in events if e["type"] == "warning"]
+        sent = history(api, server.requests[-1]["body"])[-1]
+        expected = [history(api, SDK[api][k])[-1]["content"][1] for k in ("jpeg", "pdf")]
+        assert sent["content"][1:] == expected
