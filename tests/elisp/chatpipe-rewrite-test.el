@@ -270,8 +270,8 @@ Added at the end.\n")))))
 (ert-deftest chatpipe-test-rewrite-two-at-once ()
   "Two rewrites stream at once in one buffer; overlapping text is refused."
   (chatpipe-test--rw-with
-      (url "server.add('/m', lambda body: answer('ALPHA', ' DONE\\n', delay=0.3)
-    if 'zzfirst' in json.dumps(body) else answer('BETA', ' DONE\\n', delay=0.3))"
+      (url "server.add('/m', lambda body: answer('ALPHA', ' DONE\\n', delay=1.5)
+    if 'zzfirst' in json.dumps(body) else answer('BETA', ' DONE\\n', delay=1.5))"
            #'text-mode "alpha text\n\nbeta text\n")
     (let ((first (chatpipe-rewrite 1 12 "Upper zzfirst"))
           (second (chatpipe-rewrite 13 23 "Upper zzsecond")))
