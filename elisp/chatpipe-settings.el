@@ -319,7 +319,8 @@ as are the files and folders of its context (see chatpipe-context.el)."
     ("f" "Add a file or folder" chatpipe-context-add-file)
     ("o" "Next question only" chatpipe-context-next-only)
     ("l" "List (tokens, request)" chatpipe-context-list)
-    ("x" "Clear" chatpipe-context-clear)]
+    ("x" "Clear" chatpipe-context-clear)
+    ("i" "Attach image or PDF" chatpipe-attach)]
    ["More"
     ("v" "Fold or unfold reasoning" chatpipe-toggle-reasoning)
     ("U" "Fold or unfold tool results" chatpipe-toggle-tool-result)

@@ -63,7 +63,9 @@
 ;; `chatpipe-set-system-prompt', `chatpipe-set-tools',
 ;; `chatpipe-toggle-tool-result', `chatpipe-edit-template',
 ;; `chatpipe-send-region' (the region and an instruction, from any
-;; buffer) and the menu `chatpipe-menu'.
+;; buffer), `chatpipe-context-toggle' and `chatpipe-context-list' (the
+;; files, buffers and regions a question is about), `chatpipe-attach'
+;; (an image or PDF) and the menu `chatpipe-menu'.
 ;;
 ;; The backend is found on `exec-path', or set `chatpipe-command' or
 ;; `chatpipe-python-venv'.  All chats share one long-lived `chatpipe
@@ -75,34 +77,10 @@
 ;; passed to the backend with each request or in its environment, never
 ;; on a command line.
 ;;
-;; The files: chatpipe-backend.el (the backend command, its templates,
-;; API keys), chatpipe-events.el (the backend's events, routed to
-;; their answers), chatpipe-process.el (backend processes and
-;; requests), chatpipe-headings.el (role headings), chatpipe-turns.el
-;; (turns, messages), chatpipe-modeltext.el (text from the model or a
-;; tool never becomes structure: settings, Org code, tool blocks,
-;; turns), chatpipe-toolblocks.el (tool calls and results as text),
-;; chatpipe-fold.el (folding blocks), chatpipe-reasoning.el (reasoning
-;; blocks and buffers), chatpipe-chat-settings.el (a chat's settings),
-;; chatpipe-header.el (header line), chatpipe-usage.el (tokens and
-;; cost), chatpipe-hints.el (error texts and hints),
-;; chatpipe-prestart.el (the backend made ready for a new chat),
-;; chatpipe-filedata.el
-;; (settings read from files: plain data, and consent for those that
-;; choose where requests go or what runs), chatpipe-context-items.el
-;; and chatpipe-context.el (the files, buffers and regions sent with
-;; questions, and their commands), chatpipe-insert.el (an
-;; answer's pieces inserted into its buffer), chatpipe-tools.el (tools
-;; defined in Emacs, MCP servers, answering the backend's tool
-;; requests), chatpipe-tool-ask.el (the questions before a tool runs,
-;; and its approvals), chatpipe-chat.el (streaming answers into
-;; buffers), chatpipe-org.el and chatpipe-org-stream.el (answers
-;; converted to Org in Org buffers), chatpipe-templates.el (choosing
-;; and editing templates), chatpipe-models.el (the models of a
-;; template's endpoint), chatpipe-state.el (chats saved to files),
-;; chatpipe-settings.el (the settings commands and the menu),
-;; chatpipe-install.el (installing the backend) and this one (the mode
-;; and the chat commands).
+;; The files: each says in its Commentary what it holds, and
+;; `chatpipe-test-files' (tests/elisp/chatpipe-package-test.el) lists
+;; them in the order they depend on each other.  This one holds the
+;; mode and the chat commands.
 
 ;;; Code:
 
@@ -118,6 +96,7 @@
 (require 'chatpipe-chat-settings)
 (require 'chatpipe-header)
 (require 'chatpipe-context)
+(require 'chatpipe-media)
 (require 'chatpipe-prestart)
 (require 'chatpipe-insert)
 (require 'chatpipe-tools)
@@ -220,7 +199,9 @@ or unfolds it.
 
 Turning the mode on folds the reasoning blocks (see
 `chatpipe-reasoning-display') and the tool blocks of the buffer;
-turning it off unfolds them.  Saving
+turning it off unfolds them.  Links to images and PDFs in questions
+are noted with whether they will be sent (see
+`chatpipe-media-annotate-mode').  Saving
 the buffer saves the chat's settings with it (see
 `chatpipe-save-state'), and the mode stays on when the major mode
 changes, the headings converted to its style."
@@ -240,7 +221,9 @@ changes, the headings converted to its style."
               `((,(chatpipe--heading-regexp) 0 'chatpipe-heading)))
         (font-lock-add-keywords nil chatpipe--font-lock-keywords 'append)
         (font-lock-flush)
-        (chatpipe--fold-all t))
+        (chatpipe--fold-all t)
+        (chatpipe-media-annotate-mode 1))
+    (chatpipe-media-annotate-mode -1)
     (when (equal header-line-format chatpipe--header-line-format)
       (setq-local header-line-format chatpipe--saved-header-line))
     (remove-hook 'kill-buffer-hook #'chatpipe--kill-buffer t)
@@ -274,7 +257,7 @@ and text after it goes before it when END is past its start (see
       (set-marker beg (chatpipe--question-start beg end))
       (let ((text (string-trim (buffer-substring-no-properties beg end))))
         (setq messages (unless (string-empty-p text)
-                         (list (cons "user" text))))))
+                         (chatpipe-media-messages (list (cons "user" text)))))))
     (unwind-protect
         (chatpipe--start messages (chatpipe--send-preparer beg end headless))
       (set-marker beg nil)

@@ -22,7 +22,8 @@
 (defconst chatpipe-test-files
   '("chatpipe-modeltext.el" "chatpipe-org-stream.el" "chatpipe-org.el" "chatpipe-backend.el"
     "chatpipe-events.el" "chatpipe-process.el" "chatpipe-headings.el"
-    "chatpipe-toolblocks.el" "chatpipe-turns.el" "chatpipe-fold.el"
+    "chatpipe-toolblocks.el" "chatpipe-media-links.el" "chatpipe-turns.el"
+    "chatpipe-media.el" "chatpipe-fold.el"
     "chatpipe-reasoning.el" "chatpipe-filedata.el"
     "chatpipe-chat-settings.el" "chatpipe-context-items.el" "chatpipe-context.el"
     "chatpipe-header.el" "chatpipe-usage.el" "chatpipe-hints.el" "chatpipe-prestart.el"
