@@ -227,8 +227,9 @@ rewrites left."
 (defun chatpipe--rewrite-send (rewrite instruction)
   "Ask for a rewrite of REWRITE's base text following INSTRUCTION.
 INSTRUCTION is a string.  The proposed text starts empty and fills
-as `delta' events come.  Signal `chatpipe-backend-missing' if there
-is no backend."
+as `delta' events come.  If the request cannot be sent, REWRITE
+fails (see `chatpipe--rewrite-fail') and the error is signaled, such
+as `chatpipe-backend-missing' if there is no backend."
   (let* ((overlay (chatpipe--rewrite-overlay rewrite))
          (context (chatpipe--rewrite-context (overlay-start overlay)
                                              (overlay-end overlay))))
@@ -237,21 +238,25 @@ is no backend."
           (chatpipe--rewrite-state rewrite) 'streaming
           (chatpipe--rewrite-message rewrite) nil)
     (chatpipe--rewrite-redisplay rewrite)
-    (setf (chatpipe--rewrite-stream rewrite)
-          (chatpipe-process-start
-           :template (or chatpipe-rewrite-template chatpipe-default-template)
-           :model (default-value 'chatpipe-model)
-           :url (default-value 'chatpipe-url)
-           :vars (default-value 'chatpipe-template-vars)
-           :params (with-temp-buffer (chatpipe--params))
-           :rewrite `((text . ,(chatpipe--rewrite-base rewrite))
-                      (instruction . ,instruction)
-                      (path . ,(or buffer-file-name :null))
-                      (language . ,(or (chatpipe--rewrite-language) :null))
-                      (before . ,(car context))
-                      (after . ,(cdr context)))
-           :name (format "chatpipe rewrite %s" (buffer-name))
-           :handler (lambda (event) (chatpipe--rewrite-event rewrite event))))))
+    (condition-case err
+        (setf (chatpipe--rewrite-stream rewrite)
+              (chatpipe-process-start
+               :template (or chatpipe-rewrite-template chatpipe-default-template)
+               :model (default-value 'chatpipe-model)
+               :url (default-value 'chatpipe-url)
+               :vars (default-value 'chatpipe-template-vars)
+               :params (with-temp-buffer (chatpipe--params))
+               :rewrite `((text . ,(chatpipe--rewrite-base rewrite))
+                          (instruction . ,instruction)
+                          (path . ,(or buffer-file-name :null))
+                          (language . ,(or (chatpipe--rewrite-language) :null))
+                          (before . ,(car context))
+                          (after . ,(cdr context)))
+               :name (format "chatpipe rewrite %s" (buffer-name))
+               :handler (lambda (event) (chatpipe--rewrite-event rewrite event))))
+      (error (chatpipe--rewrite-fail rewrite (error-message-string err))
+             (chatpipe--rewrite-redisplay rewrite)
+             (signal (car err) (cdr err))))))
 
 (defun chatpipe--rewrite-make (beg end)
   "Return a new rewrite of the text from BEG to END, not yet sent.

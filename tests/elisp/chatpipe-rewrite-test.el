@@ -185,6 +185,12 @@ changed part stay where they were; the overlay shows the proposal."
                        "The fox leaps.\n"))
         (should (eq (get-text-property (string-search "quick" shown) 'face shown)
                     'diff-refine-removed)))
+      ;; An iteration that cannot be sent brings the proposal back.
+      (let ((chatpipe-command (expand-file-name "no-such-chatpipe"
+                                                chatpipe-test-tmp)))
+        (should-error (chatpipe-rewrite-iterate rewrite "Again")))
+      (should (eq (chatpipe--rewrite-state rewrite) 'ready))
+      (should (string-search "iterating failed" (chatpipe--rewrite-status rewrite)))
       (chatpipe-rewrite-accept rewrite)
       (should (equal (buffer-string)
                      "First paragraph, which stays.\n\nThe fox leaps.\n\nLast one.\n")))))
