@@ -371,7 +371,7 @@ The request goes to `chatpipe-default-template''s server only."
 
 (ert-deftest chatpipe-test-rewrite-read-only-and-kill ()
   "Accept in a read-only buffer is refused and keeps the rewrite.
-Killing the buffer stops a rewrite that streams."
+Turning the mode off, or killing the buffer, stops a rewrite that streams."
   (chatpipe-test--rw-with
       (url "server.add('/m', answer('New.\\n', 'More.\\n', delay=2))"
            #'text-mode "Old.\n")
@@ -389,7 +389,14 @@ Killing the buffer stops a rewrite that streams."
       (should-error (chatpipe-rewrite-accept rewrite) :type 'buffer-read-only)
       (should (equal (buffer-string) "Old.\n"))
       (should (memq rewrite chatpipe--rewrites))
-      (setq buffer-read-only nil))))
+      (setq buffer-read-only nil)
+      (let ((other (generate-new-buffer "rewrite-test-killed")))
+        (with-current-buffer other
+          (insert "Old.\n")
+          (setq rewrite (chatpipe-rewrite (point-min) (point-max) "New")))
+        (should (chatpipe-stream-live-p (chatpipe--rewrite-stream rewrite)))
+        (kill-buffer other)
+        (should-not (chatpipe-stream-live-p (chatpipe--rewrite-stream rewrite)))))))
 
 (ert-deftest chatpipe-test-rewrite-instruction ()
   "A directive's name gives its text; a blank instruction is refused."
