@@ -330,7 +330,8 @@ previous proposal back."
                       (chatpipe--error-text event)))))
         (chatpipe--rewrite-redisplay rewrite)
         (when (memq (chatpipe--rewrite-state rewrite) '(ready failed))
-          (message "chatpipe: %s" (chatpipe--rewrite-status rewrite)))))))
+          (message "chatpipe: %s.  %s" (chatpipe--rewrite-status rewrite)
+                   chatpipe--rewrite-help))))))
 
 (defun chatpipe--rewrite-fail (rewrite why)
   "End REWRITE's stream as failed, saying WHY, a string.
