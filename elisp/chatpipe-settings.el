@@ -321,6 +321,14 @@ as are the files and folders of its context (see chatpipe-context.el)."
     ("l" "List (tokens, request)" chatpipe-context-list)
     ("x" "Clear" chatpipe-context-clear)
     ("i" "Attach image or PDF" chatpipe-attach)]
+   ["Rewrite"
+    ("w" "Rewrite region/defun/paragraph" chatpipe-rewrite)
+    ("A" "Accept rewrite" chatpipe-rewrite-accept)
+    ("X" "Reject rewrite" chatpipe-rewrite-reject)
+    ("N" "Iterate rewrite" chatpipe-rewrite-iterate)
+    ("D" "Rewrite diff" chatpipe-rewrite-diff)
+    ("]" "Next rewrite" chatpipe-rewrite-next)
+    ("[" "Previous rewrite" chatpipe-rewrite-previous)]
    ["More"
     ("v" "Fold or unfold reasoning" chatpipe-toggle-reasoning)
     ("U" "Fold or unfold tool results" chatpipe-toggle-tool-result)

@@ -65,7 +65,8 @@
 ;; `chatpipe-send-region' (the region and an instruction, from any
 ;; buffer), `chatpipe-context-toggle' and `chatpipe-context-list' (the
 ;; files, buffers and regions a question is about), `chatpipe-attach'
-;; (an image or PDF) and the menu `chatpipe-menu'.
+;; (an image or PDF), `chatpipe-rewrite' (rewrite the region in place,
+;; reviewed as a diff) and the menu `chatpipe-menu'.
 ;;
 ;; The backend is found on `exec-path', or set `chatpipe-command' or
 ;; `chatpipe-python-venv'.  All chats share one long-lived `chatpipe
@@ -104,6 +105,7 @@
 (require 'chatpipe-templates)
 (require 'chatpipe-state)
 (require 'chatpipe-settings)
+(require 'chatpipe-rewrite)
 
 (autoload 'chatpipe-install-backend "chatpipe-install" nil t)
 

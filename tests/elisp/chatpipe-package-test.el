@@ -30,6 +30,7 @@
     "chatpipe-insert.el" "chatpipe-tool-ask.el" "chatpipe-tools.el" "chatpipe-chat.el"
     "chatpipe-install.el"
     "chatpipe-templates.el" "chatpipe-models.el" "chatpipe-state.el"
+    "chatpipe-rewrite-input.el" "chatpipe-rewrite.el" "chatpipe-rewrite-review.el"
     "chatpipe-settings.el" "chatpipe.el")
   "The package's files, in dependency order.")
 
