@@ -133,7 +133,7 @@ def request_of(args, stdin) -> dict:
     object with the options given over it (see
     :func:`chatpipe.requestfields.from_args`).  With none of ``-m``,
     ``--messages`` and ``--request``, text piped on STDIN is the user
-    message.
+    message (before the message of ``-a``'s attachments, if any).
 
     Raises:
         UsageError: an unreadable ``--request`` or one that is not a JSON
@@ -151,7 +151,8 @@ def request_of(args, stdin) -> dict:
     if not (args.message or args.messages or args.request) and not stdin.isatty():
         text = stdin.read()
         if text.strip():
-            request["messages"] = [{"role": "user", "content": text}]
+            request["messages"] = [{"role": "user", "content": text},
+                                   *request.get("messages", [])]
     return request
 
 

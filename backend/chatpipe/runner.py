@@ -143,7 +143,8 @@ def run(build: Callable[[], Job], output: Output, *,
     finally:
         output.flush()
     if job.save:
-        code = _save(template.path, dialect, job.messages, loop, output.secrets) or code
+        code = _save(template.path, dialect, job.messages, loop, output.secrets,
+                     job.save_media) or code
     return code
 
 
@@ -193,10 +194,13 @@ def preconnect(build: Callable[[], Job],
     return connections.preconnect(sessions(request.url), request.url, request.connect_timeout)
 
 
-def _save(path, dialect, messages: list[dict], loop: tools.Loop, secrets: list[str]) -> int:
+def _save(path, dialect, messages: list[dict], loop: tools.Loop, secrets: list[str],
+          save_media: str = "path") -> int:
     """Save the new MESSAGES and the answers that are whole to PATH: each
     round of tool calls with its results, then the last answer if it
-    completed (LOOP's ``turns``), redacted.
+    completed (LOOP's ``turns``), redacted; media parts as references to
+    their files, or with their data when SAVE_MEDIA is ``"inline"`` (see
+    :func:`chatpipe.conversation.append_messages`).
 
     An answer that did not complete (an error, a cancel, a signal, during
     the answer or while its tools ran) is not saved, so the next request
@@ -208,7 +212,7 @@ def _save(path, dialect, messages: list[dict], loop: tools.Loop, secrets: list[s
     turns = redaction.redact_value(loop.turns, secrets)
     try:
         if messages or turns:
-            conversation.append_messages(path, dialect, messages + turns)
+            conversation.append_messages(path, dialect, messages + turns, save_media)
     except (OSError, ChatpipeError) as err:
         message = getattr(err, "strerror", None) or str(err)
         _warn(f"cannot save the answer to {path}: {message}", secrets)

@@ -1,0 +1,58 @@
+"""``chatpipe send -a`` end to end, on a real server on 127.0.0.1: text piped
+on stdin goes with the attachments, and ``--save`` keeps a reference to the
+file or, with ``--save-media inline``, its data."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+
+import pytest
+
+from conftest import TESTS, ndjson
+
+PNG = TESTS / "media_fixtures" / "red.png"
+
+
+@pytest.fixture
+def chat(server, tmp_path):
+    """A chat file (an OpenAI chat template) pointed at the replay server."""
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps({
+        "model": "m", "stream": True, "messages": [],
+        "chatpipe": {"url": f"{server.url}/replay/openai-chat/text-with-usage.sse"}}))
+    return path
+
+
+def test_stdin_text_goes_with_the_attachment(server, chatpipe, chat):
+    run = chatpipe("send", str(chat), "-a", str(PNG), "--output", "ndjson",
+                   input="What colour is this?")
+    assert ndjson(run.stdout)[-1]["type"] == "done", run.stderr
+    content = server.requests[0]["body"]["messages"][-1]["content"]
+    assert {"type": "text", "text": "What colour is this?"} in content
+    data = base64.b64encode(PNG.read_bytes()).decode()
+    assert any(p.get("image_url", {}).get("url") == f"data:image/png;base64,{data}"
+               for p in content)
+
+
+@pytest.mark.parametrize("mode", ["path", "inline"])
+def test_save_keeps_a_reference_or_the_data(server, chatpipe, chat, tmp_path, mode):
+    image = tmp_path / "shot.png"
+    shutil.copy(PNG, image)
+    extra = ["--save-media", "inline"] if mode == "inline" else []
+    run = chatpipe("send", str(chat), "--save", *extra, "-a", str(image), "-m", "Colour?")
+    assert run.returncode == 0, run.stderr
+    saved = chat.read_text()
+    data = base64.b64encode(PNG.read_bytes()).decode()
+    assert (data in saved) == (mode == "inline")
+    assert (str(image) in saved) == (mode == "path")
+    # The saved chat goes on: the image is sent again from the reference or the data.
+    image.unlink()
+    again = chatpipe("send", str(chat), "-m", "And now?", "--output", "ndjson")
+    last = ndjson(again.stdout)[-1]
+    if mode == "inline":
+        assert last["type"] == "done", again.stderr
+        assert data in json.dumps(server.requests[-1]["body"])
+    else:
+        assert last["type"] == "error" and "shot.png" in last["message"]
