@@ -23,6 +23,9 @@ EXPECTED = json.loads((STREAMS / "expected.json").read_text(encoding="utf-8"))
 #: A recognisable fake API key; tests assert it never shows up in output.
 FAKE_KEY = "sk-test-CHATPIPE-SECRET-0123456789abcdef"
 
+#: FAKE_KEY for the API key variable of every bundled template that needs one.
+KEYS = {name: FAKE_KEY for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")}
+
 
 @pytest.fixture
 def server():

@@ -13,9 +13,8 @@ import json
 
 import pytest
 
-from conftest import FAKE_KEY, ndjson
+from conftest import FAKE_KEY, KEYS, ndjson
 
-KEYS = {name: FAKE_KEY for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")}
 
 #: API -> (bundled template, a recording of its API, where the body keeps
 #: the system prompt).

@@ -20,12 +20,11 @@ import sys
 
 import pytest
 
-from conftest import EXPECTED, FAKE_KEY, ROOT
+from conftest import EXPECTED, KEYS, ROOT
 from replay_server import ReplayServer
 
 TEMPLATE = {"anthropic": "anthropic", "gemini": "gemini", "ollama": "ollama",
             "openai-responses": "openai-responses"}
-KEYS = {name: FAKE_KEY for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")}
 
 #: The line of text as docs/protocol.md promises it: no spaces, the id (serve
 #: only) first, then type, then content, last; the same pattern as Emacs'.

@@ -15,14 +15,13 @@ import sys
 
 import pytest
 
-from conftest import EXPECTED, FAKE_KEY, ROOT, ndjson
+from conftest import EXPECTED, KEYS, ROOT, ndjson
 from replay_server import ReplayServer
 
 #: Recording folder -> the bundled template of its API.
 TEMPLATE = {"anthropic": "anthropic", "gemini": "gemini", "ollama": "ollama",
             "openai-responses": "openai-responses"}
 
-KEYS = {name: FAKE_KEY for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")}
 
 
 def template_of(recording: str) -> str:

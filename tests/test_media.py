@@ -21,12 +21,11 @@ from chatpipe import conversation, media
 from chatpipe.dialects import mediaparts
 from chatpipe.media import Media, MediaError
 from chatpipe.prepare import prepare
-from conftest import FAKE_KEY, ROOT, TESTS, ndjson
+from conftest import KEYS, ROOT, TESTS, ndjson
 
 FIXTURES = TESTS / "media_fixtures"
 SDK = json.loads((FIXTURES / "sdk_requests.json").read_text(encoding="utf-8"))["requests"]
 FILES = {"png": "red.png", "jpeg": "blue.jpg", "pdf": "hello.pdf"}
-KEYS = {name: FAKE_KEY for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")}
 
 #: API -> (bundled template, a recording of its API).
 APIS = {

@@ -13,10 +13,9 @@ import stat
 import pytest
 
 from chatpipe import rewrite
-from conftest import FAKE_KEY, ndjson, text_of
+from conftest import FAKE_KEY, KEYS, ndjson, text_of
 from replay_server import Reply
 
-KEYS = {name: FAKE_KEY for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")}
 
 #: API -> (bundled template, a recording of its API, the recording's text).
 APIS = {

@@ -14,11 +14,10 @@ import json
 
 import pytest
 
-from conftest import EXPECTED, FAKE_KEY, STREAMS, text_of
+from conftest import EXPECTED, KEYS, STREAMS, text_of
 from replay_server import Reply, error_reply
 from test_tool_formats import ANSWER, KEY
 
-KEYS = {name: FAKE_KEY for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")}
 
 #: API -> (bundled template, recording with tool calls, what the model was asked).
 CASES = {
