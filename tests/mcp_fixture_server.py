@@ -11,6 +11,8 @@ streamable HTTP on 127.0.0.1 (``... --http PORT``: the endpoint is
 - ``die()``: the server process exits at once, mid-call;
 - ``pid()``: the server's process id (is it the same process?).
 
+And its resources: ``fixture://notes`` (a text), ``fixture://logo`` (bytes).
+
 It writes ``fixture server started`` on stderr when it starts.
 """
 
@@ -49,6 +51,16 @@ def die() -> str:
 @server.tool(description="The server's process id")
 def pid() -> str:
     return str(os.getpid())
+
+
+@server.resource("fixture://notes", description="Notes, as text")
+def notes() -> str:
+    return "The deploy key rotates on Fridays.\n"
+
+
+@server.resource("fixture://logo", mime_type="image/png", description="Bytes, no text")
+def logo() -> bytes:
+    return b"\x89PNG\r\n\x1a\n"
 
 
 if __name__ == "__main__":

@@ -168,3 +168,51 @@ def test_a_dry_run_sends_nothing_and_shows_the_body_redacted(server, chatpipe, s
     served = [e for _, e in serve.until(lambda e: e["type"] == "done")]
     assert [e["type"] for e in served if e.get("id") == "d"] == ["context", "request", "done"]
     assert server.requests == []
+
+
+def test_mcp_resources_are_read_through_mcp(server, chatpipe, mcp_env):
+    """A context item ``{"type": "mcp"}`` is read from the configured MCP
+    server (tests/mcp_fixture_server.py, started by the SDK); a resource
+    that is no text, or a server that is not configured, is a warning."""
+    url = f"{server.url}/replay/openai-chat/text-with-usage.sse"
+    request = {"template": "openai", "url": url,
+               "messages": [{"role": "user", "content": "When?"}],
+               "context": [{"type": "mcp", "server": "fx", "uri": "fixture://notes"},
+                           {"type": "mcp", "server": "fx", "uri": "fixture://logo"},
+                           {"type": "mcp", "server": "nope", "uri": "x://y"}]}
+    run = chatpipe("send", "--request", "-", "--output", "ndjson", input=json.dumps(request),
+                   extra_env=mcp_env)
+    events = ndjson(run.stdout)
+    assert events[-1]["type"] == "done", run.stdout + run.stderr
+    warnings = [e for e in events if e["type"] == "warning"]
+    assert [(w["item"], w["subject"]) for w in warnings] == [(1, "fx:fixture://logo"),
+                                                            (2, "nope:x://y")]
+    assert "no text" in warnings[0]["message"] and "nope" in warnings[1]["message"]
+    system = server.requests[0]["body"]["messages"][0]["content"]
+    assert "## fx:fixture://notes\n```\nThe deploy key rotates on Fridays.\n```" in system
+
+
+def test_the_context_event_gives_the_models_context_window(server, chatpipe, env, tmp_path):
+    """Where the endpoint's model list (as ``chatpipe models`` cached it)
+    gives the model's context window, the context event says it."""
+    from test_models import json_reply
+
+    server.add("/api/v1/models", json_reply({"data": [
+        {"id": "big/model", "context_length": 131072}, {"id": "other/model"}]}))
+    server.add("/api/v1/chat/completions", lambda body: server.get_reply_for(
+        "/replay/openai-chat/text-with-usage.sse"))
+    template = tmp_path / "router.json"
+    template.write_text(json.dumps({
+        "chatpipe": {"url": f"{server.url}/api/v1/chat/completions"},
+        "model": "big/model", "stream": True, "messages": []}))
+    listed = chatpipe("models", str(template), "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)[0]["context_window"] == 131072
+    (tmp_path / "a.txt").write_text("hello\n")
+    runs = {model: chatpipe("send", str(template), "--model", model, "-f", str(tmp_path / "a.txt"),
+                            "-m", "hi", "--output", "ndjson")
+            for model in ("big/model", "other/model")}
+    context = {m: next(e for e in ndjson(r.stdout) if e["type"] == "context")
+               for m, r in runs.items()}
+    assert context["big/model"]["context_window"] == 131072
+    assert "context_window" not in context["other/model"]

@@ -139,7 +139,7 @@ def test_gemini_streaming_models_without_prefix(server, chatpipe, cache):
                       extra_env={"GEMINI_API_KEY": FAKE_KEY})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [
-        {"id": "gemini-2.5-flash", "display_name": "Gemini 2.5 Flash"},
+        {"id": "gemini-2.5-flash", "display_name": "Gemini 2.5 Flash", "context_window": 1048576},
         {"id": "gemini-2.5-pro", "display_name": "Gemini 2.5 Pro"},
         {"id": "gemini-next", "display_name": "Gemini Next"},
     ]

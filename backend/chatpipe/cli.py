@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("template", metavar="TEMPLATE",
                         help="a template name (see `chatpipe templates list`) or a .json file path")
     models.add_argument("--json", action="store_true",
-                        help='print a JSON array of {"id", "created", "owned_by", "display_name"} '
+                        help='print a JSON array of {"id", "created", "owned_by", "display_name", '
+                             '"media", "context_window"} '
                              "objects (those given); an error is also a JSON line on stdout")
     models.add_argument("--refresh", action="store_true",
                         help="ask the endpoint even if its list is cached")
@@ -178,7 +179,7 @@ def cmd_send(args, ctx: "_Context") -> int:
     if job.save and not templates.looks_like_path(job.template):
         raise UsageError("--save needs a template file path (e.g. ./request.json), "
                          f"not the name {job.template!r}")
-    if not (job.tools or job.mcp):
+    if not (job.tools or job.mcp or any(item.get("type") == "mcp" for item in job.context)):
         return runner.run(lambda: job, ctx.output)
     from chatpipe.mcp_host import McpHost
 

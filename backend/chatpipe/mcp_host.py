@@ -298,6 +298,34 @@ class McpHost:
             found.extend(self._tool(server, tool) for tool in server.tools)
         return found
 
+    def read_resource(self, name: str, uri: str, secrets: list[str]) -> str:
+        """The text of the resource URI of the MCP server NAME (started if
+        need be; its secrets added to SECRETS first, as :meth:`tools`
+        does), for a request's context.
+
+        Raises:
+            UsageError: NAME is not configured; OSError: the server failed
+                to start, or the resource is no text or cannot be read.
+        """
+        config = load_config(self.path)
+        entry = config.get(name)
+        if entry is None or entry.get("disabled"):
+            raise UsageError(f"no MCP server named {name!r} in {self.path or config_path()}")
+        secrets.extend(secret for key in ("env", "headers") for var, value in entry.get(key, {}).items()
+                       for secret in redaction.secrets(value, var))
+        try:
+            server = self._server(name, entry)
+            result = self._wait(self._run(server.client.read_resource(uri)),
+                                float(entry.get("timeout", CALL_TIMEOUT)))
+        except (Aborted, Cancelled):
+            raise
+        except Exception as err:
+            raise OSError(_describe(err)) from None
+        texts = [c.text for c in result.contents if isinstance(getattr(c, "text", None), str)]
+        if not texts:
+            raise OSError("it is no text (binary contents are not sent as context)")
+        return "".join(texts)
+
     def _server(self, name: str, config: dict) -> _Server:
         """The running server NAME, started (with CONFIG) if need be."""
         with self._lock:

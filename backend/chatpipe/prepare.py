@@ -82,6 +82,7 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
             env: Mapping[str, str] | None = None, params: Mapping[str, Any] = (),
             context_items: list[dict[str, Any]] = (), placement: str | None = None,
             warn: Callable[[dict], None] = lambda event: None,
+            read_resource: Callable[[str, str], str] | None = None,
             ) -> tuple[templates.Template, templates.Request, Dialect]:
     """Load template SPEC, fill it in, append MESSAGES and put in CONTEXT_ITEMS.
 
@@ -106,6 +107,9 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
             file, a killed buffer's text), then the ``context`` event (its
             pieces and estimated tokens), before anything is sent; and
             the media warnings (a type mismatch; model types not known).
+        read_resource: reads the resource URI of an MCP server, ``(server,
+            uri) -> text``, for the context's ``mcp`` items (None: they are
+            left out with a warning).
 
     The media parts of the conversation (new messages, the template's and
     a saved chat's; ``send -a``'s joined to their message by
@@ -137,7 +141,10 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
         dialect.set_params(request.body, check_params(params))
     if not messages and not dialect.ends_with_user_turn(request.body):
         raise UsageError("no message to send: give -m TEXT, --messages FILE, or text on stdin")
-    rendered = _context(context_items, request, warn) if context_items else ""
+    rendered = ""
+    if context_items:
+        window = _cached_model(spec, request, dialect, url, variables, env).get("context_window")
+        rendered = _context(context_items, request, warn, read_resource, window)
     where = placement or request.context_placement
     if rendered and where == "user" and any(m.get("role") == "user" for m in messages):
         messages, rendered = contextrender.place(messages, rendered, "user"), ""
@@ -163,6 +170,17 @@ def _model_media(spec: str, request: templates.Request, dialect: Dialect, url: s
     known."""
     if request.media:
         return list(request.media), mediaparts.TEMPLATE_TYPES
+    media_types = _cached_model(spec, request, dialect, url, variables, env).get("media")
+    if isinstance(media_types, list) and all(isinstance(t, str) for t in media_types):
+        return media_types, mediaparts.LIST_TYPES
+    return None, mediaparts.TEMPLATE_TYPES
+
+
+def _cached_model(spec: str, request: templates.Request, dialect: Dialect, url: str | None,
+                  variables: Mapping[str, str], env: Mapping[str, str] | None) -> dict[str, Any]:
+    """The entry of REQUEST's model in its endpoint's model list as
+    ``chatpipe models`` cached it (``media``, ``context_window``...), or
+    ``{}``: no request is made here."""
     from chatpipe import models
     from chatpipe.errors import ChatpipeError
 
@@ -171,11 +189,7 @@ def _model_media(spec: str, request: templates.Request, dialect: Dialect, url: s
     except (ChatpipeError, OSError):
         cached = None
     model = dialect.model_of(request)
-    entry = next((m for m in cached or () if m.get("id") == model), {})
-    media_types = entry.get("media")
-    if isinstance(media_types, list) and all(isinstance(t, str) for t in media_types):
-        return media_types, mediaparts.LIST_TYPES
-    return None, mediaparts.TEMPLATE_TYPES
+    return next((m for m in cached or () if isinstance(m, dict) and m.get("id") == model), {})
 
 
 def attached(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -199,21 +213,26 @@ def attached(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _context(items: list[dict[str, Any]], request: templates.Request,
-             warn: Callable[[dict], None]) -> str:
+             warn: Callable[[dict], None], read_resource: Callable[[str, str], str] | None,
+             window: Any = None) -> str:
     """The rendered text of the context ITEMS (JSON) for REQUEST, its
-    warnings and ``context`` event given to WARN (see :func:`prepare`).
+    warnings and ``context`` event given to WARN (with the model's
+    ``context_window``, WINDOW tokens, when its model list said);
+    READ_RESOURCE reads MCP items (see :func:`prepare`).
 
     Raises:
         UsageError: see :func:`prepare`.
     """
     limits = context.Limits(item_bytes=request.context_item_bytes,
                             total_bytes=request.context_total_bytes)
-    resolved = contextread.resolve(context.parse_items(items), cwd=os.getcwd(), limits=limits)
+    resolved = contextread.resolve(context.parse_items(items), cwd=os.getcwd(), limits=limits,
+                                   mcp=read_resource)
     for problem in resolved.warnings:
         fields = problem.event_fields()
         warn(protocol.warning(fields.pop("message"), **fields))
     resolved.raise_errors()
     pieces = [{"item": p.item, "name": p.display, "tokens": p.tokens,
                **({"lines": list(p.lines)} if p.lines else {})} for p in resolved.pieces]
-    warn(protocol.context(pieces, resolved.tokens))
+    window = window if isinstance(window, int) and not isinstance(window, bool) else None
+    warn(protocol.context(pieces, resolved.tokens, window))
     return contextrender.render(resolved)

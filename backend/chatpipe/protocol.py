@@ -163,13 +163,17 @@ def done(finish_reason: str | None, raw_finish_reason: str | None = None, *,
     return event
 
 
-def context(pieces: list[dict], tokens: int) -> dict:
+def context(pieces: list[dict], tokens: int, context_window: int | None = None) -> dict:
     """``context``: what a request's context holds, before it is sent.
     PIECES are ``{"item", "name", "tokens"}`` (and ``lines``, ``[START,
     END]``) per file or text, in the order rendered; TOKENS their estimated
     tokens in all (UTF-8 bytes / 4, see
-    :func:`chatpipe.context.estimate_tokens`)."""
-    return {"type": "context", "pieces": pieces, "tokens": tokens}
+    :func:`chatpipe.context.estimate_tokens`); CONTEXT_WINDOW the model's
+    context window in tokens, when its endpoint's model list says."""
+    event: dict[str, Any] = {"type": "context", "pieces": pieces, "tokens": tokens}
+    if context_window is not None:
+        event["context_window"] = context_window
+    return event
 
 
 def request(url: str, body: Any) -> dict:

@@ -103,7 +103,8 @@ def run(build: Callable[[], Job], output: Output, *,
                                              url=job.url, env=job.environment(),
                                              params=job.params(), context_items=job.context,
                                              placement=job.context_placement,
-                                             warn=output.emit)
+                                             warn=output.emit,
+                                             read_resource=_resource_reader(mcp, output))
         if job.save:
             conversation.check_writable(template.path)
         output.secrets.extend(request.secrets)
@@ -146,6 +147,15 @@ def run(build: Callable[[], Job], output: Output, *,
         code = _save(template.path, dialect, job.messages, loop, output.secrets,
                      job.save_media) or code
     return code
+
+
+def _resource_reader(mcp: Any, output: Output) -> Callable[[str, str], str] | None:
+    """How a request reads its context's MCP resources: through MCP (a
+    :class:`chatpipe.mcp_host.McpHost`), the servers' secrets added to
+    OUTPUT's; None without one."""
+    if mcp is None:
+        return None
+    return lambda server, uri: mcp.read_resource(server, uri, output.secrets)
 
 
 class _Stoppable:

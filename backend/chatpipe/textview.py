@@ -78,8 +78,10 @@ class TextView(Output):
         elif kind == "warning":
             self._note(f"warning: {event['message']}")
         elif kind == "context" and self._usage:
+            window = (f" of the model's {event['context_window']}"
+                      if event.get("context_window") else "")
             self._note(f"context: {len(event['pieces'])} piece(s), about {event['tokens']} "
-                       "tokens (estimated)")
+                       f"tokens (estimated){window}")
         elif kind == "request":
             self._text(json.dumps(event["body"], indent=2, ensure_ascii=False) + "\n")
         elif kind in TERMINAL:

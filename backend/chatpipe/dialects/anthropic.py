@@ -367,7 +367,8 @@ class Dialect(base.Dialect):
         if items is None:
             return None
         models = [modellist.model_entry(m.get("id"), m.get("created_at"),
-                                   display_name=m.get("display_name")) for m in items]
+                                        display_name=m.get("display_name"),
+                                        context_window=m.get("max_input_tokens")) for m in items]
         last = doc.get("last_id")
         following = ({"limit": "1000", "after_id": last}
                      if doc.get("has_more") is True and isinstance(last, str) and last else None)

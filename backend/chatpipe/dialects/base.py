@@ -480,12 +480,13 @@ class Dialect:
         :func:`~chatpipe.dialects.modellist.model_entry` dicts, and the
         query parameters of the next page (None for the last); None if DOC
         is not a model list of the API's shape.  Here OpenAI's ``{"data": [{"id", "created", "owned_by"}]}``
-        (with OpenRouter's ``architecture``: :func:`~chatpipe.dialects.modellist.input_media`)."""
+        (OpenRouter adds ``architecture``, see :func:`~chatpipe.dialects.modellist.input_media`,
+        and ``context_length``)."""
         items = list_items(doc, "data")
         if items is None:
             return None
-        models = [model_entry(m.get("id"), m.get("created"), m.get("owned_by"), media=input_media(m))
-                  for m in items]
+        models = [model_entry(m.get("id"), m.get("created"), m.get("owned_by"), media=input_media(m),
+                              context_window=m.get("context_length")) for m in items]
         return [m for m in models if m is not None], None
 
     def model_of(self, request: Any) -> str | None:

@@ -347,7 +347,7 @@ class Dialect(base.Dialect):
 
     def parse_models(self, doc: Any) -> tuple[list[dict[str, Any]], dict[str, str] | None] | None:
         """``{"models": [{"name": "models/ID", "displayName",
-        "supportedGenerationMethods", ...}], "nextPageToken"}``, continued
+        "supportedGenerationMethods", "inputTokenLimit", ...}], "nextPageToken"}``, continued
         with ``pageToken``.  Ids are listed without ``models/``; a model that
         gives its ``supportedGenerationMethods`` only when they include
         ``streamGenerateContent`` or ``generateContent`` (the API lists
@@ -356,7 +356,8 @@ class Dialect(base.Dialect):
         items = modellist.list_items(doc, "models")
         if items is None:
             return None
-        models = [modellist.model_entry(_model_id(m), display_name=m.get("displayName"))
+        models = [modellist.model_entry(_model_id(m), display_name=m.get("displayName"),
+                                        context_window=m.get("inputTokenLimit"))
                   for m in items if _streams(m)]
         token = doc.get("nextPageToken")
         following = {"pageSize": "1000", "pageToken": token} if isinstance(token, str) and token else None

@@ -63,12 +63,15 @@ def input_media(model: Any) -> list[str] | None:
 
 
 def model_entry(ident: Any, created: Any = None, owned_by: Any = None,
-                display_name: Any = None, media: list[str] | None = None) -> dict[str, Any] | None:
+                display_name: Any = None, media: list[str] | None = None,
+                context_window: Any = None) -> dict[str, Any] | None:
     """One model of a model list (``chatpipe models``), with the fields
     given; None without an id.  An id that is a file's path gets the
     file's name as its ``display_name`` if the endpoint gives none (see
     :func:`file_name`).  MEDIA, the MIME patterns of the media it takes
-    when the list says (:func:`input_media`; ``[]``: none), is ``media``."""
+    when the list says (:func:`input_media`; ``[]``: none), is ``media``;
+    CONTEXT_WINDOW, the most input tokens the model takes when the list
+    says (a whole number above 0), is ``context_window``."""
     if not isinstance(ident, str) or not ident:
         return None
     entry: dict[str, Any] = {"id": ident}
@@ -82,6 +85,8 @@ def model_entry(ident: Any, created: Any = None, owned_by: Any = None,
         entry["display_name"] = display_name
     if media is not None:
         entry["media"] = list(media)
+    if isinstance(context_window, int) and not isinstance(context_window, bool) and context_window > 0:
+        entry["context_window"] = context_window
     return entry
 
 
