@@ -37,6 +37,7 @@ MESSAGES = {
     "context_total_bytes": '"chatpipe.context_total_bytes" must be a whole number of bytes, 1 or more',
     "media": '"chatpipe.media" must be a list of MIME types or patterns ("image/*")',
     "media_downscale": '"chatpipe.media_downscale" must be a whole number, 0 or more',
+    "media_pdf": '"chatpipe.media_pdf" must be a string',
 }
 
 #: What a request gets when the template sets nothing.
@@ -44,7 +45,7 @@ DEFAULTS = {"connect_timeout": 10.0, "read_timeout": 120.0, "deadline": 1800.0, 
             "retry_budget": 60.0, "max_event_bytes": 8 << 20, "max_tool_steps": 10,
             "max_tool_result_bytes": 100_000, "context_placement": "system",
             "context_item_bytes": 128 * 1024, "context_total_bytes": 384 * 1024, "media": [],
-            "media_downscale": 0}
+            "media_downscale": 0, "media_pdf": "refuse"}
 
 
 def load(tmp_path, block, text=None):
@@ -113,7 +114,7 @@ def test_a_request_gets_the_defaults_and_the_written_values(tmp_path):
                "retry_budget": 0, "max_event_bytes": 2048, "max_tool_steps": 2,
                "max_tool_result_bytes": 0, "context_placement": "user",
                "context_item_bytes": 10, "context_total_bytes": 20,
-               "media": ["image/*", "application/pdf"], "media_downscale": 1568}
+               "media": ["image/*", "application/pdf"], "media_downscale": 1568, "media_pdf": "text"}
     request = templates.fill(load(tmp_path, {"url": "x", **written}), {}, env={})
     assert {name: getattr(request, name) for name in DEFAULTS} == written
     assert isinstance(request.connect_timeout, float) and isinstance(request.retry_budget, float)

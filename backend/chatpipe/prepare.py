@@ -115,7 +115,8 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
     a saved chat's; ``send -a``'s joined to their message by
     :func:`attached`) are read and checked
     (:func:`chatpipe.dialects.mediaparts.convert`, within the template's
-    ``media`` types; images downscaled as its ``media_downscale`` says)
+    ``media`` types; images downscaled as its ``media_downscale`` says,
+    PDFs to an API that takes none as text if its ``media_pdf`` says)
     and put in the API's shape.
 
     Returns:
@@ -154,7 +155,7 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
     mediaparts.convert(dialect, request.body, cwd=os.getcwd(),
                        accepted=lambda: _model_media(spec, request, dialect, url, variables, env),
                        model=dialect.model_of(request), warn=warn,
-                       downscale=request.media_downscale)
+                       downscale=request.media_downscale, pdf=request.media_pdf)
     return template, request, dialect
 
 

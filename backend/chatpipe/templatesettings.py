@@ -146,6 +146,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("media_downscale", COUNT, 0, "downscale images whose longer side is over this "
             "many pixels, or that are over the API's bytes per image, to this size (with a "
             "warning; 0: never, such an image is refused)"),
+    Setting("media_pdf", TEXT, "refuse", 'what a PDF becomes for an API that takes no '
+            'documents (Ollama): "refuse" (an error naming it) or "text" (its text, page by '
+            "page, with a warning)", choices=Choices("PDF handling", lambda: ("refuse", "text"))),
 )
 
 #: :data:`SETTINGS` by name.

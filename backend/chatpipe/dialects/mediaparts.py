@@ -164,9 +164,46 @@ def _total(found: list[Media], documents: list[Media], limits: Limits) -> None:
                                  f"({limits.reference})")
 
 
+def pdf_text(m: Media) -> str:
+    """The text of the PDF M, page by page (``[page N]`` before each page
+    that has text), extracted with the pypdf library.
+
+    Raises:
+        MediaError: the PDF cannot be read, or has no text (a scan).
+    """
+    import io
+
+    import pypdf
+
+    try:
+        pages = [page.extract_text() or "" for page in pypdf.PdfReader(io.BytesIO(m.data)).pages]
+    except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError, RecursionError) as err:
+        raise MediaError(f"{m.name}: its text cannot be read ({type(err).__name__}: {err})") from None
+    text = "\n\n".join(f"[page {n}]\n{page.strip()}" for n, page in enumerate(pages, 1)
+                        if page.strip())
+    if not text:
+        raise MediaError(f"{m.name}: the PDF has no text (a scan?), and this API takes no PDFs")
+    return text
+
+
+def _pdfs_as_text(parts: list, found: list, warn: Callable[[dict], None]) -> list:
+    """FOUND's PDFs (``(index, Media)`` of PARTS) made text parts in PARTS
+    (see :func:`pdf_text`), each said in a warning; the rest of FOUND."""
+    rest = []
+    for index, loaded in found:
+        if loaded.mime_type == "application/pdf" and loaded.data is not None:
+            parts[index] = {"type": "text",
+                            "text": f"[the text of the PDF {loaded.filename}]\n{pdf_text(loaded)}"}
+            warn(protocol.warning(f"{loaded.name}: sent as its text (chatpipe.media_pdf)",
+                                  kind="media"))
+        else:
+            rest.append((index, loaded))
+    return rest
+
+
 def convert(dialect: Any, body: dict, *, cwd: str,
             accepted: Callable[[], tuple[list[str] | None, str]], model: str | None,
-            warn: Callable[[dict], None], downscale: int = 0) -> None:
+            warn: Callable[[dict], None], downscale: int = 0, pdf: str = "refuse") -> None:
     """Read, check and convert every neutral media part of the request
     BODY's conversation (DIALECT's :attr:`history_key`), in place.
 
@@ -176,6 +213,8 @@ def convert(dialect: Any, body: dict, *, cwd: str,
     downscaled image).  DOWNSCALE (the template's ``media_downscale``),
     when above 0, is the longest side in pixels of images that are longer
     or over the API's bytes per image (:func:`chatpipe.media.downscale`).
+    PDF (the template's ``media_pdf``) ``"text"``: for an API that takes no
+    PDFs, a PDF goes as its text (:func:`pdf_text`), with a warning.
 
     Raises:
         MediaError: a part that cannot be read (the message names the turn,
@@ -197,12 +236,16 @@ def convert(dialect: Any, body: dict, *, cwd: str,
                         warn=lambda text: warn(protocol.warning(text, kind="media")))))
                 except MediaError as err:
                     raise MediaError(f"turn {turn} of the conversation: {err}") from None
+        converted = len(found)
+        if pdf == "text" and not matches("application/pdf", dialect.media_limits.types):
+            found = _pdfs_as_text(parts, found, warn)
+        converted -= len(found)
         for _, loaded in found:
             said = downscale and media_files.downscale(
                 loaded, downscale, dialect.media_limits.image_bytes)
             if said:
                 warn(protocol.warning(f"{said} (chatpipe.media_downscale)", kind="media"))
-        if found:
+        if found or converted:
             places.append((item, found))
     if places:
         patterns, source = accepted()
