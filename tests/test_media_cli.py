@@ -56,3 +56,38 @@ def test_save_keeps_a_reference_or_the_data(server, chatpipe, chat, tmp_path, mo
         assert data in json.dumps(server.requests[-1]["body"])
     else:
         assert last["type"] == "error" and "shot.png" in last["message"]
+
+
+def test_a_chat_file_cannot_send_a_key_file_as_text(server, chatpipe, chat, tmp_path):
+    """A chat file is data: a document part it holds is read only if the
+    file's bytes are an image or a PDF, whatever its mime_type says; the
+    same part in the request itself (the user's choice) is sent."""
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n")
+    part = {"type": "document", "path": str(key), "mime_type": "text/plain"}
+    doc = json.loads(chat.read_text())
+    doc["chatpipe"]["api"] = "anthropic-messages"
+    doc["chatpipe"]["url"] = f"{server.url}/replay/anthropic/basic.sse"
+    doc["max_tokens"] = 100
+    doc["messages"] = [{"role": "user", "content": [{"type": "text", "text": "Read this"}, part]},
+                       {"role": "assistant", "content": "OK."}]
+    chat.write_text(json.dumps(doc))
+    run = chatpipe("send", str(chat), "-m", "Go on", "--output", "ndjson",
+                   extra_env={"ANTHROPIC_API_KEY": "k" * 20})
+    error = ndjson(run.stdout)[-1]
+    assert error["type"] == "error" and str(key) in error["message"]
+    assert "no image or PDF" in error["message"]
+    assert server.requests == []
+    image = tmp_path / "ok.png"
+    shutil.copy(PNG, image)
+    doc["messages"][0]["content"][1] = {"type": "image", "path": str(image)}
+    chat.write_text(json.dumps(doc))
+    run = chatpipe("send", str(chat), "-m", "Go on", "--output", "ndjson",
+                   extra_env={"ANTHROPIC_API_KEY": "k" * 20})
+    assert len(server.requests) == 1, run.stdout + run.stderr
+    request = {"template": str(chat), "env": {"ANTHROPIC_API_KEY": "k" * 20},
+               "messages": [{"role": "user", "content": [{"type": "text", "text": "Mine"}, part]}]}
+    doc["messages"] = []
+    chat.write_text(json.dumps(doc))
+    run = chatpipe("send", "--request", "-", "--output", "ndjson", input=json.dumps(request))
+    assert "BEGIN OPENSSH" in json.dumps(server.requests[-1]["body"]), run.stdout + run.stderr

@@ -159,17 +159,22 @@ def decode(data: Any, name: str) -> bytes:
         raise MediaError(f"{name}: \"data\" is not valid base64") from None
 
 
-def load(part: dict, *, cwd: str, warn: Callable[[str], None]) -> Media:
+def load(part: dict, *, cwd: str, warn: Callable[[str], None], from_file: bool = False) -> Media:
     """Read the neutral media PART (see the module docstring).
 
     A relative ``path`` is taken from CWD (``~`` expanded); a ``url`` must be
     http or https and is not fetched; ``data`` is base64.  WARN gets the
-    warnings (a type mismatch).
+    warnings (a type mismatch).  FROM_FILE: the part was written in a file
+    (a template's or a saved chat's conversation), which is data: a file
+    it names is read only if its bytes are an image or a PDF, whatever its
+    ``mime_type`` or name says (so a shared chat cannot send a key file as
+    "text/plain").
 
     Raises:
         MediaError: not exactly one of path, url and data; a missing or
             unreadable file; bad base64; an unknown type; a part whose
-            ``type`` says image but whose bytes are no image.
+            ``type`` says image but whose bytes are no image; with
+            FROM_FILE, a file whose bytes are neither an image nor a PDF.
     """
     sources = [k for k in ("path", "url", "data") if part.get(k) is not None]
     if len(sources) != 1:
@@ -188,6 +193,13 @@ def load(part: dict, *, cwd: str, warn: Callable[[str], None]) -> Media:
         path = os.path.join(cwd, os.path.expanduser(part["path"]))
         data = _read(path)
         name, url = path, None
+        if from_file:
+            sniffed = filetype.guess_mime(data[:SNIFF_BYTES]) or ""
+            if not (sniffed.startswith("image/") or sniffed == "application/pdf"):
+                raise MediaError(f"{path}: named in the chat file, and its bytes are no image "
+                                 "or PDF: a file that a chat file names is sent only then "
+                                 "(keep other attachments in it with --save-media inline)")
+            given = None
     elif "url" in sources:
         url = part["url"]
         if not (isinstance(url, str) and re.match(r"https?://[^\s/]", url)):

@@ -149,13 +149,18 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
     where = placement or request.context_placement
     if rendered and where == "user" and any(m.get("role") == "user" for m in messages):
         messages, rendered = contextrender.place(messages, rendered, "user"), ""
+    before = len(dialect.conversation(request.body))
     dialect.add_messages(request.body, attached(messages))
+    added = len(dialect.conversation(request.body)) - before
     if rendered:
         dialect.add_context(request.body, rendered)
+    # The items before first_new are the template file's own (never fewer).
+    first_new = len(dialect.conversation(request.body)) - max(added, 0)
     mediaparts.convert(dialect, request.body, cwd=os.getcwd(),
                        accepted=lambda: _model_media(spec, request, dialect, url, variables, env),
                        model=dialect.model_of(request), warn=warn,
-                       downscale=request.media_downscale, pdf=request.media_pdf)
+                       downscale=request.media_downscale, pdf=request.media_pdf,
+                       first_new=first_new)
     return template, request, dialect
 
 

@@ -203,7 +203,8 @@ def _pdfs_as_text(parts: list, found: list, warn: Callable[[dict], None]) -> lis
 
 def convert(dialect: Any, body: dict, *, cwd: str,
             accepted: Callable[[], tuple[list[str] | None, str]], model: str | None,
-            warn: Callable[[dict], None], downscale: int = 0, pdf: str = "refuse") -> None:
+            warn: Callable[[dict], None], downscale: int = 0, pdf: str = "refuse",
+            first_new: int = 0) -> None:
     """Read, check and convert every neutral media part of the request
     BODY's conversation (DIALECT's :attr:`history_key`), in place.
 
@@ -214,7 +215,10 @@ def convert(dialect: Any, body: dict, *, cwd: str,
     when above 0, is the longest side in pixels of images that are longer
     or over the API's bytes per image (:func:`chatpipe.media.downscale`).
     PDF (the template's ``media_pdf``) ``"text"``: for an API that takes no
-    PDFs, a PDF goes as its text (:func:`pdf_text`), with a warning.
+    PDFs, a PDF goes as its text (:func:`pdf_text`), with a warning.  The
+    items before FIRST_NEW come from the template file (its own or a saved
+    chat's turns): their files are loaded as from a file
+    (:func:`chatpipe.media.load`'s ``from_file``).
 
     Raises:
         MediaError: a part that cannot be read (the message names the turn,
@@ -232,7 +236,7 @@ def convert(dialect: Any, body: dict, *, cwd: str,
             if media_files.is_media(part):
                 try:
                     found.append((index, media_files.load(
-                        part, cwd=cwd,
+                        part, cwd=cwd, from_file=turn <= first_new,
                         warn=lambda text: warn(protocol.warning(text, kind="media")))))
                 except MediaError as err:
                     raise MediaError(f"turn {turn} of the conversation: {err}") from None
