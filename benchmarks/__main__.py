@@ -10,7 +10,8 @@ Measures, against a local SSE server on 127.0.0.1 (benchmarks/server.py):
    lines (process wall time, and its stream time without start-up).
 2. Latency: request to first ``delta`` line (serve warm; send from spawn),
    and the per-event delay from the server's write to the line on stdout,
-   events paced 5 ms apart, in three framings (chunked, close, gzip).
+   events paced 5 ms apart, in three framings (chunked, close, gzip); and
+   what a 5,000-line file as context adds to the warm first delta.
 3. Memory: ``chatpipe serve``'s peak RSS with 10 streams at once.
 4. Emacs (when ``emacs`` is on PATH): ``benchmarks/emacs-bench.el`` in
    ``emacs --batch`` through the real package.
@@ -55,7 +56,8 @@ CHATPIPE = str(ROOT / ".venv" / "bin" / "chatpipe")
 if not os.path.exists(CHATPIPE):
     CHATPIPE = str(Path(PY).parent / "chatpipe")
 
-SECTIONS = ("throughput", "latency", "memory", "profile", "emacs", "tls", "gptel", "tty")
+SECTIONS = ("throughput", "latency", "context", "memory", "profile", "emacs", "tls", "gptel",
+            "tty")
 
 
 def peak_rss(pid: int) -> float:
@@ -144,21 +146,24 @@ class Serve:
                 if b'"type":"done"' in line or b'"type":"error"' in line:
                     collector.done.set()
 
-    def request(self, url: str) -> tuple[_Collector, int]:
-        """Send a request for URL; return (its collector, write time in ns)."""
+    def request(self, url: str, extra: dict | None = None) -> tuple[_Collector, int]:
+        """Send a request for URL, with the request fields EXTRA; return
+        (its collector, write time in ns)."""
         self.n += 1
         rid = f"r{self.n}"
         collector = self.collectors[rid.encode()] = _Collector()
         line = json.dumps({"id": rid, "template": "openai", "url": url,
-                           "messages": [{"role": "user", "content": "hi"}]}) + "\n"
+                           "messages": [{"role": "user", "content": "hi"}],
+                           **(extra or {})}) + "\n"
         t = time.monotonic_ns()
         self.proc.stdin.write(line.encode())
         self.proc.stdin.flush()
         return collector, t
 
-    def run(self, url: str) -> dict:
-        """One request to the end: seconds to first delta and to done, lines."""
-        collector, t0 = self.request(url)
+    def run(self, url: str, extra: dict | None = None) -> dict:
+        """One request (with the request fields EXTRA) to the end: seconds
+        to first delta and to done, lines."""
+        collector, t0 = self.request(url, extra)
         if not collector.done.wait(300):
             raise RuntimeError("no answer from chatpipe serve")
         t_end, last = collector.lines[-1]
@@ -223,6 +228,38 @@ def first_delta(server: BenchServer, serve: Serve, repeats: int) -> dict:
         proc.stdout.read()
         proc.wait()
     return {"serve": warm, "send": spawn}
+
+
+def context_cost(server: BenchServer, serve: Serve, repeats: int) -> dict:
+    """Warm ``serve``'s first delta (seconds) without and with a 5,000-line
+    Python file as context (read, checked, rendered and put in the body on
+    every request), alternating; the difference is what context costs
+    from the request line to the request on the wire."""
+    import tempfile
+
+    url = f"{server.url}/v1/chat/completions?n=5"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "big.py"
+        path.write_text("".join(f"def f{i}(x):\n    return x * {i}  # line {i}\n"
+                                for i in range(2500)))
+        extra = {"context": [{"type": "file", "path": str(path)}]}
+        serve.run(url, extra)  # the context modules' first import
+        plain, with_context = [], []
+        for _ in range(repeats):
+            plain.append(serve.run(url)["first"])
+            with_context.append(serve.run(url, extra)["first"])
+        return {"plain": plain, "context": with_context, "lines": 5000,
+                "bytes": path.stat().st_size}
+
+
+def _context_report(c: dict) -> list[str]:
+    plain, ctx = statistics.median(c["plain"]) * 1000, statistics.median(c["context"]) * 1000
+    verdict = "met" if ctx - plain <= 20 else "NOT met"
+    return ["", "### Context: a 5,000-line file on every request (`chatpipe serve`, warm)", "",
+            f"- First delta without context: median {plain:.2f} ms; with a {c['lines']:,}-line "
+            f"file ({c['bytes'] / 1024:.0f} KiB) as context: median {ctx:.2f} ms "
+            f"({len(c['plain'])} requests each, alternating).",
+            f"- Target (context adds at most 20 ms): **{verdict}** ({ctx - plain:+.2f} ms)."]
 
 
 def per_event_delay(server: BenchServer, serve: Serve, events: int) -> dict:
@@ -354,6 +391,8 @@ def report(r: dict, when: str) -> str:
         out += _throughput_report(r["rows"])
     if "latency" in r:
         out += _latency_report(r["latency"], r["delays"])
+    if "context" in r:
+        out += _context_report(r["context"])
     if "memory" in r:
         memory = r["memory"]
         out += ["", "### Memory", "",
@@ -544,7 +583,7 @@ def main() -> int:
             print(f"Using {message} from GPTEL_DIR", file=sys.stderr)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with BenchServer() as server:
-        if {"throughput", "latency"} & run:
+        if {"throughput", "latency", "context"} & run:
             serve = Serve()
             try:
                 if "throughput" in run:
@@ -552,6 +591,8 @@ def main() -> int:
                 if "latency" in run:
                     r["latency"] = first_delta(server, serve, 10 if args.quick else 40)
                     r["delays"] = per_event_delay(server, serve, 100 if args.quick else 400)
+                if "context" in run:
+                    r["context"] = context_cost(server, serve, 10 if args.quick else 40)
             finally:
                 serve.close()
         if "memory" in run:

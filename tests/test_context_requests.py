@@ -216,3 +216,22 @@ def test_the_context_event_gives_the_models_context_window(server, chatpipe, env
                for m, r in runs.items()}
     assert context["big/model"]["context_window"] == 131072
     assert "context_window" not in context["other/model"]
+
+
+def test_files_are_read_when_sent_and_the_dry_run_is_the_body_sent(server, chatpipe, tmp_path):
+    """The same request sent twice reads the file twice (an edit between the
+    sends changes the second body), and ``--dry-run`` prints exactly the
+    body the server then receives (the same keys and values, byte for
+    byte as JSON)."""
+    url = f"{server.url}/replay/openai-chat/text-with-usage.sse"
+    notes = tmp_path / "notes.md"
+    request = ["send", "openai", "--url", url, "-f", str(notes), "-m", "Sum it up."]
+    notes.write_text("version one\n")
+    shown = chatpipe(*request, "--dry-run")
+    assert shown.returncode == 0 and server.requests == [], shown.stderr
+    assert chatpipe(*request).returncode == 0
+    assert json.loads(shown.stdout) == server.requests[0]["body"]
+    notes.write_text("version two\n")
+    assert chatpipe(*request).returncode == 0
+    first, second = (r["body"]["messages"][0]["content"] for r in server.requests)
+    assert "version one" in first and "version two" in second and first != second

@@ -295,6 +295,13 @@ which sends nothing."
                 (let* ((request (car (last (chatpipe-test--requests))))
                        (system (chatpipe-test--ctx-system request)))
                   (should (= (1+ before) (length (chatpipe-test--requests))))
+                  ;; The list's request view is what the server then got.
+                  (should (equal (alist-get 'content
+                                            (aref (alist-get 'messages
+                                                             (json-parse-string
+                                                              shown :object-type 'alist))
+                                                  0))
+                                 system))
                   (should (string-match-p "\\`# Context" system))
                   (should (string-search (concat "## " file " (python)\n```python\nx = 2\n```")
                                          system))
