@@ -91,3 +91,19 @@ def test_a_chat_file_cannot_send_a_key_file_as_text(server, chatpipe, chat, tmp_
     chat.write_text(json.dumps(doc))
     run = chatpipe("send", "--request", "-", "--output", "ndjson", input=json.dumps(request))
     assert "BEGIN OPENSSH" in json.dumps(server.requests[-1]["body"]), run.stdout + run.stderr
+
+
+def test_a_fifo_named_as_media_is_refused_without_blocking(tmp_path):
+    """A media path is opened as context files and rewrite's --file are
+    (chatpipe.userfiles): a FIFO nobody writes to is refused at once."""
+    import os
+
+    from chatpipe.media import MediaError, load
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(MediaError, match="pipe.png: not a regular file"):
+        load({"type": "image", "path": str(fifo)}, cwd=str(tmp_path), warn=lambda text: None)
+    with pytest.raises(MediaError, match="no such file"):
+        load({"type": "image", "path": str(tmp_path / "gone.png")}, cwd=str(tmp_path),
+             warn=lambda text: None)

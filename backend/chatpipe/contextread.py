@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
-import stat
 from typing import Callable
 
 import filetype
@@ -31,6 +30,7 @@ from chatpipe.context import (DirItem, FileItem, Item, Limits, McpItem, Piece, P
                               TextItem, estimate_tokens, language_of)
 from chatpipe.contextwalk import Skipped, display_path, printable, walk
 from chatpipe.errors import ChatpipeError
+from chatpipe.userfiles import NotRegular, open_regular
 
 #: Reads an MCP resource: (server name, URI) -> its text.  It raises
 #: ChatpipeError or OSError when the resource cannot be had.
@@ -74,24 +74,18 @@ def _binary_reason(head: bytes, data: bytes) -> str | None:
 
 
 def _open(path: str):
-    """PATH opened for reading bytes, checked to be a regular file.
-
-    Opened non-blocking, so that a FIFO does not hang the open; raises
-    _Refused (missing or unreadable: a warning; a folder or a special file:
-    an error)."""
+    """PATH opened for reading bytes, checked to be a regular file (see
+    :func:`chatpipe.userfiles.open_regular`); raises _Refused (missing or
+    unreadable: a warning; a folder or a special file: an error)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        return open_regular(path)
     except FileNotFoundError:
         raise _Refused("does not exist", warn=True) from None
+    except NotRegular as err:
+        raise _Refused("is a folder: give it as a dir item (send -f DIR)" if err.what == "a folder"
+                       else "is not a regular file (a FIFO, socket or device)") from None
     except OSError as err:
         raise _Refused(f"cannot be read: {err.strerror}", warn=True) from None
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        return os.fdopen(fd, "rb")
-    os.close(fd)
-    if stat.S_ISDIR(mode):
-        raise _Refused("is a folder: give it as a dir item (send -f DIR)")
-    raise _Refused("is not a regular file (a FIFO, socket or device)")
 
 
 def _too_big(size: str, cap: int) -> _Refused:

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import filetype
 
 from chatpipe.errors import UsageError
+from chatpipe.userfiles import NotRegular, read_at_most
 
 #: Part types that carry media.
 KINDS = ("image", "document")
@@ -131,13 +132,12 @@ def _read(path: str) -> bytes:
     Raises:
         MediaError: missing, unreadable, not a regular file, or too big.
     """
-    if not os.path.exists(path):
-        raise MediaError(f"{path}: no such file")
-    if not os.path.isfile(path):
-        raise MediaError(f"{path}: not a regular file")
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        data = read_at_most(path, MAX_FILE_BYTES)
+    except FileNotFoundError:
+        raise MediaError(f"{path}: no such file") from None
+    except NotRegular:
+        raise MediaError(f"{path}: not a regular file") from None
     except OSError as err:
         raise MediaError(f"{path}: {err.strerror or err}") from None
     if len(data) > MAX_FILE_BYTES:

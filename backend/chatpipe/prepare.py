@@ -49,34 +49,6 @@ def check_messages(messages: Any, where: str) -> list[dict[str, Any]]:
     return messages
 
 
-#: Request parameters a front end may set, with their check.
-PARAMS = {
-    "temperature": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    and 0 <= v <= 2,
-    "max_tokens": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-}
-
-
-def check_params(params: Any) -> dict[str, Any]:
-    """Return PARAMS if it maps known parameter names to valid values.
-
-    ``temperature`` is a number from 0 to 2; ``max_tokens`` a whole number
-    of tokens, 1 or more.
-
-    Raises:
-        UsageError: not an object, an unknown name, or a bad value.
-    """
-    if not isinstance(params, dict):
-        raise UsageError('"params" must be an object')
-    for name, value in params.items():
-        if name not in PARAMS:
-            raise UsageError(f"unknown parameter {name!r}; known: " + ", ".join(PARAMS))
-        if not PARAMS[name](value):
-            raise UsageError(f"parameter {name}: {value!r} is not valid "
-                             "(temperature: 0 to 2; max_tokens: a whole number, 1 or more)")
-    return dict(params)
-
-
 def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str, str] = (),
             model: str | None = None, url: str | None = None,
             env: Mapping[str, str] | None = None, params: Mapping[str, Any] = (),
@@ -93,8 +65,9 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
         model: overrides the template's model.
         url: overrides the endpoint URL.
         env: environment for ``${env:NAME}`` (default ``os.environ``).
-        params: request parameters, checked by :func:`check_params` and set
-            in the API's own fields.
+        params: request parameters, checked already (the fields
+            ``params.NAME`` of :class:`chatpipe.requestfields.Job`), set in
+            the API's own fields.
         context_items: context items (JSON, see :mod:`chatpipe.context`), read
             now from the files they name (relative paths: in the current
             folder) within the template's ``context_item_bytes`` and
@@ -139,7 +112,7 @@ def prepare(spec: str, messages: list[dict[str, Any]], *, variables: Mapping[str
     if model:
         dialect.set_model(request, model)
     if params:
-        dialect.set_params(request.body, check_params(params))
+        dialect.set_params(request.body, dict(params))
     if not messages and not dialect.ends_with_user_turn(request.body):
         raise UsageError("no message to send: give -m TEXT, --messages FILE, or text on stdin")
     rendered = ""

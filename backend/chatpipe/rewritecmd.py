@@ -21,6 +21,7 @@ import sys
 import tempfile
 
 from chatpipe import protocol, requestfields
+from chatpipe.userfiles import NotRegular, read_at_most
 from chatpipe.errors import ChatpipeError, UsageError
 from chatpipe.textview import TextView
 
@@ -128,10 +129,9 @@ def read_source(path: str, lines: str | None) -> Source:
             :data:`MAX_FILE_BYTES`, is not UTF-8 text, or a bad LINES.
     """
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):     # a FIFO would block open()
-            raise UsageError(f"--file {path}: not a regular file")
-        with open(path, "rb") as file:
-            data = file.read(MAX_FILE_BYTES + 1)
+        data = read_at_most(path, MAX_FILE_BYTES)
+    except NotRegular:
+        raise UsageError(f"--file {path}: not a regular file") from None
     except OSError as err:
         raise UsageError(f"--file {path}: {err.strerror}") from None
     if len(data) > MAX_FILE_BYTES:
