@@ -254,17 +254,36 @@ the backend estimates (see `chatpipe-context--bytes')."
   (if (< tokens 1000) (number-to-string tokens)
     (format "%.1fk" (/ tokens 1000.0))))
 
+(defvar-local chatpipe-context--header nil
+  "The last header text of the chat's context: (TIME ITEMS . TEXT).")
+
+(defconst chatpipe-context--header-seconds 30
+  "How long the header's token estimate is kept while its items stay.
+The header line is computed at every redisplay (hundreds a second
+while an answer streams), and an estimate reads file sizes and may
+walk a folder: it is made again when the items change, or after this
+many seconds.")
+
 (defun chatpipe-context-header-text (chat-buffer)
   "Return the header line's text of CHAT-BUFFER's context, or nil if none.
 Such as \"ctx 3 (~1.2k tokens)\": its items (its own and the
-global ones) and their estimated tokens."
-  (let ((items (chatpipe-context--all chat-buffer)))
-    (when items
-      (format "ctx %d (~%s tokens)" (length items)
-              (chatpipe-context-tokens-text
-               (apply #'+ (mapcar (lambda (item)
-                                    (or (chatpipe-context-item-tokens item) 0))
-                                  items)))))))
+global ones) and their estimated tokens, made again when the items
+change or after `chatpipe-context--header-seconds'."
+  (with-current-buffer chat-buffer
+    (let ((items (chatpipe-context--all chat-buffer))
+          (cached chatpipe-context--header))
+      (if (and cached (equal (cadr cached) items)
+               (< (- (float-time) (car cached)) chatpipe-context--header-seconds))
+          (cddr cached)
+        (let ((text (and items
+                         (format "ctx %d (~%s tokens)" (length items)
+                                 (chatpipe-context-tokens-text
+                                  (apply #'+ (mapcar (lambda (item)
+                                                       (or (chatpipe-context-item-tokens item)
+                                                           0))
+                                                     items)))))))
+          (setq chatpipe-context--header (cons (float-time) (cons items text)))
+          text)))))
 
 
 (provide 'chatpipe-context)

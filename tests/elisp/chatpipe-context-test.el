@@ -311,6 +311,25 @@ which sends nothing."
       (when (get-buffer "*ctx region*") (kill-buffer "*ctx region*"))
       (delete-directory dir t))))
 
+(ert-deftest chatpipe-test-context-header-estimate-kept ()
+  "The header line (made at every redisplay) does not estimate again
+while the items stay: once for a hundred redisplays, again on a change."
+  (chatpipe-test--ctx-with-chat chat
+    (with-temp-buffer
+      (insert "some text")
+      (chatpipe-context-toggle))
+    (let ((calls 0)
+          (estimate (symbol-function 'chatpipe-context-item-tokens)))
+      (cl-letf (((symbol-function 'chatpipe-context-item-tokens)
+                 (lambda (item) (cl-incf calls) (funcall estimate item))))
+        (dotimes (_ 100) (chatpipe-context-header-text chat))
+        (should (= calls 1))
+        (with-temp-buffer
+          (insert "more")
+          (chatpipe-context-toggle))
+        (should (string-prefix-p "ctx 2" (chatpipe-context-header-text chat)))
+        (should (= calls 3))))))
+
 ;;;; Saved with the chat
 
 (defun chatpipe-test--ctx-visit (file answer)
